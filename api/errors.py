@@ -1,0 +1,59 @@
+"""Errors of the API and the one JSON shape every error takes: {"error": {"code", "message", "details"}}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from smartpark.core.errors import StoreError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__all__ = ["ApiError", "NotFound", "Unauthorized", "install_error_handlers"]
+
+
+class ApiError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message, self.details = message, details
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+
+class Unprocessable(ApiError):
+    status, code = 422, "invalid_request"
+
+
+def _body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_r: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(_body(exc.code, exc.message, exc.details), exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        return JSONResponse(_body("invalid_request", "request parameters are invalid", details), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(_body(f"http_{exc.status_code}", str(exc.detail)), exc.status_code)
+
+    @app.exception_handler(StoreError)
+    async def _store(_r: Request, exc: StoreError) -> JSONResponse:
+        status = 503 if exc.retryable else 502
+        return JSONResponse(_body("store_unavailable" if exc.retryable else "store_error", str(exc)), status)

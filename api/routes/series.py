@@ -1,0 +1,71 @@
+"""Windows of one metric, aggregated by the store (never by pulling raw points into Python)."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from smartpark.api.deps import CatalogDep, PrincipalDep, RegistryDep, StoreDep, scoped_site
+from smartpark.api.errors import NotFound, Unprocessable
+from smartpark.api.models import SeriesPublic
+from smartpark.core.store.base import SeriesQuery
+
+router = APIRouter(prefix="/v1", tags=["series"])
+
+MAX_WINDOWS = 10_000
+MAX_RANGE_MS = 400 * 86_400_000
+_UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION = re.compile(r"^([1-9]\d{0,5})([smhd])$")
+
+
+def parse_every(every: str) -> int:
+    match = _DURATION.fullmatch(every)
+    if match is None:
+        raise Unprocessable(f"every={every!r}: use a number and a unit s, m, h or d, like 1m or 1h")
+    return int(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def _ms(value: datetime) -> int:
+    if value.tzinfo is None:
+        raise Unprocessable(f"{value.isoformat()}: give times with an offset (RFC 3339), like 2026-01-01T00:00:00Z")
+    return int(value.timestamp() * 1000)
+
+
+@router.get("/series")
+def series(  # noqa: PLR0917 - FastAPI query parameters
+    registry: RegistryDep, store: StoreDep, catalog: CatalogDep, who: PrincipalDep,
+    site: Annotated[str, Query(description="Site id")],
+    metric: Annotated[str, Query(description="A catalog metric, e.g. nox_mg_m3")],
+    device: Annotated[str | None, Query(description="Only this device")] = None,
+    start: Annotated[datetime | None, Query(description="RFC 3339; default end - 24 h")] = None,
+    end: Annotated[datetime | None, Query(description="RFC 3339, exclusive; default now")] = None,
+    every: Annotated[str, Query(description="Window, e.g. 1m, 15m, 1h, 1d")] = "1m",
+    agg: Literal["mean", "min", "max", "last", "sum", "count"] = "mean",
+    group_by: Literal["device", "site"] = "device",
+) -> list[SeriesPublic]:
+    scoped_site(registry, who, site)
+    spec = catalog.get(metric)
+    if spec is None:
+        raise NotFound(f"metric {metric!r} is not in the catalog")
+    end_ms = _ms(end) if end else time.time_ns() // 1_000_000
+    start_ms = _ms(start) if start else end_ms - 86_400_000
+    every_ms = parse_every(every)
+    _check_range(start_ms, end_ms, every_ms)
+    query = SeriesQuery(spec.domain, metric, start_ms, end_ms, every_ms, agg, site, device, group_by)
+    return [SeriesPublic(site=s.site, device=s.device, metric=metric, unit=spec.unit, agg=agg, every=every,
+                         points=[(datetime.fromtimestamp(t / 1000, UTC), v) for t, v in s.points])
+            for s in store.series(query)]
+
+
+def _check_range(start_ms: int, end_ms: int, every_ms: int) -> None:
+    if end_ms <= start_ms:
+        raise Unprocessable("end must be after start")
+    if end_ms - start_ms > MAX_RANGE_MS:
+        raise Unprocessable("the range may span at most 400 days")
+    windows = (end_ms - start_ms) // every_ms
+    if windows > MAX_WINDOWS:
+        raise Unprocessable(f"{windows} windows requested; at most {MAX_WINDOWS}: widen `every`",
+                            {"windows": windows, "max": MAX_WINDOWS})

@@ -1,0 +1,266 @@
+"""The wire contract v1 in code: topics, readings, batches and the reasons a message is rejected.
+
+Decoding is the hot path of the ingest: msgspec validates types while it parses, so what is left to
+Python is the catalog lookup and the range check (about a microsecond per reading, see bench/).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal, NamedTuple
+
+import msgspec
+from smartpark.core.catalog import Catalog
+from smartpark.core.ids import is_valid_id
+from smartpark.core.points import FieldValue, Point
+
+__all__ = [
+    "MAX_BATCH",
+    "MAX_METRICS",
+    "MAX_PAYLOAD",
+    "TOPIC_PREFIX",
+    "VALID_FLAGS",
+    "Decoded",
+    "Reading",
+    "ReadingDecoder",
+    "Reason",
+    "Rejection",
+    "Topic",
+    "parse_topic",
+    "telemetry_topic",
+    "to_points",
+]
+
+TOPIC_PREFIX = "smartpark/v1"
+MAX_PAYLOAD = 64 * 1024
+MAX_BATCH = 1000
+MAX_METRICS = 64
+FUTURE_TOLERANCE_MS = 5 * 60 * 1000
+VALID_FLAGS = frozenset("NFMSDCTB")  # HJ 212-2017 data flags
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MS = timedelta(milliseconds=1)
+
+
+class Reason(StrEnum):
+    """Why a message or reading was rejected (contract "Rejections")."""
+
+    BAD_JSON = "bad_json"
+    BAD_SCHEMA = "bad_schema"
+    UNKNOWN_METRIC = "unknown_metric"
+    NON_FINITE = "non_finite"
+    OUT_OF_RANGE = "out_of_range"
+    UNKNOWN_DEVICE = "unknown_device"
+    TOPIC_MISMATCH = "topic_mismatch"
+    TOO_LARGE = "too_large"
+    TS_OUT_OF_WINDOW = "ts_out_of_window"
+
+
+class Rejection(NamedTuple):
+    reason: Reason
+    detail: str
+    index: int | None = None  # position in a batch; None for the whole message
+
+
+class Topic(NamedTuple):
+    site: str
+    device: str
+    kind: Literal["telemetry", "status"]
+
+
+def parse_topic(topic: str) -> Topic | None:
+    """Parse ``smartpark/v1/{site}/{device}/{telemetry|status}``; None when it is not one."""
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[0] != "smartpark" or parts[1] != "v1":
+        return None
+    _, _, site, device, kind = parts
+    if kind not in ("telemetry", "status") or not (is_valid_id(site) and is_valid_id(device)):
+        return None
+    return Topic(site, device, kind)  # type: ignore[arg-type]
+
+
+def telemetry_topic(site: str, device: str) -> str:
+    return f"{TOPIC_PREFIX}/{site}/{device}/telemetry"
+
+
+class Reading(msgspec.Struct, frozen=True, gc=False):
+    """A validated reading, bound to its device. ``ts_from_device`` is False when the platform stamped it."""
+
+    site: str
+    device: str
+    ts_ms: int
+    metrics: dict[str, float]
+    flags: dict[str, str]
+    seq: int | None = None
+    ts_from_device: bool = True
+
+
+class Decoded(NamedTuple):
+    readings: list[Reading]
+    rejections: list[Rejection]
+
+
+TzDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+Flag = Literal["N", "F", "M", "S", "D", "C", "T", "B"]
+Metrics = Annotated[dict[str, float], msgspec.Meta(min_length=1, max_length=MAX_METRICS)]
+
+
+class _RawReading(msgspec.Struct):
+    metrics: Metrics
+    ts: int | TzDatetime | None = None
+    seq: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    flags: dict[str, Flag] | None = None
+
+
+class _Envelope(msgspec.Struct):
+    """A reading or a batch; which one is decided by the keys present."""
+
+    metrics: Metrics | None = None
+    ts: int | TzDatetime | None = None
+    seq: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    flags: dict[str, Flag] | None = None
+    readings: list[msgspec.Raw] | None = None
+
+
+class _PyEnvelope(_Envelope):
+    """The envelope of the slow path, where readings are already Python objects."""
+
+    readings: list[Any] | None = None  # type: ignore[assignment]
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+_reading_decoder = msgspec.json.Decoder(_RawReading)
+
+
+def _schema_reason(exc: msgspec.ValidationError) -> Reason:
+    # msgspec reports 1e999 (an overflowing float) as out of range while parsing: it is not finite.
+    return Reason.NON_FINITE if str(exc).startswith("Number out of range") else Reason.BAD_SCHEMA
+
+
+class ReadingDecoder:
+    """Turns a telemetry payload into validated readings and rejections with reasons."""
+
+    def __init__(self, catalog: Catalog, *, retention_ms: int) -> None:
+        self.catalog = catalog
+        self.retention_ms = retention_ms
+
+    def decode(self, site: str, device: str, payload: bytes, now_ms: int) -> Decoded:
+        if len(payload) > MAX_PAYLOAD:
+            return _reject(Reason.TOO_LARGE, f"payload is {len(payload)} bytes, limit {MAX_PAYLOAD}")
+        try:
+            env = _envelope_decoder.decode(payload)
+        except msgspec.ValidationError as exc:
+            return _reject(_schema_reason(exc), str(exc))
+        except msgspec.DecodeError as exc:
+            return self._decode_nonstandard(site, device, payload, now_ms, exc)
+        return self._from_envelope(site, device, env, now_ms)
+
+    def _decode_nonstandard(
+        self, site: str, device: str, payload: bytes, now_ms: int, exc: Exception
+    ) -> Decoded:
+        """Slow path for bad JSON: NaN and Infinity literals are reported as non-finite, not as bad JSON."""
+        try:
+            obj = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return _reject(Reason.BAD_JSON, str(exc))
+        try:
+            env = msgspec.convert(obj, _PyEnvelope)
+        except msgspec.ValidationError as vexc:
+            return _reject(Reason.BAD_SCHEMA, str(vexc))
+        return self._from_envelope(site, device, env, now_ms)
+
+    def _from_envelope(self, site: str, device: str, env: _Envelope, now_ms: int) -> Decoded:
+        if env.readings is None:
+            if env.metrics is None:
+                return _reject(Reason.BAD_SCHEMA, "a reading needs `metrics`; a batch needs `readings`")
+            raw = _RawReading(metrics=env.metrics, ts=env.ts, seq=env.seq, flags=env.flags)
+            return self._one(site, device, raw, now_ms, None)
+        if env.metrics is not None:
+            return _reject(Reason.BAD_SCHEMA, "a message is a reading or a batch, not both")
+        if not env.readings:
+            return _reject(Reason.BAD_SCHEMA, "empty batch")
+        if len(env.readings) > MAX_BATCH:
+            return _reject(Reason.TOO_LARGE, f"batch of {len(env.readings)} readings, limit {MAX_BATCH}")
+        convert = _convert_reading if isinstance(env, _PyEnvelope) else _reading_decoder.decode
+        return self._batch(site, device, env.readings, now_ms, convert)
+
+    def _batch(self, site: str, device: str, raws: list[Any], now_ms: int,
+               convert: Callable[[Any], _RawReading]) -> Decoded:
+        readings: list[Reading] = []
+        rejections: list[Rejection] = []
+        for i, raw in enumerate(raws):
+            try:
+                item = convert(raw)
+            except msgspec.ValidationError as exc:
+                rejections.append(Rejection(_schema_reason(exc), str(exc), i))
+                continue
+            one = self._one(site, device, item, now_ms, i)
+            readings += one.readings
+            rejections += one.rejections
+        return Decoded(readings, rejections)
+
+    def _one(self, site: str, device: str, raw: _RawReading, now_ms: int, index: int | None) -> Decoded:
+        problem = self._check_metrics(raw)
+        if problem is None:
+            ts_ms, problem = self._timestamp(raw.ts, now_ms)
+        if problem is not None:
+            return Decoded([], [Rejection(problem[0], problem[1], index)])
+        flags = {k: v for k, v in (raw.flags or {}).items() if v != "N"}
+        reading = Reading(site, device, ts_ms, raw.metrics, flags, raw.seq, raw.ts is not None)
+        return Decoded([reading], [])
+
+    def _check_metrics(self, raw: _RawReading) -> tuple[Reason, str] | None:
+        catalog = self.catalog.metrics
+        for name, value in raw.metrics.items():
+            metric = catalog.get(name)
+            if metric is None:
+                return Reason.UNKNOWN_METRIC, f"unknown metric {name!r}"
+            if not math.isfinite(value):
+                return Reason.NON_FINITE, f"{name} is {value}"
+            if not metric.min <= value <= metric.max:
+                return Reason.OUT_OF_RANGE, f"{name}={value} outside {metric.min:g}..{metric.max:g}"
+        for name in raw.flags or ():
+            if name not in raw.metrics:
+                return Reason.BAD_SCHEMA, f"flag for {name!r}, which the reading does not carry"
+        return None
+
+    def _timestamp(self, ts: int | datetime | None, now_ms: int) -> tuple[int, tuple[Reason, str] | None]:
+        if ts is None:
+            return now_ms, None
+        ts_ms = ts if isinstance(ts, int) else (ts - EPOCH) // MS  # exact: no float rounding
+        if ts_ms > now_ms + FUTURE_TOLERANCE_MS:
+            return ts_ms, (Reason.TS_OUT_OF_WINDOW, f"ts {ts_ms} is more than 5 minutes in the future")
+        if ts_ms < now_ms - self.retention_ms:
+            days = self.retention_ms // 86_400_000
+            return ts_ms, (Reason.TS_OUT_OF_WINDOW,
+                           f"ts {ts_ms} is older than the {days}-day retention (sent in s, not ms?)")
+        return ts_ms, None
+
+
+def _convert_reading(obj: Any) -> _RawReading:
+    return msgspec.convert(obj, _RawReading)
+
+
+def _reject(reason: Reason, detail: str) -> Decoded:
+    return Decoded([], [Rejection(reason, detail)])
+
+
+def to_points(readings: Iterable[Reading], catalog: Catalog) -> list[Point]:
+    """Split readings into points, one per (reading, domain): tags site and device, fields the metrics."""
+    points: list[Point] = []
+    metrics = catalog.metrics
+    for r in readings:
+        by_domain: dict[str, dict[str, FieldValue]] = {}
+        for name, value in r.metrics.items():
+            fields = by_domain.setdefault(metrics[name].domain, {})
+            fields[name] = float(value)
+            flag = r.flags.get(name)
+            if flag is not None:
+                fields[f"{name}_flag"] = flag
+            if not r.ts_from_device:
+                fields["ts_source"] = "platform"
+        points.extend(Point(dom, r.site, r.device, r.ts_ms, f) for dom, f in by_domain.items())
+    return points

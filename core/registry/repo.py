@@ -1,0 +1,146 @@
+"""Registry operations on the metadata database: engine, schema, park upsert, lookups, device state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+from smartpark.core.errors import RegistryError
+from smartpark.core.registry.models import ApiKey, Base, Device, Park, Site
+from smartpark.core.registry.parkfile import ParkFile
+from smartpark.core.registry.secrets import hash_password, new_api_key, new_password
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = ["Registry"]
+
+
+def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+    cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (API) never block the writer (ingest)
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Registry:
+    """Sites, devices and keys in any SQLAlchemy database (SQLite in the data dir by default)."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def init(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            yield s
+
+    # --- park files
+    def load_park(self, park: ParkFile) -> tuple[int, int]:
+        """Upsert a park's sites and devices (idempotent); returns (sites, devices) in the file."""
+        with self.session() as s:
+            s.merge(Park(**_fields(park.park)))
+            n_devices = 0
+            for spec in park.sites:
+                site_fields = _fields(spec, exclude={"devices"})
+                s.merge(Site(park_id=park.park.id, **site_fields))
+                for dev in spec.devices:
+                    self._upsert_device(s, spec.id, dev.id, dev.kind, dev.source_type)
+                    n_devices += 1
+        return len(park.sites), n_devices
+
+    @staticmethod
+    def _upsert_device(s: Session, site: str, device: str, kind: str, source_type: str | None) -> None:
+        existing = s.get(Device, device)
+        if existing is None:
+            s.add(Device(id=device, site_id=site, kind=kind, source_type=source_type))
+            return
+        if existing.site_id != site:
+            raise RegistryError(f"device {device!r} is bound to site {existing.site_id!r}, not {site!r}")
+        existing.kind, existing.source_type = kind, source_type
+
+    # --- lookups
+    def park(self) -> Park | None:
+        with self.session() as s:
+            return s.scalars(select(Park)).first()
+
+    def sites(self) -> list[Site]:
+        with self.session() as s:
+            return list(s.scalars(select(Site).order_by(Site.id)))
+
+    def site(self, site_id: str) -> Site | None:
+        with self.session() as s:
+            return s.get(Site, site_id)
+
+    def devices(self, site_id: str | None = None) -> list[Device]:
+        with self.session() as s:
+            q = select(Device).order_by(Device.id)
+            if site_id is not None:
+                q = q.where(Device.site_id == site_id)
+            return list(s.scalars(q))
+
+    def bindings(self) -> dict[str, str]:
+        """device id -> site id: what the ingest checks every topic against."""
+        with self.session() as s:
+            return {device: site for device, site in s.execute(select(Device.id, Device.site_id))}  # noqa: C416
+
+    def password_hashes(self) -> dict[str, tuple[str, str]]:
+        """device id -> (site id, password hash) for devices that have MQTT credentials."""
+        with self.session() as s:
+            rows = s.execute(select(Device.id, Device.site_id, Device.mqtt_password_hash))
+            return {d: (site, h) for d, site, h in rows if h}
+
+    # --- device credentials and state
+    def provision_device(self, device_id: str) -> str:
+        """Give a device a new MQTT password; returns it (shown once, stored hashed)."""
+        password = new_password()
+        with self.session() as s:
+            device = s.get(Device, device_id)
+            if device is None:
+                raise RegistryError(f"unknown device {device_id!r}")
+            device.mqtt_password_hash = hash_password(password)
+        return password
+
+    def set_device_status(self, device_id: str, online: bool, seen: datetime | None = None) -> bool:
+        with self.session() as s:
+            device = s.get(Device, device_id)
+            if device is None:
+                return False
+            device.online = online
+            device.last_seen = seen or datetime.now(UTC)
+            return True
+
+    # --- API keys
+    def create_api_key(self, role: str, sites: list[str]) -> str:
+        if role not in ("admin", "site"):
+            raise RegistryError(f"role must be admin or site, not {role!r}")
+        if role == "site" and not sites:
+            raise RegistryError("a site key needs at least one --site")
+        with self.session() as s:
+            unknown = [x for x in sites if s.get(Site, x) is None]
+            if unknown:
+                raise RegistryError(f"unknown site(s): {', '.join(unknown)}")
+            key, key_id, key_hash = new_api_key()
+            s.add(ApiKey(id=key_id, key_hash=key_hash, role=role, sites=sites, created_at=datetime.now(UTC)))
+        return key
+
+    def api_key(self, key_id: str) -> ApiKey | None:
+        with self.session() as s:
+            return s.get(ApiKey, key_id)
+
+
+def _fields(spec: object, exclude: set[str] | None = None) -> dict[str, object]:
+    return {k: v for k, v in msgspec.structs.asdict(spec).items() if k not in (exclude or set())}  # type: ignore[arg-type]

@@ -1,0 +1,140 @@
+"""One settings object for every service, from ``SMARTPARK_*`` environment variables and an optional ``.env``.
+
+Each setting is documented where it is declared; ``.env.example`` lists them all with their defaults and is
+checked against this class by the tests. Settings are validated before any I/O.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from smartpark.core.errors import ConfigError
+
+__all__ = ["MqttTarget", "Settings", "load_settings"]
+
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "password", "secret", "admin"})
+
+
+class MqttTarget:
+    """Host, port and credentials parsed from ``SMARTPARK_MQTT_URL``."""
+
+    __slots__ = ("host", "password", "port", "tls", "username")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"SMARTPARK_MQTT_URL must look like mqtt://user:pass@host:1883, got {url!r}")
+        self.tls = parts.scheme == "mqtts"
+        self.host = parts.hostname
+        self.port = parts.port or (8883 if self.tls else 1883)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SMARTPARK_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    """`production` refuses placeholder secrets and the embedded broker and store."""
+
+    # --- MQTT
+    mqtt_url: str = ""
+    """Broker as mqtt://user:pass@host:1883 (mqtts:// for TLS). Empty: `smartpark up` runs the embedded broker."""
+    mqtt_v5: bool = True
+    """Speak MQTT 5 to an external broker (session expiry, Receive Maximum, shared subscriptions); else 3.1.1."""
+    mqtt_embedded_host: str = "127.0.0.1"
+    """Address the embedded broker listens on."""
+    mqtt_embedded_port: int = Field(1883, ge=1, le=65535)
+    """Port of the embedded broker."""
+
+    # --- time-series store
+    influx_url: str = ""
+    """InfluxDB base URL (v1 HTTP API, e.g. http://localhost:8086). Empty: the embedded SQLite store."""
+    influx_db: str = "smartpark"
+    """InfluxDB database (on 2.x/3.x: the bucket mapped to it)."""
+    influx_username: str = ""
+    """InfluxDB 1.x user (basic auth)."""
+    influx_password: str = ""
+    """InfluxDB 1.x password."""
+    influx_token: str = ""
+    """InfluxDB 2.x/3.x token (sent as `Authorization: Token ...`); wins over user/password."""
+    influx_timeout_s: float = Field(10.0, gt=0)
+    """Timeout of one InfluxDB HTTP call."""
+    retention_days: int = Field(3650, ge=1)
+    """Readings older than this are rejected (`ts_out_of_window`); also the raw retention policy."""
+
+    # --- local state
+    data_dir: Path = Path("smartpark-data")
+    """Spool, dead letters, embedded store and metadata database live here."""
+    database_url: str = ""
+    """Metadata database (SQLAlchemy URL). Empty: SQLite `meta.sqlite` in the data dir."""
+    catalog_file: Path | None = None
+    """A metric catalog to use instead of the built-in one."""
+
+    # --- API
+    api_host: str = "127.0.0.1"
+    """Address the API listens on."""
+    api_port: int = Field(8000, ge=1, le=65535)
+    """Port of the API."""
+
+    # --- ingest
+    ingest_client_id: str = "smartpark-ingest"
+    """MQTT client id of the ingest: fixed, so its persistent session survives restarts."""
+    ingest_shared: str = ""
+    """Empty: a plain subscription. `1` or a group name: an MQTT 5 shared subscription ($share/<group>/...)."""
+    ingest_batch_size: int = Field(5000, ge=1, le=100_000)
+    """Points per store write."""
+    ingest_batch_age_s: float = Field(1.0, gt=0, le=60)
+    """A batch is written at the latest this long after its first reading arrived."""
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, v: str) -> str:
+        if v:
+            MqttTarget(v)
+        return v
+
+    @field_validator("influx_url")
+    @classmethod
+    def _influx_url(cls, v: str) -> str:
+        if v and urlsplit(v).scheme not in ("http", "https"):
+            raise ValueError(f"SMARTPARK_INFLUX_URL must be an http(s) URL, got {v!r}")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _production(self) -> Settings:
+        if self.env != "production":
+            return self
+        if not self.mqtt_url or not self.influx_url:
+            raise ValueError("SMARTPARK_ENV=production needs SMARTPARK_MQTT_URL and SMARTPARK_INFLUX_URL")
+        target = MqttTarget(self.mqtt_url)
+        if (target.password or "") in PLACEHOLDER_SECRETS:
+            raise ValueError("SMARTPARK_MQTT_URL carries a placeholder password; set a real one")
+        if not self.influx_token and self.influx_password in PLACEHOLDER_SECRETS:
+            raise ValueError("set SMARTPARK_INFLUX_TOKEN or a real SMARTPARK_INFLUX_PASSWORD in production")
+        return self
+
+    @cached_property
+    def mqtt(self) -> MqttTarget | None:
+        return MqttTarget(self.mqtt_url) if self.mqtt_url else None
+
+    @property
+    def metadata_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'meta.sqlite').resolve()}"
+
+    @property
+    def retention_ms(self) -> int:
+        return self.retention_days * 86_400_000
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build and validate the settings; a bad value becomes a ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration:\n{exc}") from exc

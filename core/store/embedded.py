@@ -1,0 +1,159 @@
+"""The embedded time-series store: SQLite in WAL mode in the data dir, so `smartpark up` needs no server.
+
+One row per (series, field, time) in a WITHOUT ROWID table whose primary key is the index the queries
+need (series, field, time); a `latest` table kept by upsert answers "latest value per metric" without a
+scan. Writing the same (series, field, time) again overwrites, as InfluxDB does.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from smartpark.core.catalog import Catalog
+from smartpark.core.errors import StoreRejected, StoreUnavailable
+from smartpark.core.points import Point
+from smartpark.core.store.base import DAY_MS, LatestValue, Series, SeriesQuery, check_points
+
+__all__ = ["EmbeddedStore"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY, measurement TEXT NOT NULL, site TEXT NOT NULL, device TEXT NOT NULL,
+    UNIQUE (measurement, site, device));
+CREATE TABLE IF NOT EXISTS points (
+    series_id INTEGER NOT NULL, field TEXT NOT NULL, ts INTEGER NOT NULL, value REAL, text TEXT,
+    PRIMARY KEY (series_id, field, ts)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latest (
+    series_id INTEGER NOT NULL, field TEXT NOT NULL, ts INTEGER NOT NULL, value REAL, text TEXT,
+    PRIMARY KEY (series_id, field)) WITHOUT ROWID;
+"""
+
+UPSERT_LATEST = """
+INSERT INTO latest (series_id, field, ts, value, text) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (series_id, field) DO UPDATE SET ts = excluded.ts, value = excluded.value, text = excluded.text
+WHERE excluded.ts >= latest.ts
+"""
+
+AGG_SQL = {"mean": "AVG(p.value)", "min": "MIN(p.value)", "max": "MAX(p.value)", "sum": "SUM(p.value)",
+           "count": "COUNT(p.value)", "last": "p.value"}
+
+LATEST_SQL = """
+SELECT s.device, s.measurement, l.field, l.ts, l.value, f.text
+FROM latest l JOIN series s ON s.id = l.series_id
+LEFT JOIN latest f ON f.series_id = l.series_id AND f.field = l.field || '_flag' AND f.ts = l.ts
+WHERE s.site = ? AND l.value IS NOT NULL AND l.ts >= ?
+ORDER BY s.device, l.field
+"""
+
+
+class EmbeddedStore:
+    """SQLite-backed TimeSeriesStore; safe to use from several threads and processes."""
+
+    def __init__(self, path: Path, catalog: Catalog) -> None:
+        self.path = Path(path)
+        self.catalog = catalog
+        self._local = threading.local()
+        self._series: dict[tuple[str, str, str], int] = {}
+        self._write_lock = threading.Lock()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+            self._local.conn = conn
+        return conn
+
+    def init(self) -> None:
+        try:
+            self._conn().executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"embedded store {self.path}: {exc}") from exc
+
+    def ping(self) -> None:
+        try:
+            self._conn().execute("SELECT 1 FROM series LIMIT 1")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"embedded store {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # --- writes
+    def _series_id(self, conn: sqlite3.Connection, key: tuple[str, str, str]) -> int:
+        sid = self._series.get(key)
+        if sid is None:
+            conn.execute("INSERT OR IGNORE INTO series (measurement, site, device) VALUES (?, ?, ?)", key)
+            row = conn.execute(
+                "SELECT id FROM series WHERE measurement = ? AND site = ? AND device = ?", key).fetchone()
+            sid = self._series[key] = row[0]
+        return sid
+
+    def write(self, points: Sequence[Point]) -> None:
+        check_points(points)
+        with self._write_lock:
+            conn = self._conn()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                rows = self._rows(conn, points)
+                conn.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?)", rows)
+                conn.executemany(UPSERT_LATEST, rows)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreUnavailable(f"embedded store write failed: {exc}") from exc
+
+    def _rows(self, conn: sqlite3.Connection, points: Sequence[Point]) -> list[tuple[object, ...]]:
+        rows: list[tuple[object, ...]] = []
+        for p in points:
+            sid = self._series_id(conn, (p.measurement, p.site, p.device))
+            for name, value in p.fields.items():
+                if isinstance(value, str):
+                    rows.append((sid, name, p.ts_ms, None, value))
+                else:
+                    rows.append((sid, name, p.ts_ms, value, None))
+        return rows
+
+    # --- queries
+    def series(self, query: SeriesQuery) -> list[Series]:
+        if query.every_ms <= 0:
+            raise StoreRejected("every must be positive")
+        device_col = "s.device" if query.group_by == "device" else "NULL"
+        # `last` relies on SQLite's documented bare-column rule: with MAX(ts), value comes from that row.
+        extra = ", MAX(p.ts)" if query.agg == "last" else ""
+        # Only fixed SQL fragments are joined; every value is a bound parameter.
+        sql = (
+            f"SELECT s.site, {device_col} AS dev, p.ts - (p.ts % :every) AS w, {AGG_SQL[query.agg]}{extra} "  # noqa: S608
+            "FROM points p JOIN series s ON s.id = p.series_id "
+            "WHERE s.measurement = :m AND p.field = :f AND p.ts >= :start AND p.ts < :end "
+            "AND p.value IS NOT NULL"
+            + (" AND s.site = :site" if query.site is not None else "")
+            + (" AND s.device = :device" if query.device is not None else "")
+            + " GROUP BY s.site, dev, w ORDER BY s.site, dev, w"
+        )
+        params = {"every": query.every_ms, "m": query.measurement, "f": query.field,
+                  "start": query.start_ms, "end": query.end_ms, "site": query.site, "device": query.device}
+        out: dict[tuple[str, str | None], list[tuple[int, float]]] = {}
+        for row in self._conn().execute(sql, params):
+            out.setdefault((row[0], row[1]), []).append((row[2], float(row[3])))
+        return [Series(site, dev, pts) for (site, dev), pts in out.items()]
+
+    def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[LatestValue]:
+        since = _now_ms() - lookback_ms
+        rows = self._conn().execute(LATEST_SQL, (site, since))
+        return [LatestValue(site, dev, m, field, ts, value, flag) for dev, m, field, ts, value, flag in rows
+                if field in self.catalog]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

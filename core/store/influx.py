@@ -1,0 +1,427 @@
+"""The production time-series store: InfluxDB over its v1 HTTP API (line protocol in, InfluxQL out).
+
+Why this shape:
+
+- The v1 API (``POST /write``, ``POST /query``) is what InfluxDB 1.x serves natively and 2.x/3.x serve for
+  compatibility, so one small client covers all three (contract "InfluxDB layout"). Auth is basic
+  user/password on 1.x and ``Authorization: Token`` on 2.x/3.x.
+- Line protocol and InfluxQL are text languages: every name and value taken from outside is escaped
+  (``line``) or quoted (``quote_ident``, ``quote_literal``), never pasted into a statement. What line
+  protocol cannot carry at all is refused with ValueError instead of being silently mangled.
+- Errors are typed for the caller's retry logic: down, timed out, 5xx or 429 -> StoreUnavailable
+  (retryable); anything else the server refuses -> StoreRejected with InfluxDB's own message.
+
+Line protocol as InfluxDB 1.6 parses it (checked against the real server by tests/test_store_influx.py):
+
+- Measurement: comma and space are escaped with a backslash. A leading ``#`` makes the line a comment that
+  is dropped without an error, so such a name is refused.
+- Tag keys, tag values, field keys: comma, equals sign and space are escaped. A backslash is *not* an escape
+  for itself there: ``a\\b`` is stored with both backslashes (2.x documents the opposite), so a backslash is
+  written as is and refused where it would change the meaning: before a backslash, comma, equals sign or
+  space, or at the end. Quotes need no escaping. Newline and carriage return cannot be escaped at all, and
+  a tag value cannot be empty.
+- String field values are double-quoted with backslash and double quote escaped. A raw newline or carriage
+  return inside the quotes round-trips on 1.6 (``\\n`` would be stored as backslash + n), so they are
+  written raw.
+- Floats are written with ``repr`` (shortest round-trip form); NaN and infinities cannot be written.
+- Timestamps are epoch milliseconds (``precision=ms``); a point with the same measurement, tags and time
+  overwrites the previous one, which makes redelivery safe.
+
+On 1.x ``init()`` lays out the retention policies: ``raw`` (the default, ``retention_days``), ``rp_1m``
+and ``rp_1h`` (longer), filled by continuous queries ``cq_<measurement>_1m`` / ``cq_<measurement>_1h``
+that keep the field names (gauges by ``mean``, counters by ``last``), so a dashboard switches resolution
+by switching the retention policy alone. On 2.x/3.x the bucket and its DBRP mapping are the operator's.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+from smartpark.core.catalog import Catalog
+from smartpark.core.errors import StoreRejected, StoreUnavailable
+from smartpark.core.points import Point
+from smartpark.core.store.base import AGGREGATES, DAY_MS, LatestValue, Series, SeriesQuery, check_points
+
+__all__ = [
+    "RAW_RP",
+    "ROLLUPS",
+    "InfluxStore",
+    "escape_measurement",
+    "escape_string_field",
+    "escape_tag",
+    "line",
+    "lines",
+    "quote_ident",
+    "quote_literal",
+]
+
+RAW_RP = "raw"
+# (retention policy, GROUP BY interval, CQ name suffix, duration as a multiple of raw; None = infinite)
+ROLLUPS: tuple[tuple[str, str, str, int | None], ...] = (
+    ("rp_1m", "1m", "1m", 2),
+    ("rp_1h", "1h", "1h", None),
+)
+
+_NO_NEWLINES = ("\n", "\r")
+_MEASUREMENT_SPECIALS = {",": "\\,", " ": "\\ "}
+_TAG_SPECIALS = {",": "\\,", "=": "\\=", " ": "\\ "}
+_AFTER_BACKSLASH = ("", "\\", ",", "=", " ")  # a backslash before these (or at the end) changes the meaning
+
+
+# ------------------------------------------------------------------------------------------ line protocol
+
+
+def _escape(value: str, what: str, specials: dict[str, str]) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, got {type(value).__name__}")
+    if value == "":
+        raise ValueError(f"{what} cannot be empty in InfluxDB line protocol")
+    if any(c in value for c in _NO_NEWLINES):
+        raise ValueError(f"{what} {value!r} has a newline or carriage return: line protocol cannot carry it")
+    out = []
+    for i, c in enumerate(value):
+        if c == "\\":
+            nxt = value[i + 1] if i + 1 < len(value) else ""
+            if nxt in _AFTER_BACKSLASH:
+                raise ValueError(
+                    f"{what} {value!r} has a backslash before {nxt!r} or at its end, which InfluxDB line "
+                    "protocol cannot carry unambiguously"
+                )
+        out.append(specials.get(c, c))
+    return "".join(out)
+
+
+def escape_measurement(name: str) -> str:
+    """A measurement for line protocol: comma and space escaped; what it cannot carry raises ValueError."""
+    if name.startswith("#"):
+        raise ValueError(f"measurement {name!r} starts with '#': line protocol would drop it as a comment")
+    return _escape(name, "measurement", _MEASUREMENT_SPECIALS)
+
+
+def escape_tag(text: str, what: str = "tag key, tag value or field key") -> str:
+    """A tag key, tag value or field key for line protocol: comma, equals sign and space escaped.
+
+    ``what`` names the value in the ValueError raised for what line protocol cannot carry.
+    """
+    return _escape(text, what, _TAG_SPECIALS)
+
+
+def escape_string_field(value: str) -> str:
+    """A string field value, quoted: backslash and double quote escaped, newlines raw (they round-trip)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _field_value(key: str, value: object) -> str:
+    if isinstance(value, str):
+        return escape_string_field(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"field {key!r}: a value must be a float or a string, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"field {key!r}: {value!r} is not finite; InfluxDB cannot store it")
+    return repr(number)
+
+
+def line(point: Point) -> str:
+    """One point as a line of InfluxDB line protocol with a millisecond timestamp (no trailing newline)."""
+    if not point.fields:
+        raise ValueError(f"point {point.measurement}/{point.site}/{point.device}@{point.ts_ms} has no fields")
+    if isinstance(point.ts_ms, bool) or not isinstance(point.ts_ms, int):
+        raise TypeError(f"ts_ms must be an integer (epoch milliseconds), got {point.ts_ms!r}")
+    device, site = escape_tag(point.device, "tag device"), escape_tag(point.site, "tag site")
+    fields = ",".join(f"{escape_tag(k, 'field key')}={_field_value(k, v)}" for k, v in point.fields.items())
+    # tags sorted by key (device < site), as InfluxDB recommends
+    return f"{escape_measurement(point.measurement)},device={device},site={site} {fields} {point.ts_ms}"
+
+
+def lines(points: Iterable[Point]) -> bytes:
+    """Points as a line-protocol body (UTF-8, one line each)."""
+    return "\n".join(line(p) for p in points).encode("utf-8")
+
+
+# ------------------------------------------------------------------------------------------------ InfluxQL
+
+
+def _quote(text: str, quote: str) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"InfluxQL quoting needs a string, got {type(text).__name__}")
+    # InfluxQL strings know the escapes \\ \" \' \n; a raw newline ends the statement with an error
+    return quote + text.replace("\\", "\\\\").replace(quote, "\\" + quote).replace("\n", "\\n") + quote
+
+
+def quote_ident(name: str) -> str:
+    """An InfluxQL identifier (database, retention policy, measurement, field, tag key) in double quotes."""
+    return _quote(name, '"')
+
+
+def quote_literal(value: str) -> str:
+    """An InfluxQL string literal (a tag value in WHERE) in single quotes."""
+    return _quote(value, "'")
+
+
+# ------------------------------------------------------------------------------------------------- store
+
+
+def _error_message(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error") or body.get("message"), str):
+        return str(body.get("error") or body.get("message"))
+    return resp.text.strip()[:500] or resp.reason_phrase
+
+
+class InfluxStore:
+    """TimeSeriesStore over the InfluxDB v1 HTTP API (one keep-alive ``httpx.Client``; thread-safe)."""
+
+    def __init__(
+        self,
+        url: str,
+        database: str,
+        catalog: Catalog,
+        *,
+        username: str = "",
+        password: str = "",
+        token: str = "",
+        timeout_s: float = 10.0,
+        retention_days: int = 3650,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        """``transport`` replaces the network (tests: ``httpx.MockTransport``)."""
+        if not database:
+            raise ValueError("InfluxDB database name is empty")
+        if retention_days < 1:
+            raise ValueError(f"retention_days must be >= 1, got {retention_days}")
+        self.url = url.rstrip("/")
+        self.database = database
+        self.catalog = catalog
+        self.retention_days = retention_days
+        self.token = token
+        # Retention policy named in writes and FROM clauses; None = the database's DEFAULT policy, which
+        # init() makes "raw" on 1.x, so a process that did not run init() reads where the writers write.
+        self.rp: str | None = None
+        headers = {"User-Agent": "smartpark"}
+        auth: httpx.BasicAuth | None = None
+        if token:
+            headers["Authorization"] = f"Token {token}"
+        elif username:
+            auth = httpx.BasicAuth(username, password)
+        self._client = httpx.Client(
+            base_url=self.url, headers=headers, auth=auth, timeout=timeout_s, transport=transport
+        )
+
+    # --- plumbing
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            resp = self._client.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise StoreUnavailable(f"InfluxDB {self.url}{path}: timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise StoreUnavailable(f"InfluxDB {self.url}{path}: {type(exc).__name__}: {exc}") from exc
+        if resp.status_code < 300:
+            return resp
+        message = f"InfluxDB {path} answered {resp.status_code}: {_error_message(resp)}"
+        if resp.status_code >= 500 or resp.status_code == 429:
+            raise StoreUnavailable(message, status=resp.status_code)
+        raise StoreRejected(message, status=resp.status_code)
+
+    def query(self, statements: str, *, with_db: bool = True) -> list[dict[str, Any]]:
+        """Run InfluxQL (one or more ``;``-separated statements); one result dict per statement.
+
+        ``statements`` must already be built with quote_ident/quote_literal. A statement that fails
+        raises StoreRejected with InfluxDB's message.
+        """
+        form = {"q": statements, "epoch": "ms"}
+        if with_db:
+            form["db"] = self.database
+        resp = self._send("POST", "/query", data=form)
+        try:
+            body = resp.json()
+        except ValueError as exc:
+            raise StoreRejected(f"InfluxDB /query answered non-JSON: {resp.text[:200]!r}") from exc
+        if "error" in body:
+            raise StoreRejected(f"InfluxDB query failed: {body['error']}", status=resp.status_code)
+        results: list[dict[str, Any]] = body.get("results", [])
+        for result in results:
+            if "error" in result:
+                raise StoreRejected(f"InfluxDB query failed: {result['error']}", status=resp.status_code)
+            if any(s.get("partial") for s in result.get("series", [])):
+                raise StoreRejected("InfluxDB truncated the result (max-row-limit); narrow the query")
+        return results
+
+    def _from(self, measurement: str) -> str:
+        m = quote_ident(measurement)
+        return f"{quote_ident(self.rp)}.{m}" if self.rp else m
+
+    # --- TimeSeriesStore
+
+    def ping(self) -> None:
+        resp = self._send("GET", "/ping")
+        if resp.status_code != 204:
+            raise StoreUnavailable(f"InfluxDB /ping answered {resp.status_code}", status=resp.status_code)
+
+    def server_version(self) -> str:
+        """The server's version from /ping (``X-Influxdb-Version``), "" if it does not say."""
+        resp = self._send("GET", "/ping")
+        return resp.headers.get("X-Influxdb-Version", "")
+
+    def is_v1(self) -> bool:
+        version = self.server_version().lstrip("v")
+        return version.startswith("1.") if version else not self.token
+
+    def init(self) -> None:
+        """Create the database, retention policies and continuous queries (1.x; idempotent).
+
+        On 2.x/3.x the compatibility API runs no DDL: only check that the server answers.
+        """
+        if not self.is_v1():
+            self.ping()
+            return
+        db = quote_ident(self.database)
+        self.query(f"CREATE DATABASE {db}", with_db=False)
+        existing = {
+            row[0]
+            for result in self.query(f"SHOW RETENTION POLICIES ON {db}")
+            for series in result.get("series", [])
+            for row in series.get("values", [])
+        }
+        wanted = [(RAW_RP, f"{self.retention_days}d", True)]
+        wanted += [(rp, f"{self.retention_days * k}d" if k else "INF", False) for rp, _, _, k in ROLLUPS]
+        statements = []
+        for rp, duration, default in wanted:
+            verb = "ALTER" if rp in existing else "CREATE"
+            statement = f"{verb} RETENTION POLICY {quote_ident(rp)} ON {db} DURATION {duration} REPLICATION 1"
+            statements.append(statement + (" DEFAULT" if default else ""))
+        self.query("; ".join(statements))
+        self.rp = RAW_RP
+        for name, create in self._continuous_queries():
+            try:
+                self.query(create)  # 1.6 accepts a CQ identical to an existing one as a no-op
+            except StoreRejected as exc:
+                if "already exists" not in str(exc):
+                    raise
+                # same name, other text (the catalog changed): replace it
+                self.query(f"DROP CONTINUOUS QUERY {quote_ident(name)} ON {db}; {create}")
+
+    def _continuous_queries(self) -> list[tuple[str, str]]:
+        """(name, CREATE statement) of every rollup CQ, one per measurement of the catalog and rollup."""
+        db = quote_ident(self.database)
+        by_domain: dict[str, list[str]] = {}
+        for metric in sorted(self.catalog.metrics.values(), key=lambda m: m.name):
+            agg = "last" if metric.kind == "counter" else "mean"
+            f = quote_ident(metric.name)
+            by_domain.setdefault(metric.domain, []).append(f"{agg}({f}) AS {f}")
+        out = []
+        for domain, selects in sorted(by_domain.items()):
+            m = quote_ident(domain)
+            for rp, every, suffix, _ in ROLLUPS:
+                name = f"cq_{domain}_{suffix}"
+                select = (
+                    f"SELECT {', '.join(selects)} INTO {db}.{quote_ident(rp)}.{m} "  # noqa: S608 (InfluxQL; names and values quoted)
+                    f"FROM {db}.{quote_ident(RAW_RP)}.{m} GROUP BY time({every}), *"
+                )
+                out.append((name, f"CREATE CONTINUOUS QUERY {quote_ident(name)} ON {db} BEGIN {select} END"))
+        return out
+
+    def write(self, points: Sequence[Point]) -> None:
+        check_points(points)
+        if not points:
+            return
+        body = gzip.compress(lines(points), compresslevel=5)
+        params = {"db": self.database, "precision": "ms"}
+        if self.rp:
+            params["rp"] = self.rp
+        headers = {"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8"}
+        self._send("POST", "/write", params=params, content=body, headers=headers)
+
+    def series(self, query: SeriesQuery) -> list[Series]:
+        if query.agg not in AGGREGATES:
+            raise ValueError(f"unknown aggregate {query.agg!r}; one of {', '.join(AGGREGATES)}")
+        if query.every_ms <= 0 or query.end_ms <= query.start_ms:
+            raise ValueError(f"bad window: every {query.every_ms} ms from {query.start_ms} to {query.end_ms}")
+        where = []
+        if query.site is not None:
+            where.append(f'"site" = {quote_literal(query.site)}')
+        if query.device is not None:
+            where.append(f'"device" = {quote_literal(query.device)}')
+        where += [f"time >= {int(query.start_ms)}ms", f"time < {int(query.end_ms)}ms"]
+        group = '"site"' if query.group_by == "site" else '"site", "device"'
+        statement = (
+            f"SELECT {query.agg}({quote_ident(query.field)}) FROM {self._from(query.measurement)} "  # noqa: S608 (InfluxQL; names and values quoted)
+            f"WHERE {' AND '.join(where)} GROUP BY time({int(query.every_ms)}ms), {group} fill(none)"
+        )
+        out = []
+        for result in self.query(statement):
+            for s in result.get("series", []):
+                tags = s.get("tags", {})
+                points = [(int(row[0]), float(row[1])) for row in s.get("values", []) if row[1] is not None]
+                if points:
+                    device = tags.get("device") if query.group_by == "device" else None
+                    out.append(Series(tags.get("site", query.site or ""), device, points))
+        out.sort(key=lambda s: (s.site, s.device or ""))
+        return out
+
+    def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[LatestValue]:
+        metrics = sorted(self.catalog.metrics.values(), key=lambda m: (m.domain, m.name))
+        if not metrics:
+            return []
+        statements = [
+            f"SELECT {quote_ident(m.name)}, {quote_ident(m.name + '_flag')} FROM {self._from(m.domain)} "  # noqa: S608 (InfluxQL; names and values quoted)
+            f'WHERE "site" = {quote_literal(site)} AND time > now() - {int(lookback_ms)}ms '
+            f'GROUP BY "device" ORDER BY time DESC LIMIT 1'
+            for m in metrics
+        ]
+        try:
+            results = self.query("; ".join(statements))
+        except StoreRejected as exc:
+            if not str(exc).endswith("not executed"):
+                raise
+            # InfluxDB 1.6 reports a failed first statement of several (e.g. no such database) only as
+            # "not executed": run it alone for the real message
+            self.query(statements[0])
+            raise
+        out = []
+        for i, result in enumerate(results):
+            metric = metrics[result.get("statement_id", i)]
+            for s in result.get("series", []):
+                columns: list[str] = s.get("columns", [])
+                for row in s.get("values", []):
+                    record = dict(zip(columns, row, strict=False))
+                    value = record.get(metric.name)
+                    if value is None:
+                        continue
+                    flag = record.get(metric.name + "_flag")
+                    out.append(
+                        LatestValue(
+                            site=site,
+                            device=s.get("tags", {}).get("device", ""),
+                            measurement=metric.domain,
+                            metric=metric.name,
+                            ts_ms=int(record["time"]),
+                            value=float(value),
+                            flag=flag if isinstance(flag, str) and flag else None,
+                        )
+                    )
+        out.sort(key=lambda v: (v.device, v.measurement, v.metric))
+        return out
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"InfluxStore({self.url!r}, {self.database!r}, rp={self.rp!r})"

@@ -1,0 +1,79 @@
+"""Batches of decoded messages: filled by the MQTT thread, taken whole by the writer.
+
+A batch carries the broker message ids to acknowledge once its points and dead letters are durable, so
+the ack can never run ahead of the write.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from smartpark.core.points import Point
+from smartpark.ingest.deadletter import DeadLetter
+from smartpark.ingest.decode import DecodedMessage, StatusUpdate
+
+__all__ = ["Batch", "Batcher"]
+
+
+@dataclass(slots=True)
+class Batch:
+    points: list[Point] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    status: dict[str, StatusUpdate] = field(default_factory=dict)
+    acks: list[tuple[int, int]] = field(default_factory=list)  # (connection, MQTT mid), receive order
+    readings: int = 0
+    messages: int = 0
+    opened: float = 0.0  # monotonic time of the first message
+
+    def add(self, msg: DecodedMessage, ack: tuple[int, int]) -> None:
+        if not self.messages:
+            self.opened = time.monotonic()
+        self.points += msg.points
+        self.dead += msg.dead
+        if msg.status is not None:
+            self.status[msg.status.device] = msg.status
+        self.acks.append(ack)
+        self.readings += msg.readings
+        self.messages += 1
+
+
+class Batcher:
+    """Collects messages until ``max_points`` or ``max_age_s``; `take()` blocks until a batch is due."""
+
+    def __init__(self, max_points: int, max_age_s: float) -> None:
+        self.max_points = max_points
+        self.max_age_s = max_age_s
+        self._batch = Batch()
+        self._cond = threading.Condition()
+
+    def add(self, msg: DecodedMessage, ack: tuple[int, int]) -> None:
+        with self._cond:
+            self._batch.add(msg, ack)
+            if len(self._batch.points) >= self.max_points:
+                self._cond.notify()
+
+    def _due(self) -> bool:
+        b = self._batch
+        return len(b.points) >= self.max_points or (
+            b.messages > 0 and time.monotonic() - b.opened >= self.max_age_s)
+
+    def take(self, timeout: float) -> Batch | None:
+        """The due batch, or None when nothing became due within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._due():
+                wait = deadline - time.monotonic()
+                if self._batch.messages:
+                    wait = min(wait, self._batch.opened + self.max_age_s - time.monotonic())
+                if deadline - time.monotonic() <= 0:
+                    return None
+                self._cond.wait(max(wait, 0.001))
+            batch, self._batch = self._batch, Batch()
+            return batch
+
+    def drain(self) -> Batch:
+        with self._cond:
+            batch, self._batch = self._batch, Batch()
+            return batch

@@ -1,0 +1,93 @@
+"""Message -> points, dead letters and status updates: the contract checks plus the registry binding."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import msgspec
+from smartpark.core.catalog import Catalog
+from smartpark.core.contract import ReadingDecoder, Reason, Rejection, parse_topic, to_points
+from smartpark.core.points import Point
+from smartpark.ingest.deadletter import DeadLetter
+
+__all__ = ["Bindings", "DecodedMessage", "MessageDecoder", "StatusUpdate"]
+
+BINDING_RELOAD_S = 5.0
+
+
+class StatusUpdate(NamedTuple):
+    device: str
+    online: bool
+    ts_ms: int
+
+
+class DecodedMessage(NamedTuple):
+    points: list[Point]
+    readings: int
+    dead: list[DeadLetter]
+    status: StatusUpdate | None = None
+
+
+class _Status(msgspec.Struct):
+    state: str
+    ts: int | str | None = None
+
+
+class Bindings:
+    """device -> site from the registry, reloaded when an unknown device shows up (at most every 5 s)."""
+
+    def __init__(self, load: Callable[[], dict[str, str]]) -> None:
+        self._load = load
+        self._map = load()
+        self._loaded = time.monotonic()
+        self._lock = threading.Lock()
+
+    def site_of(self, device: str) -> str | None:
+        site = self._map.get(device)
+        if site is None and time.monotonic() - self._loaded > BINDING_RELOAD_S:
+            with self._lock:
+                self._map, self._loaded = self._load(), time.monotonic()
+            site = self._map.get(device)
+        return site
+
+
+class MessageDecoder:
+    def __init__(self, catalog: Catalog, bindings: Bindings, retention_ms: int) -> None:
+        self.catalog = catalog
+        self.bindings = bindings
+        self.readings = ReadingDecoder(catalog, retention_ms=retention_ms)
+
+    def decode(self, topic: str, payload: bytes, now_ms: int) -> DecodedMessage:
+        parsed = parse_topic(topic)
+        if parsed is None:
+            return _dead(topic, payload, now_ms, Rejection(Reason.TOPIC_MISMATCH, "not a smartpark/v1 topic"))
+        bound = self.bindings.site_of(parsed.device)
+        if bound is None:
+            return _dead(topic, payload, now_ms,
+                         Rejection(Reason.UNKNOWN_DEVICE, f"device {parsed.device!r} is not in the registry"))
+        if bound != parsed.site:
+            return _dead(topic, payload, now_ms, Rejection(
+                Reason.TOPIC_MISMATCH, f"device {parsed.device!r} belongs to site {bound!r}, not {parsed.site!r}"))
+        if parsed.kind == "status":
+            return self._status(topic, parsed.device, payload, now_ms)
+        result = self.readings.decode(parsed.site, parsed.device, payload, now_ms)
+        dead = [DeadLetter(now_ms, r.reason.value, topic, r.index, r.detail, payload) for r in result.rejections]
+        return DecodedMessage(to_points(result.readings, self.catalog), len(result.readings), dead)
+
+    def _status(self, topic: str, device: str, payload: bytes, now_ms: int) -> DecodedMessage:
+        try:
+            status = msgspec.json.decode(payload, type=_Status)
+        except msgspec.DecodeError as exc:
+            reason = Reason.BAD_SCHEMA if isinstance(exc, msgspec.ValidationError) else Reason.BAD_JSON
+            return _dead(topic, payload, now_ms, Rejection(reason, str(exc)))
+        if status.state not in ("online", "offline"):
+            return _dead(topic, payload, now_ms, Rejection(Reason.BAD_SCHEMA, f"state {status.state!r}"))
+        return DecodedMessage([], 0, [], StatusUpdate(device, status.state == "online", now_ms))
+
+
+def _dead(topic: str, payload: bytes, now_ms: int, rejection: Rejection) -> DecodedMessage:
+    letter = DeadLetter(now_ms, rejection.reason.value, topic, rejection.index, rejection.detail, payload)
+    return DecodedMessage([], 0, [letter])

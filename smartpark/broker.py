@@ -1,0 +1,292 @@
+"""The embedded MQTT broker of `smartpark up` (no SMARTPARK_MQTT_URL): amqtt on its own thread and event loop.
+
+It enforces the contract's MQTT rules like the production Mosquitto does: every client authenticates (devices
+with their registry credentials, platform services with in-memory accounts) and a device may publish only
+under its own ``smartpark/v1/{site}/{device}/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hmac
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+
+from amqtt.broker import Broker
+from amqtt.contexts import Action, BrokerConfig, ListenerConfig, ListenerType
+from amqtt.errors import BrokerError
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+
+from smartpark.core.errors import SmartparkError
+from smartpark.core.registry import Registry
+from smartpark.core.registry.secrets import verify_password
+
+__all__ = ["Authority", "BrokerStartError", "EmbeddedBroker", "PortInUse"]
+
+log = logging.getLogger(__name__)
+
+TOPIC_ROOT = "smartpark/"
+SERVICE_FILTER_ROOT = "smartpark/v1/"
+DEVICE_TOPICS = ("telemetry", "status")
+HASH_TTL_S = 5.0  # how long a re-provisioned device's old password keeps working; a miss reloads at once
+START_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 15.0
+_NOISY_LOGGERS = ("amqtt", "transitions")
+
+
+class BrokerStartError(SmartparkError):
+    """The embedded broker could not start."""
+
+
+class PortInUse(BrokerStartError):
+    """Another process already listens on the embedded broker's port."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(
+            f"MQTT port {host}:{port} is already taken (another broker?). "
+            "Set SMARTPARK_MQTT_EMBEDDED_PORT to another port, or stop the other broker."
+        )
+        self.host, self.port = host, port
+
+
+class Authority:
+    """Who may connect and where they may publish; shared by the two plugins, used from worker threads."""
+
+    def __init__(self, registry: Registry, service_accounts: dict[str, str], ttl_s: float = HASH_TTL_S) -> None:
+        self._registry = registry
+        self._services = dict(service_accounts)
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._hashes: dict[str, tuple[str, str]] = {}
+        self._loaded_at = -1e9
+        self._sites: dict[str, str] = {}  # device id -> site, recorded at its last successful login
+
+    def check(self, username: str, password: str) -> bool:
+        """Verify a login (blocking: a registry query and PBKDF2); services win a name clash with a device."""
+        if username in self._services:
+            return hmac.compare_digest(password.encode(), self._services[username].encode())
+        entry = self._device(username, fresh=False)
+        if entry is not None and verify_password(password, entry[1]):
+            return self._bind(username, entry[0])
+        fresh = self._device(username, fresh=True)  # re-provisioned or new since the cache was filled
+        if fresh is not None and fresh != entry and verify_password(password, fresh[1]):
+            return self._bind(username, fresh[0])
+        return False
+
+    def may_publish(self, username: str | None, topic: str) -> bool:
+        if username in self._services:
+            return topic.startswith(TOPIC_ROOT)
+        site = self._sites.get(username or "")
+        return site is not None and topic in _device_topics(site, username or "")
+
+    def may_subscribe(self, username: str | None, topic_filter: str) -> bool:
+        # Devices subscribe to nothing: no contract topic flows platform -> device, and none reads another's.
+        return username in self._services and topic_filter.startswith(SERVICE_FILTER_ROOT)
+
+    def _bind(self, device_id: str, site_id: str) -> bool:
+        self._sites[device_id] = site_id
+        return True
+
+    def _device(self, device_id: str, *, fresh: bool) -> tuple[str, str] | None:
+        with self._lock:
+            age = time.monotonic() - self._loaded_at
+            if fresh or age > self._ttl_s:
+                self._hashes = self._registry.password_hashes()
+                self._loaded_at = time.monotonic()
+            return self._hashes.get(device_id)
+
+
+def _device_topics(site_id: str, device_id: str) -> tuple[str, ...]:
+    return tuple(f"smartpark/v1/{site_id}/{device_id}/{leaf}" for leaf in DEVICE_TOPICS)
+
+
+class SmartparkAuthPlugin(BaseAuthPlugin):
+    """Refuses anonymous clients and bad credentials, and a will the client could not publish itself."""
+
+    @dataclass
+    class Config:
+        authority: Authority | None = None
+
+    async def authenticate(self, *, session: Session) -> bool:
+        authority, username = self.config.authority, session.username
+        if authority is None or not username or session.password is None:
+            return False
+        try:
+            ok = await asyncio.to_thread(authority.check, username, session.password)
+        except Exception:
+            self.context.logger.exception("login check of %r failed", username)
+            return False
+        # amqtt sends the will without any topic check, so it is checked here, as Mosquitto does at CONNECT.
+        if ok and session.will_flag:
+            return authority.may_publish(username, session.will_topic or "")
+        return ok
+
+
+class SmartparkTopicPlugin(BaseTopicPlugin):
+    """The per-client publish/subscribe ACL (RECEIVE needs no check: subscriptions are already restricted)."""
+
+    @dataclass
+    class Config:
+        authority: Authority | None = None
+
+    async def topic_filtering(
+        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
+    ) -> bool:
+        authority = self.config.authority
+        if authority is None or session is None or not topic:
+            return False
+        match action:
+            case Action.PUBLISH:
+                return authority.may_publish(session.username, topic)
+            case Action.SUBSCRIBE:
+                return authority.may_subscribe(session.username, topic)
+            case Action.RECEIVE:
+                return True
+        return False
+
+
+def broker_config(host: str, port: int, authority: Authority, *, debug: bool = False) -> BrokerConfig:
+    """Our two plugins only; amqtt's $SYS, anonymous and packet/event loggers stay off unless debugging."""
+    plugins: dict[str, dict[str, object]] = {
+        f"{__name__}.SmartparkAuthPlugin": {"authority": authority},
+        f"{__name__}.SmartparkTopicPlugin": {"authority": authority},
+    }
+    if debug:
+        plugins["amqtt.plugins.logging_amqtt.EventLoggerPlugin"] = {}
+        plugins["amqtt.plugins.logging_amqtt.PacketLoggerPlugin"] = {}
+    listener = ListenerConfig(type=ListenerType.TCP, bind=f"{host}:{port}")
+    return BrokerConfig(listeners={"default": listener}, plugins=plugins)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind like asyncio will (SO_REUSEADDR) so a taken port gives a clear error, not amqtt's traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(host, port) from exc
+            raise BrokerStartError(f"cannot listen on {host}:{port}: {exc}") from exc
+
+
+def _start_error(exc: BaseException, host: str, port: int) -> BrokerStartError:
+    cause = exc.__cause__ if isinstance(exc, BrokerError) else exc
+    if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+        return PortInUse(host, port)
+    return BrokerStartError(f"the embedded MQTT broker failed to start on {host}:{port}: {exc}")
+
+
+class _Broker(Broker):
+    """amqtt's Broker, closing each client socket itself when the session ends."""
+
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        try:
+            await super().stream_connected(reader, writer, listener_name)
+        finally:
+            # amqtt's writer close drains first; when the peer already vanished that raises, the socket
+            # stays open, and the loop closes on a leaked transport (ResourceWarning).
+            writer.close()
+
+
+class EmbeddedBroker:
+    """amqtt in a daemon thread: the sync CLI starts it, waits until it listens, and stops it cleanly."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        host: str,
+        port: int,
+        service_accounts: dict[str, str],
+        *,
+        debug: bool = False,
+    ) -> None:
+        self.host, self.port, self.debug = host, port, debug
+        self.authority = Authority(registry, service_accounts)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BrokerStartError | None = None
+
+    def start(self) -> None:
+        """Return once the broker listens; raise PortInUse or BrokerStartError otherwise."""
+        if self._thread is not None:
+            raise BrokerStartError("the embedded MQTT broker is already started")
+        _set_amqtt_logging(self.debug)
+        _check_port_free(self.host, self.port)
+        self._ready.clear()
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="smartpark-mqtt-broker", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(START_TIMEOUT_S):
+            self.stop()
+            raise BrokerStartError(f"the embedded MQTT broker did not start within {START_TIMEOUT_S:.0f} s")
+        if self._error is not None:
+            self._join()
+            raise self._error
+
+    def stop(self) -> None:
+        """Shut the broker down (clients disconnected, listener closed) and join its thread; idempotent."""
+        loop, stop_event = self._loop, self._stop_event
+        if loop is not None and stop_event is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed in between: the thread is ending anyway
+                loop.call_soon_threadsafe(stop_event.set)
+        self._join()
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._thread.join(STOP_TIMEOUT_S)
+            if self._thread.is_alive():
+                log.warning("the embedded MQTT broker did not stop within %.0f s", STOP_TIMEOUT_S)
+        self._thread, self._loop, self._stop_event = None, None, None
+
+    def _run(self) -> None:
+        # asyncio.run also cancels what amqtt leaves behind and shuts the to_thread executor down.
+        try:
+            asyncio.run(self._serve())
+        except Exception as exc:
+            log.exception("the embedded MQTT broker crashed")
+            if not self._ready.is_set():
+                self._error = _start_error(exc, self.host, self.port)
+                self._ready.set()
+
+    async def _serve(self) -> None:
+        try:
+            broker = _Broker(broker_config(self.host, self.port, self.authority, debug=self.debug))
+            await broker.start()
+        except Exception as exc:
+            self._error = _start_error(exc, self.host, self.port)
+            self._ready.set()
+            return
+        self._loop, self._stop_event = asyncio.get_running_loop(), asyncio.Event()
+        self._ready.set()
+        try:
+            await self._stop_event.wait()
+        finally:
+            await broker.shutdown()
+
+
+def _set_amqtt_logging(debug: bool) -> None:
+    """amqtt logs each connection at INFO (transitions: each state change): too loud for `smartpark up`."""
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)

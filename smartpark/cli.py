@@ -1,0 +1,213 @@
+"""The `smartpark` command line (contract "Command line"). Each command validates settings before any I/O."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from smartpark.core.errors import SmartparkError
+from smartpark.core.settings import Settings, load_settings
+
+app = typer.Typer(help="smartpark: IoT telemetry for industrial parks (energy, emissions, greening).",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+db_app = typer.Typer(help="Databases: metadata and time series.", no_args_is_help=True)
+park_app = typer.Typer(help="Park files: sites and devices.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(park_app, name="park")
+app.add_typer(keys_app, name="keys")
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _settings(verbose: bool = False) -> Settings:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False)])
+    for noisy in ("amqtt", "transitions", "httpx", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return load_settings()
+    except SmartparkError as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+
+
+@app.command()
+def up(
+    park: Annotated[Path | None, typer.Option(help="Park file to load and simulate (default: the demo park).")] = None,
+    simulate: Annotated[bool, typer.Option(help="Run the park simulator.")] = True,
+    interval: Annotated[float, typer.Option(help="Seconds between simulated readings.")] = 5.0,
+    verbose: Verbose = False,
+) -> None:
+    """Run everything in one go: broker (embedded unless SMARTPARK_MQTT_URL), ingest, API, simulator."""
+    from smartpark.platform import Platform, admin_key
+
+    settings = _settings(verbose)
+    platform = Platform(settings, park_file=park, simulate=simulate, sim_interval_s=interval)
+    try:
+        platform.start()
+        key = admin_key(settings, platform.ingest.registry)  # type: ignore[union-attr]
+        base = f"http://{settings.api_host}:{settings.api_port}"
+        err.print(f"[bold green]smartpark is up.[/] API {base}  docs {base}/docs\n"
+                  f"admin key (kept in {settings.data_dir / 'admin.key'}): {key}\n"
+                  f"try: curl -H 'Authorization: Bearer {key}' {base}/v1/sites\nCtrl-C stops.", highlight=False)
+        _wait_for_signal()
+    except SmartparkError as exc:
+        platform.stop()
+        _fail(str(exc))
+    err.print("stopping...")
+    platform.stop()
+    err.print("stopped.")
+
+
+@app.command()
+def ingest(verbose: Verbose = False) -> None:
+    """Run the ingest alone against SMARTPARK_MQTT_URL and the configured store."""
+    from smartpark.ingest.service import IngestService
+    from smartpark.platform import open_core
+
+    settings = _settings(verbose)
+    if settings.mqtt is None:
+        _fail("set SMARTPARK_MQTT_URL (the embedded broker only runs inside `smartpark up`)")
+    try:
+        catalog, registry, store = open_core(settings)
+        service = IngestService(settings, store, registry, catalog, mqtt_host=settings.mqtt.host,
+                                mqtt_port=settings.mqtt.port, username=settings.mqtt.username,
+                                password=settings.mqtt.password, mqtt5=settings.mqtt_v5)
+        service.start()
+    except SmartparkError as exc:
+        _fail(str(exc))
+    err.print(f"ingest subscribed to {settings.mqtt.host}:{settings.mqtt.port}; Ctrl-C stops.")
+    _wait_for_signal()
+    service.stop()
+
+
+@app.command()
+def api(verbose: Verbose = False) -> None:
+    """Serve the HTTP API on SMARTPARK_API_HOST:SMARTPARK_API_PORT."""
+    import uvicorn
+
+    from smartpark.api.app import create_app
+    from smartpark.platform import open_core
+
+    settings = _settings(verbose)
+    try:
+        catalog, registry, store = open_core(settings)
+    except SmartparkError as exc:
+        _fail(str(exc))
+    uvicorn.run(create_app(settings, registry=registry, store=store, catalog=catalog),
+                host=settings.api_host, port=settings.api_port, log_level="info")
+
+
+@app.command()
+def alerts() -> None:
+    """Run the alert engine (not built yet: issue #5)."""
+    _fail("the alert engine is not built yet (issue #5: emission alerts and signed webhooks)", 2)
+
+
+@app.command()
+def simulate(
+    park: Annotated[Path | None, typer.Option(help="Park file (default: the demo park).")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between readings.")] = 5.0,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same readings.")] = 1,
+    verbose: Verbose = False,
+) -> None:
+    """Publish live simulated readings for a park's devices to SMARTPARK_MQTT_URL.
+
+    The park's devices get fresh MQTT credentials in the registry for this run.
+    """
+    from smartpark.core.registry import read_park_file
+    from smartpark.platform import demo_park_path, open_core
+    from smartpark.simulators import LiveSimulator
+
+    settings = _settings(verbose)
+    if settings.mqtt is None:
+        _fail("set SMARTPARK_MQTT_URL (or use `smartpark up`, which simulates on the embedded broker)")
+    try:
+        _, registry, _ = open_core(settings)
+        parsed = read_park_file(park or demo_park_path())
+        registry.load_park(parsed)
+        creds = {d.id: registry.provision_device(d.id) for s in parsed.sites for d in s.devices}
+        sim = LiveSimulator(parsed, creds, settings.mqtt.host, settings.mqtt.port, seed=seed,
+                            interval_s=interval, mqtt5=settings.mqtt_v5)
+        sim.start()
+    except SmartparkError as exc:
+        _fail(str(exc))
+    _wait_for_signal()
+    sim.stop()
+
+
+@db_app.command("init")
+def db_init(verbose: Verbose = False) -> None:
+    """Create the metadata schema and the time-series database (InfluxDB: RPs and rollup CQs). Idempotent."""
+    from smartpark.platform import open_core
+
+    settings = _settings(verbose)
+    try:
+        open_core(settings)
+    except SmartparkError as exc:
+        _fail(str(exc))
+    where = settings.influx_url or str(settings.data_dir / "timeseries.sqlite")
+    err.print(f"metadata: {settings.metadata_url}\ntime series: {where}\nready.", highlight=False)
+
+
+@park_app.command("load")
+def park_load(file: Annotated[Path, typer.Argument(help="Park YAML file.")], verbose: Verbose = False) -> None:
+    """Upsert a park file's sites and devices into the registry (idempotent)."""
+    from smartpark.core.registry import Registry, read_park_file
+
+    settings = _settings(verbose)
+    try:
+        parsed = read_park_file(file)
+        registry = Registry(settings.metadata_url)
+        registry.init()
+        sites, devices = registry.load_park(parsed)
+    except SmartparkError as exc:
+        _fail(str(exc))
+    err.print(f"park {parsed.park.id}: {sites} sites, {devices} devices loaded.")
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="admin (whole park) or site (read-only, its sites).")],
+    site: Annotated[list[str] | None, typer.Option(help="Site id (repeat for several); site keys only.")] = None,
+) -> None:
+    """Create an API key; prints the key alone on standard output (it is shown only once)."""
+    from smartpark.core.registry import Registry
+
+    settings = _settings()
+    try:
+        registry = Registry(settings.metadata_url)
+        registry.init()
+        key = registry.create_api_key(role, list(site or []))
+    except SmartparkError as exc:
+        _fail(str(exc))
+    sys.stdout.write(key + "\n")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()

@@ -1,0 +1,139 @@
+"""`smartpark up`: broker, ingest, API and the demo-park simulator in one process, stopped in reverse order.
+
+On embedded defaults (no SMARTPARK_MQTT_URL / SMARTPARK_INFLUX_URL) it needs nothing but Python: an
+in-process broker and a SQLite store under the data dir. Where the settings name servers, it uses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import uvicorn
+
+from smartpark.api.app import create_app
+from smartpark.core.catalog import Catalog, load_catalog
+from smartpark.core.errors import ConfigError
+from smartpark.core.registry import ParkFile, Registry, read_park_file
+from smartpark.core.settings import Settings
+from smartpark.core.store import TimeSeriesStore, open_store
+from smartpark.ingest.service import IngestService
+
+__all__ = ["Platform", "admin_key", "demo_park_path", "open_core"]
+
+log = logging.getLogger("smartpark")
+INGEST_USER = "smartpark-ingest"
+
+
+def demo_park_path() -> Path:
+    return Path(str(resources.files("smartpark.core").joinpath("data/parks/demo.yaml")))
+
+
+def open_core(settings: Settings) -> tuple[Catalog, Registry, TimeSeriesStore]:
+    """Catalog, registry and store, schemas created (idempotent): what every service starts from."""
+    catalog = load_catalog(settings.catalog_file)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry(settings.metadata_url)
+    registry.init()
+    store = open_store(settings, catalog)
+    store.init()
+    return catalog, registry, store
+
+
+def admin_key(settings: Settings, registry: Registry) -> str:
+    """The development admin key, created once and kept in the data dir (mode 600) for `up`."""
+    path = settings.data_dir / "admin.key"
+    if path.exists():
+        key = path.read_text().strip()
+        parts = key.split("_")
+        if len(parts) >= 3 and registry.api_key(parts[1]) is not None:
+            return key
+    key = registry.create_api_key("admin", [])
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+class Platform:
+    """Starts the parts in dependency order; `stop()` undoes them in reverse."""
+
+    def __init__(self, settings: Settings, *, park_file: Path | None = None, simulate: bool = True,
+                 sim_interval_s: float = 5.0) -> None:
+        self.settings = settings
+        self.park_file = park_file or demo_park_path()
+        self.simulate = simulate
+        self.sim_interval_s = sim_interval_s
+        self._stops: list[Callable[[], None]] = []
+        self.api_server: uvicorn.Server | None = None
+        self.ingest: IngestService | None = None
+
+    def start(self) -> None:
+        catalog, registry, store = open_core(self.settings)
+        self._stops += [store.close, registry.close]
+        park = read_park_file(self.park_file)
+        sites, devices = registry.load_park(park)
+        log.info("park %s: %d sites, %d devices", park.park.id, sites, devices)
+        host, port, user, password, mqtt5 = self._start_broker(registry)
+        self.ingest = IngestService(self.settings, store, registry, catalog, mqtt_host=host, mqtt_port=port,
+                                    username=user, password=password, mqtt5=mqtt5)
+        self.ingest.start()
+        self._stops.append(self.ingest.stop)
+        self._start_api(registry, store, catalog)
+        if self.simulate:
+            self._start_simulator(park, registry, host, port, mqtt5)
+
+    def _start_broker(self, registry: Registry) -> tuple[str, int, str | None, str | None, bool]:
+        target = self.settings.mqtt
+        if target is not None:
+            return target.host, target.port, target.username, target.password, self.settings.mqtt_v5
+        from smartpark.broker import EmbeddedBroker
+
+        password = secrets.token_urlsafe(18)  # lives only as long as this process
+        host, port = self.settings.mqtt_embedded_host, self.settings.mqtt_embedded_port
+        broker = EmbeddedBroker(registry, host, port, {INGEST_USER: password})
+        broker.start()
+        self._stops.append(broker.stop)
+        log.info("embedded MQTT broker on %s:%d (MQTT 3.1.1)", host, port)
+        return host, port, INGEST_USER, password, False
+
+    def _start_api(self, registry: Registry, store: TimeSeriesStore, catalog: Catalog) -> None:
+        app = create_app(self.settings, registry=registry, store=store, catalog=catalog)
+        config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,
+                                log_level="warning", lifespan="on")
+        server = self.api_server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="api", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError(f"the API could not listen on {config.host}:{config.port} (port taken?); "
+                                  "set SMARTPARK_API_PORT to another port")
+            time.sleep(0.05)
+
+        def stop() -> None:
+            server.should_exit = True
+            thread.join(timeout=10)
+
+        self._stops.append(stop)
+
+    def _start_simulator(self, park: ParkFile, registry: Registry, host: str, port: int, mqtt5: bool) -> None:
+        from smartpark.simulators import LiveSimulator
+
+        # Simulated devices get fresh credentials at each start: the plaintext exists only in this process.
+        credentials = {d.id: registry.provision_device(d.id) for s in park.sites for d in s.devices}
+        sim = LiveSimulator(park, credentials, host, port, interval_s=self.sim_interval_s, mqtt5=mqtt5)
+        sim.start()
+        self._stops.append(sim.stop)
+
+    def stop(self) -> None:
+        while self._stops:
+            stop = self._stops.pop()
+            try:
+                stop()
+            except Exception:  # a failing part must not keep the others running
+                log.exception("error while stopping")

@@ -1,0 +1,47 @@
+"""Shared fixtures. Real servers (InfluxDB, Mosquitto) start once per session; helpers are in servers.py."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from servers import InfluxServer, MosquittoServer, start_influxd, start_mosquitto
+from smartpark.core.catalog import default_catalog
+from smartpark.core.store.influx import InfluxStore, quote_ident
+
+MOSQUITTO_CONFIG = """
+allow_anonymous true
+persistence false
+max_queued_messages 1000000
+max_inflight_messages 1000
+"""
+
+
+@pytest.fixture(scope="session")
+def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    """A throwaway influxd (Debian's 1.6) on free ports; ``.url`` is its HTTP API."""
+    server = start_influxd(tmp_path_factory.mktemp("influxd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def influx_store(influxd: InfluxServer) -> Iterator[InfluxStore]:
+    """An initialised InfluxStore on a database of its own, dropped afterwards."""
+    store = InfluxStore(influxd.url, f"t_{uuid.uuid4().hex}", default_catalog())
+    try:
+        store.init()
+        yield store
+    finally:
+        store.close()
+        with InfluxStore(influxd.url, store.database, default_catalog()) as admin:
+            admin.query(f"DROP DATABASE {quote_ident(store.database)}", with_db=False)
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoServer]:
+    """A throwaway anonymous mosquitto on a free port of 127.0.0.1 (``.host``, ``.port``)."""
+    server = start_mosquitto(MOSQUITTO_CONFIG, tmp_path_factory.mktemp("mosquitto"))
+    yield server
+    server.stop()

@@ -1,0 +1,96 @@
+"""Test data and small clients shared by the tests: park files, readings, an MQTT publisher."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+PARK_YAML = """
+park: {id: test-park, name: Test park, region: northeast}
+sites:
+  - id: steel
+    name: Steel works
+    enterprise: Steel Co.
+    industry: steel
+    area_m2: 100000
+    devices:
+      - {id: sinter-cems, kind: cems, source_type: sinter}
+      - {id: steel-meter, kind: energy_meter}
+  - id: park-green
+    name: Green
+    enterprise: Green Co.
+    industry: logistics
+    area_m2: 50000
+    devices:
+      - {id: green-1, kind: greening}
+"""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def reading(ts: int | str | None = None, seq: int | None = None, flags: dict[str, str] | None = None,
+            **metrics: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"metrics": metrics}
+    if ts is not None:
+        out["ts"] = ts
+    if seq is not None:
+        out["seq"] = seq
+    if flags:
+        out["flags"] = flags
+    return out
+
+
+def payload(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
+
+
+class Publisher:
+    """A real MQTT client that publishes at QoS 1 and waits for every PUBACK."""
+
+    def __init__(self, host: str, port: int, *, username: str | None = None, password: str | None = None,
+                 mqtt5: bool = False) -> None:
+        protocol = mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",
+                                  protocol=protocol)
+        if username:
+            self.client.username_pw_set(username, password)
+        self.client.max_inflight_messages_set(100)
+        self.connected = threading.Event()
+        self.client.on_connect = lambda *_: self.connected.set()
+        self.client.connect(host, port)
+        self.client.loop_start()
+        if not self.connected.wait(10):
+            raise TimeoutError("publisher could not connect")
+
+    def publish(self, topic: str, body: bytes | dict[str, Any]) -> None:
+        data = body if isinstance(body, bytes) else payload(body)
+        self.client.publish(topic, data, qos=1).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def wait_for(check: Any, timeout: float = 20.0, every: float = 0.05) -> Any:
+    """Poll ``check()`` until it returns something truthy; fail with the last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout} s (last: {value!r})")

@@ -1,0 +1,237 @@
+"""Real servers for the tests: a throwaway InfluxDB 1.x and Mosquitto, each on free ports in a temp dir.
+
+The fixtures in conftest.py use these helpers; a test that needs a broker with its own configuration (auth,
+ACL) calls ``start_mosquitto`` itself. A missing binary skips the test locally and fails it under CI
+(``CI`` set), so a CI image without the servers cannot pass by skipping everything.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+__all__ = [
+    "INFLUXD",
+    "MOSQUITTO",
+    "InfluxServer",
+    "MosquittoServer",
+    "free_port",
+    "influxd_config",
+    "need",
+    "start_influxd",
+    "start_mosquitto",
+]
+
+INFLUXD = "/usr/bin/influxd"
+MOSQUITTO = "/usr/sbin/mosquitto"
+START_TIMEOUT_S = 30.0
+
+
+def need(binary: str) -> str:
+    """The path of ``binary`` (a name on PATH or a full path): skip the test if missing, fail under CI."""
+    path = binary if os.path.isabs(binary) and os.access(binary, os.X_OK) else shutil.which(binary)
+    if path is None:
+        reason = f"{binary} is not installed"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set: the test image must provide it)")
+        pytest.skip(reason)
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-limit:]
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------------------------- InfluxDB
+
+
+class InfluxServer:
+    """A running influxd: ``url`` is its HTTP API."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, root: Path) -> None:
+        self.proc, self.url, self.root = proc, url, root
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "influxd.log"
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def _set(text: str, section: str, key: str, value: str) -> str:
+    """Set ``key = value`` in ``[section]`` ("" for the top level) of influxd's TOML; the key must exist."""
+    header = re.compile(r"^\s*\[\[?([^\]]+)\]\]?\s*$")
+    out, current, done = [], "", False
+    for row in text.splitlines():
+        m = header.match(row)
+        if m:
+            current = m.group(1).strip()
+        elif current == section and re.match(rf"^\s*{re.escape(key)}\s*=", row) and not done:
+            indent = row[: len(row) - len(row.lstrip())]
+            out.append(f"{indent}{key} = {value}")
+            done = True
+            continue
+        out.append(row)
+    if not done:
+        raise KeyError(f"influxd config has no {key!r} in [{section}]")
+    return "\n".join(out) + "\n"
+
+
+def influxd_config(root: Path, http_port: int, rpc_port: int) -> str:
+    """influxd's own default config (``influxd config``) rewritten to live in ``root`` on the given ports."""
+    text = subprocess.run(
+        [INFLUXD, "config"], capture_output=True, check=True, timeout=30, cwd=root
+    ).stdout.decode()
+    q = '"{}"'.format
+    if re.search(r"(?m)^reporting-disabled\s*=", text):
+        text = _set(text, "", "reporting-disabled", "true")
+    else:  # Debian's build spells it the other way round
+        text = _set(text, "", "reporting-enabled", "false")
+    for section, key, value in [
+        ("", "bind-address", q(f"127.0.0.1:{rpc_port}")),
+        ("meta", "dir", q(root / "meta")),
+        ("meta", "logging-enabled", "false"),
+        ("data", "dir", q(root / "data")),
+        ("data", "wal-dir", q(root / "wal")),
+        ("data", "query-log-enabled", "false"),
+        ("monitor", "store-enabled", "false"),
+        ("http", "bind-address", q(f"127.0.0.1:{http_port}")),
+        ("http", "log-enabled", "false"),
+        ("http", "pprof-enabled", "false"),
+        ("http", "bind-socket", q(root / "influxdb.sock")),
+        ("logging", "level", q("warn")),
+        ("logging", "suppress-logo", "true"),
+        ("continuous_queries", "log-enabled", "false"),
+    ]:
+        text = _set(text, section, key, value)
+    return text
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"influxd exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=1) as resp:  # noqa: S310 (http://127.0.0.1)
+                if resp.status == 204:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    _stop(proc)
+    raise RuntimeError(f"influxd did not answer {url}/ping within {START_TIMEOUT_S:.0f} s:\n{_tail(log)}")
+
+
+def start_influxd(root: Path) -> InfluxServer:
+    """Start influxd with a throwaway config and data under ``root``; returns when /ping answers 204."""
+    need(INFLUXD)
+    root.mkdir(parents=True, exist_ok=True)
+    http_port, rpc_port = free_port(), free_port()
+    conf = root / "influxdb.conf"
+    conf.write_text(influxd_config(root, http_port, rpc_port), encoding="utf-8")
+    log = root / "influxd.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [INFLUXD, "-config", str(conf)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    url = f"http://127.0.0.1:{http_port}"
+    _wait_http(url, proc, log)
+    return InfluxServer(proc, url, root)
+
+
+# -------------------------------------------------------------------------------------------- Mosquitto
+
+
+class MosquittoServer:
+    """A running mosquitto listening on ``host``:``port``; ``log_path`` is its log file."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], host: str, port: int, root: Path) -> None:
+        self.proc, self.host, self.port, self.root = proc, host, port, root
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "mosquitto.log"
+
+    @property
+    def log(self) -> str:
+        return _tail(self.log_path, 100_000)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def start_mosquitto(config_text: str, tmp_path: Path) -> MosquittoServer:
+    """Start mosquitto on a free port of 127.0.0.1 with ``config_text`` as the rest of its config.
+
+    The helper writes the ``listener``, ``user`` and logging lines itself (to ``tmp_path/mosquitto.log``);
+    ``config_text`` holds everything else (``allow_anonymous``, ``password_file``, ``acl_file``, limits) and
+    must not declare a listener. Returns when a TCP connect to the port succeeds.
+    """
+    need(MOSQUITTO)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    host, port = "127.0.0.1", free_port()
+    log = tmp_path / "mosquitto.log"
+    header = "\n".join(
+        [
+            f"listener {port} {host}",
+            # as root mosquitto drops to user "mosquitto", which cannot write the temp dir: stay who we are
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}",
+            f"log_dest file {log}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+            "",
+        ]
+    )
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(header + config_text.strip() + "\n", encoding="utf-8")
+    with (tmp_path / "mosquitto.stderr").open("wb") as err:
+        proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(conf)], stdout=err, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            stderr = _tail(tmp_path / "mosquitto.stderr")
+            raise RuntimeError(f"mosquitto exited with {proc.returncode}:\n{stderr}\n{_tail(log)}")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return MosquittoServer(proc, host, port, tmp_path)
+        except OSError:
+            time.sleep(0.05)
+    _stop(proc)
+    raise RuntimeError(f"mosquitto did not listen on {host}:{port} in {START_TIMEOUT_S:.0f} s:\n{_tail(log)}")

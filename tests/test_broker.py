@@ -1,0 +1,227 @@
+"""The embedded broker against a real paho client: authentication, the topic ACL, last wills, a taken port."""
+
+from __future__ import annotations
+
+import queue
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+from smartpark.core.registry import Registry, parse_park_file
+
+from smartpark.broker import EmbeddedBroker, PortInUse
+
+PARK = """
+park: {id: test-park}
+sites:
+- id: plant-a
+  name: Plant A
+  enterprise: A Co.
+  industry: steel
+  area_m2: 1000
+  devices:
+  - {id: meter-1, kind: energy_meter}
+  - {id: meter-2, kind: energy_meter}
+  - {id: meter-3, kind: energy_meter}
+"""
+SERVICE, SERVICE_PASSWORD = "smartpark-ingest", "in-memory-secret"
+TIMEOUT_S = 10.0
+
+
+def topic(device: str, leaf: str = "telemetry", site: str = "plant-a") -> str:
+    return f"smartpark/v1/{site}/{device}/{leaf}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Probe:
+    """A paho MQTTv311 client whose CONNACK, SUBACK and messages land in queues the test can wait on."""
+
+    def __init__(
+        self, port: int, username: str | None, password: str | None, will: tuple[str, str] | None = None
+    ) -> None:
+        self.port = port
+        self.connacks: queue.Queue[ReasonCode] = queue.Queue()
+        self.subacks: queue.Queue[list[ReasonCode]] = queue.Queue()
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"probe-{username}-{id(self)}",
+            protocol=mqtt.MQTTv311,
+            reconnect_on_failure=False,
+        )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        self.client.on_connect = lambda _c, _u, _f, rc, _p: self.connacks.put(rc)
+        self.client.on_subscribe = lambda _c, _u, _mid, rcs, _p: self.subacks.put(rcs)
+        self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
+
+    def connect(self) -> ReasonCode:
+        self.client.connect("127.0.0.1", self.port, keepalive=30)
+        self.client.loop_start()
+        return self.connacks.get(timeout=TIMEOUT_S)
+
+    def subscribe(self, topic_filter: str) -> int:
+        self.client.subscribe(topic_filter, qos=1)
+        return self.subacks.get(timeout=TIMEOUT_S)[0].value
+
+    def publish(self, to: str, payload: str, *, retain: bool = False) -> None:
+        self.client.publish(to, payload, qos=1, retain=retain).wait_for_publish(TIMEOUT_S)
+
+    def next_message(self) -> mqtt.MQTTMessage:
+        return self.messages.get(timeout=TIMEOUT_S)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def drop(self) -> None:
+        """Vanish like a device losing power: the socket ends, no DISCONNECT is ever sent."""
+        sock = self.client.socket()
+        assert isinstance(sock, socket.socket)
+        sock.shutdown(socket.SHUT_RDWR)
+        self.client.loop_stop()  # the loop sees the lost connection and, with reconnect_on_failure off, ends
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    reg = Registry(f"sqlite:///{tmp_path}/meta.sqlite")
+    reg.init()
+    reg.load_park(parse_park_file(PARK))
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def broker(registry: Registry) -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(registry, "127.0.0.1", free_port(), {SERVICE: SERVICE_PASSWORD}) as b:
+        yield b
+
+
+@pytest.fixture
+def probes() -> Iterator[list[Probe]]:
+    made: list[Probe] = []
+    yield made
+    for p in made:
+        p.close()
+
+
+@pytest.fixture
+def connect(broker: EmbeddedBroker, probes: list[Probe]):
+    def _connect(username: str | None, password: str | None, will: tuple[str, str] | None = None) -> Probe:
+        probe = Probe(broker.port, username, password, will)
+        probes.append(probe)
+        rc = probe.connect()
+        assert rc == "Success", f"{username} refused: {rc}"
+        return probe
+
+    return _connect
+
+
+@pytest.fixture
+def ingest(connect) -> Probe:
+    probe = connect(SERVICE, SERVICE_PASSWORD)
+    assert probe.subscribe("smartpark/v1/#") == 1
+    return probe
+
+
+def test_device_telemetry_reaches_the_service_subscriber(registry: Registry, ingest: Probe, connect) -> None:
+    device = connect("meter-1", registry.provision_device("meter-1"))
+    device.publish(topic("meter-1"), '{"metrics": {"power_kw": 1.5}}')
+    msg = ingest.next_message()
+    assert (msg.topic, msg.payload, msg.qos) == (topic("meter-1"), b'{"metrics": {"power_kw": 1.5}}', 1)
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [("meter-1", "wrong"), (None, None), ("meter-2", ""), (SERVICE, "wrong"), ("no-such-device", "x")],
+    ids=["wrong-password", "anonymous", "not-provisioned", "wrong-service-password", "unknown-device"],
+)
+def test_bad_credentials_are_refused_at_connect(
+    registry: Registry,
+    broker: EmbeddedBroker,
+    probes: list[Probe],
+    username: str | None,
+    password: str | None,
+) -> None:
+    registry.provision_device("meter-1")
+    probe = Probe(broker.port, username, password)
+    probes.append(probe)
+    rc = probe.connect()
+    assert rc.is_failure
+    assert rc == "Not authorized"
+
+
+def test_publish_outside_own_topics_never_arrives(registry: Registry, ingest: Probe, connect) -> None:
+    device = connect("meter-1", registry.provision_device("meter-1"))
+    for bad in (
+        topic("meter-2"),
+        topic("meter-2", "status"),
+        topic("meter-1", site="plant-b"),
+        topic("meter-1", "commands"),
+        "smartpark/v1/plant-a/meter-1",
+        "other/topic",
+    ):
+        device.publish(bad, "forged")
+    device.publish(topic("meter-1", "status"), "barrier")  # in order after the forged ones on one session
+    assert ingest.next_message().payload == b"barrier"
+    assert ingest.messages.empty()
+
+
+def test_device_may_not_subscribe(registry: Registry, connect) -> None:
+    device = connect("meter-1", registry.provision_device("meter-1"))
+    assert device.subscribe(topic("meter-2")) == 0x80
+    assert device.subscribe("smartpark/v1/#") == 0x80
+
+
+def test_service_subscriptions_are_limited_to_v1(connect) -> None:
+    service = connect(SERVICE, SERVICE_PASSWORD)
+    assert service.subscribe("smartpark/v1/+/+/status") == 1
+    assert service.subscribe("#") == 0x80
+
+
+def test_last_will_is_delivered_and_retained(registry: Registry, ingest: Probe, connect) -> None:
+    status = topic("meter-1", "status")
+    device = connect("meter-1", registry.provision_device("meter-1"), will=(status, '{"state": "offline"}'))
+    device.drop()
+    msg = ingest.next_message()
+    assert (msg.topic, msg.payload, msg.qos) == (status, b'{"state": "offline"}', 1)
+
+    late = connect(SERVICE, SERVICE_PASSWORD)
+    assert late.subscribe("smartpark/v1/plant-a/+/status") == 1
+    retained = late.next_message()
+    assert (retained.topic, retained.payload, retained.retain) == (status, b'{"state": "offline"}', True)
+
+
+def test_will_on_a_foreign_topic_is_refused_at_connect(
+    registry: Registry, broker: EmbeddedBroker, probes: list[Probe]
+) -> None:
+    password = registry.provision_device("meter-1")
+    probe = Probe(broker.port, "meter-1", password, will=(topic("meter-2", "status"), "forged"))
+    probes.append(probe)
+    assert probe.connect() == "Not authorized"
+
+
+def test_device_provisioned_after_start_connects(registry: Registry, connect) -> None:
+    connect("meter-1", registry.provision_device("meter-1"))  # fills the credentials cache
+    connect("meter-3", registry.provision_device("meter-3"))
+
+
+def test_taken_port_raises_port_in_use(registry: Registry, broker: EmbeddedBroker) -> None:
+    second = EmbeddedBroker(registry, "127.0.0.1", broker.port, {})
+    with pytest.raises(PortInUse, match="SMARTPARK_MQTT_EMBEDDED_PORT"):
+        second.start()
+    broker.stop()
+    broker.stop()  # idempotent
+    with second:  # the port is free again once stopped
+        pass

@@ -1,0 +1,171 @@
+"""The ingest end to end: a real MQTT client publishes, the ingest writes, the store holds it.
+
+Run twice: against real Mosquitto + InfluxDB, and against the embedded broker + SQLite store.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from factories import PARK_YAML, Publisher, now_ms, payload, reading, wait_for
+from servers import free_port
+from smartpark.core.catalog import default_catalog
+from smartpark.core.registry import Registry, parse_park_file
+from smartpark.core.settings import Settings
+from smartpark.core.store.base import SeriesQuery, TimeSeriesStore
+from smartpark.core.store.embedded import EmbeddedStore
+from smartpark.ingest.service import IngestService
+
+TOPIC = "smartpark/v1/{}/{}/telemetry"
+
+
+@dataclass
+class Pipeline:
+    kind: str
+    host: str
+    port: int
+    store: TimeSeriesStore
+    registry: Registry
+    service: IngestService
+    publisher: Publisher
+
+    def publish(self, site: str, device: str, body: bytes | dict[str, Any], kind: str = "telemetry") -> None:
+        self.publisher.publish(f"smartpark/v1/{site}/{device}/{kind}", body)
+
+    def settle(self, messages: int) -> None:
+        """Wait until the ingest has received and committed ``messages`` messages."""
+        wait_for(lambda: self.service.stats.counters["messages_committed"] >= messages)
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(_env_file=None, data_dir=tmp_path, ingest_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
+                    ingest_batch_age_s=0.1, retention_days=30)  # type: ignore[call-arg]
+
+
+def _registry(tmp_path: Path) -> Registry:
+    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
+    registry.init()
+    registry.load_park(parse_park_file(PARK_YAML))
+    return registry
+
+
+@pytest.fixture(params=["mosquitto-influx", "embedded"])
+def pipeline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pipeline]:
+    registry = _registry(tmp_path)
+    settings = _settings(tmp_path)
+    if request.param == "embedded":
+        from smartpark.broker import EmbeddedBroker
+
+        ingest_pw, tester_pw = secrets.token_hex(8), secrets.token_hex(8)
+        host, port = "127.0.0.1", free_port()
+        broker = EmbeddedBroker(registry, host, port, {"ingest": ingest_pw, "tester": tester_pw})
+        broker.start()
+        request.addfinalizer(broker.stop)  # noqa: PT021 - only this branch owns a broker
+        store: TimeSeriesStore = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
+        store.init()
+        creds: dict[str, Any] = {"username": "ingest", "password": ingest_pw, "mqtt5": False}
+        pub_creds: dict[str, Any] = {"username": "tester", "password": tester_pw}
+    else:
+        server = request.getfixturevalue("mosquitto")
+        store = request.getfixturevalue("influx_store")
+        host, port = server.host, server.port
+        creds, pub_creds = {"username": None, "password": None, "mqtt5": True}, {"mqtt5": True}
+    service = IngestService(settings, store, registry, default_catalog(), mqtt_host=host, mqtt_port=port, **creds)
+    service.start()
+    publisher = Publisher(host, port, **pub_creds)
+    yield Pipeline(request.param, host, port, store, registry, service, publisher)
+    publisher.close()
+    service.stop()
+    registry.close()
+
+
+def test_documented_reading_is_stored(pipeline: Pipeline) -> None:
+    ts = now_ms() - 5_000
+    body = {"ts": ts, "seq": 42,
+            "metrics": {"so2_mg_m3": 18.2, "nox_mg_m3": 41.0, "pm_mg_m3": 3.1, "o2_pct": 16.4,
+                        "flow_nm3_h": 512000},
+            "flags": {"nox_mg_m3": "C"}}
+    pipeline.publish("steel", "sinter-cems", body)
+    pipeline.publish("steel", "steel-meter", reading(ts=ts, power_kw=-12.5, energy_kwh=1e9))
+    pipeline.settle(2)
+    latest = {(v.device, v.metric): v for v in pipeline.store.latest("steel")}
+    nox = latest["sinter-cems", "nox_mg_m3"]
+    assert (nox.measurement, nox.site, nox.ts_ms, nox.value, nox.flag) == ("emissions", "steel", ts, 41.0, "C")
+    assert latest["sinter-cems", "flow_nm3_h"].value == 512000.0
+    assert latest["sinter-cems", "so2_mg_m3"].flag is None
+    assert latest["steel-meter", "power_kw"].measurement == "energy"
+    assert latest["steel-meter", "energy_kwh"].value == 1e9
+    assert len(latest) == 7
+
+
+@pytest.mark.parametrize("pipeline", ["mosquitto-influx"], indirect=True)
+def test_documented_reading_has_tags_fields_and_ms_time_in_influx(pipeline: Pipeline) -> None:
+    ts = now_ms() - 1234
+    pipeline.publish("steel", "sinter-cems", reading(ts=ts, flags={"o2_pct": "M"}, o2_pct=17.5, so2_mg_m3=3))
+    pipeline.settle(1)
+    (result,) = pipeline.store.query('SELECT * FROM "emissions"')  # type: ignore[attr-defined]
+    (series,) = result["series"]
+    row = dict(zip(series["columns"], series["values"][0], strict=True))
+    assert row == {"time": ts, "device": "sinter-cems", "site": "steel", "o2_pct": 17.5, "o2_pct_flag": "M",
+                   "so2_mg_m3": 3.0}
+    tags = pipeline.store.query('SHOW TAG KEYS FROM "emissions"')[0]["series"][0]["values"]  # type: ignore[attr-defined]
+    assert sorted(t[0] for t in tags) == ["device", "site"]
+
+
+def test_batch_stores_good_readings_and_dead_letters_bad(pipeline: Pipeline) -> None:
+    t0 = (now_ms() - 60_000) // 1000 * 1000  # windows are aligned to the epoch
+    batch = {"readings": [reading(ts=t0 + i * 1000, seq=i, power_kw=float(i)) for i in range(5)]}
+    batch["readings"][2] = reading(ts=t0 + 2000, power_kw=float("nan"))
+    batch["readings"][3] = reading(ts=t0 + 3000, power_kw=1e7)
+    pipeline.publish("steel", "steel-meter", payload(batch))  # json.dumps writes a NaN literal
+    pipeline.settle(1)
+    (series,) = pipeline.store.series(SeriesQuery("energy", "power_kw", t0, t0 + 10_000, 1000, "last",
+                                                  site="steel"))
+    assert series.points == [(t0, 0.0), (t0 + 1000, 1.0), (t0 + 4000, 4.0)]
+    assert pipeline.service.dead_letters.counts() == {"non_finite": 1, "out_of_range": 1}
+    letters = {d.item: d for d in pipeline.service.dead_letters.recent()}
+    assert letters[2].reason == "non_finite"
+    assert letters[3].topic == TOPIC.format("steel", "steel-meter")
+
+
+def test_every_rejection_reason_is_counted_and_dead_lettered(pipeline: Pipeline) -> None:
+    now = now_ms()
+    bad: list[tuple[str, str, bytes]] = [
+        ("steel", "steel-meter", b"{oops"),
+        ("steel", "steel-meter", payload({"metrics": {}})),
+        ("steel", "steel-meter", payload(reading(ts=now, furnace_temp=1))),
+        ("steel", "steel-meter", b'{"metrics": {"power_kw": Infinity}}'),
+        ("steel", "steel-meter", payload(reading(ts=now, o2_pct=30))),
+        ("steel", "no-such-device", payload(reading(ts=now, power_kw=1))),
+        ("park-green", "steel-meter", payload(reading(ts=now, power_kw=1))),  # bound to "steel"
+        ("steel", "steel-meter", b'{"metrics": {"power_kw": 1}, "x": "' + b"y" * 70_000 + b'"}'),
+        ("steel", "steel-meter", payload(reading(ts=now + 3_600_000, power_kw=1))),
+    ]
+    for site, device, body in bad:
+        pipeline.publish(site, device, body)
+    pipeline.publish("steel", "steel-meter", reading(ts=now, power_kw=7.0))  # good traffic still flows
+    pipeline.settle(len(bad) + 1)
+    expected = {"bad_json": 1, "bad_schema": 1, "unknown_metric": 1, "non_finite": 1, "out_of_range": 1,
+                "unknown_device": 1, "topic_mismatch": 1, "too_large": 1, "ts_out_of_window": 1}
+    assert pipeline.service.stats.snapshot()["rejected"] == expected
+    assert pipeline.service.dead_letters.counts() == expected
+    big = next(d for d in pipeline.service.dead_letters.recent() if d.reason == "too_large")
+    assert len(big.payload) == 4096
+    latest = {(v.device, v.metric): v.value for v in pipeline.store.latest("steel")}
+    assert latest["steel-meter", "power_kw"] == 7.0
+
+
+def test_status_topic_updates_the_registry(pipeline: Pipeline) -> None:
+    pipeline.publish("park-green", "green-1", {"state": "online", "ts": now_ms()}, kind="status")
+    pipeline.publish("park-green", "green-1", {"state": "sleeping"}, kind="status")
+    pipeline.settle(2)
+    (device,) = pipeline.registry.devices("park-green")
+    assert device.online is True
+    assert device.last_seen is not None
+    assert pipeline.service.dead_letters.counts() == {"bad_schema": 1}
