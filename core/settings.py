@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from smartpark.core.errors import ConfigError
 
-__all__ = ["MqttTarget", "Settings", "load_settings"]
+__all__ = ["MqttTarget", "Settings", "env_example", "load_settings"]
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "password", "secret", "admin"})
 
@@ -37,7 +37,8 @@ class MqttTarget:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SMARTPARK_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SMARTPARK_", env_file=".env", extra="ignore",
+                                      use_attribute_docstrings=True)
 
     env: Literal["development", "production"] = "development"
     """`production` refuses placeholder secrets and the embedded broker and store."""
@@ -136,5 +137,24 @@ def load_settings(**overrides: object) -> Settings:
     """Build and validate the settings; a bad value becomes a ConfigError naming the variable."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration:\n{exc}") from exc
+    except ValidationError as exc:
+        lines = [f"  {_env_name(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from exc
+
+
+def _env_name(loc: tuple[object, ...]) -> str:
+    return f"SMARTPARK_{str(loc[0]).upper()}" if loc else "settings"
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every setting with its documentation and default (kept in sync by a test)."""
+    out = ["# smartpark settings: environment variables (or this file renamed to .env).",
+           "# Generated from core/settings.py by `python -m smartpark.core.settings`; defaults shown.", ""]
+    for name, field in Settings.model_fields.items():
+        default = "" if field.default is None else field.default
+        out += [f"# {field.description}", f"SMARTPARK_{name.upper()}={default}", ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(env_example(), end="")

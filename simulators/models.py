@@ -19,7 +19,6 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import numpy as np
-
 from smartpark.core.registry.parkfile import DeviceSpec, ParkFile, SiteSpec
 from smartpark.simulators.signals import (
     Array,
@@ -244,7 +243,7 @@ class Stack:
 
 
 STACKS: dict[str, Stack] = {
-    "sinter": Stack(16.0, (10, 35, 50), (0.45, 0.55, 0.65), 16.3, 17.8, 1.2e6, 110.0, 9.0),
+    "sinter": Stack(16.0, (10, 35, 50), (0.45, 0.55, 0.65), 16.8, 18.2, 1.2e6, 110.0, 9.0),
     "pellet_grate_kiln": Stack(18.0, (10, 35, 50), (0.45, 0.5, 0.6), 16.0, 17.4, 6e5, 95.0, 10.0),
     "hot_blast_stove": Stack(None, (10, 50, 200), (0.35, 0.4, 0.5), 1.5, 4.0, 3e5, 210.0, 7.0),
     "coke_oven": Stack(8.0, (10, 30, 150), (0.45, 0.55, 0.6), 8.5, 11.0, 2.5e5, 180.0, 11.0),
@@ -297,7 +296,8 @@ class CemsModel:
 
     def _o2(self, t_s: Array, load: Array) -> Array:
         span = (self.o2_idle - self.o2_full)[:, None]
-        o2 = self.o2_full[:, None] + span * (1.0 - load) / 0.7 + 0.25 * self._noise("o2", t_s, 600)
+        drift = 0.35 * span * self._noise("o2air", t_s, 3600) + 0.15 * self._noise("o2", t_s, 600)
+        o2 = self.o2_full[:, None] + span * (1.0 - load) / 0.7 + drift  # air ingress drifts, load swings
         return np.clip(o2, 0.5, 20.0)
 
     def _pollutants(self, t_s: Array, load: Array, o2: Array) -> Metrics:

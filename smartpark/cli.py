@@ -25,7 +25,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(park_app, name="park")
 app.add_typer(keys_app, name="keys")
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # keys and URLs must stay on one line to be copied
 out = Console()
 
 

@@ -94,3 +94,25 @@ def wait_for(check: Any, timeout: float = 20.0, every: float = 0.05) -> Any:
             return value
         time.sleep(every)
     raise AssertionError(f"condition not met within {timeout} s (last: {value!r})")
+
+
+class ServedApp:
+    """An ASGI app served by a real uvicorn on a free port, in a thread; `client` is an httpx client for it."""
+
+    def __init__(self, app: Any) -> None:
+        import httpx
+        import uvicorn
+        from servers import free_port
+
+        port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.server.started, timeout=15)
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.client = httpx.Client(base_url=self.base_url, timeout=30)
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -1,0 +1,5 @@
+"""`python -m smartpark` runs the command line."""
+
+from smartpark.cli import app
+
+app()

@@ -1,0 +1,55 @@
+"""Settings: one validated object; `.env.example` documents every setting with its default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from smartpark.core.errors import ConfigError
+from smartpark.core.settings import Settings, env_example, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_env_example_is_current() -> None:
+    assert (ROOT / ".env.example").read_text() == env_example(), "run: python -m smartpark.core.settings > .env.example"
+
+
+def test_every_setting_is_documented() -> None:
+    assert all(f.description for f in Settings.model_fields.values())
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtt://dev%40ice:p%3Ass@broker.example:1884")
+    monkeypatch.setenv("SMARTPARK_DATA_DIR", str(tmp_path))
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.mqtt is not None
+    assert (s.mqtt.host, s.mqtt.port, s.mqtt.username, s.mqtt.password) == ("broker.example", 1884, "dev@ice", "p:ss")
+    assert s.metadata_url == f"sqlite:///{tmp_path.resolve() / 'meta.sqlite'}"
+
+
+@pytest.mark.parametrize(("var", "value", "message"), [
+    ("SMARTPARK_MQTT_URL", "http://broker", "SMARTPARK_MQTT_URL must look like"),
+    ("SMARTPARK_INFLUX_URL", "influx:8086", r"must be an http\(s\) URL"),
+    ("SMARTPARK_API_PORT", "70000", "SMARTPARK_API_PORT: Input should be less than or equal to 65535"),
+    ("SMARTPARK_INGEST_BATCH_SIZE", "0", "SMARTPARK_INGEST_BATCH_SIZE: Input should be greater"),
+])
+def test_bad_values_are_config_errors(monkeypatch: pytest.MonkeyPatch, var: str, value: str, message: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(_env_file=None)
+
+
+def test_production_refuses_placeholders_and_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMARTPARK_ENV", "production")
+    with pytest.raises(ConfigError, match="needs SMARTPARK_MQTT_URL"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtt://ingest:changeme@mosquitto:1883")
+    monkeypatch.setenv("SMARTPARK_INFLUX_URL", "http://influxdb:8086")
+    with pytest.raises(ConfigError, match="placeholder password"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtt://ingest:Xk3-long-secret@mosquitto:1883")
+    with pytest.raises(ConfigError, match="SMARTPARK_INFLUX_TOKEN"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("SMARTPARK_INFLUX_TOKEN", "a-real-token")
+    assert load_settings(_env_file=None).env == "production"
