@@ -39,6 +39,7 @@ REFUSED_RETRY_S = 60.0  # credentials may be fixed meanwhile; retry slowly
 MAX_BACKOFF_S = 30.0
 CONNECT_TIMEOUT_S = 3.0
 FLUSH_TIMEOUT_S = 3.0
+LOST_LOG_EVERY_S = 10.0
 
 
 def status_topic(site: str, device: str) -> str:
@@ -107,6 +108,7 @@ class LiveSimulator:
         self._thread: threading.Thread | None = None
         self._broker_retry_at = 0.0
         self._broker_backoff_s = 1.0
+        self._lost_logged_at = -math.inf
         refs = self.model.devices
         missing = [r.device.id for r in refs if r.device.id not in credentials]
         if missing:
@@ -245,7 +247,10 @@ class LiveSimulator:
         if dev.state in ("refused", "closing"):
             return
         if dev.state == "online":
-            log.warning("device %s: connection lost (%s), reconnecting", dev.id, reason)
+            quiet = time.monotonic() - self._lost_logged_at < LOST_LOG_EVERY_S  # a broker restart drops all
+            log.log(logging.DEBUG if quiet else logging.WARNING,
+                    "device %s: connection lost (%s), reconnecting (others may follow)", dev.id, reason)
+            self._lost_logged_at = self._lost_logged_at if quiet else time.monotonic()
         self._retry_later(dev)
 
     def _on_publish(self, client: mqtt.Client, dev: _Device, mid: int, reason: ReasonCode, props: Any) -> None:

@@ -38,7 +38,6 @@ DEVICE_TOPICS = ("telemetry", "status")
 HASH_TTL_S = 5.0  # how long a re-provisioned device's old password keeps working; a miss reloads at once
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
-_NOISY_LOGGERS = ("amqtt", "transitions")
 
 
 class BrokerStartError(SmartparkError):
@@ -287,6 +286,6 @@ class EmbeddedBroker:
 
 
 def _set_amqtt_logging(debug: bool) -> None:
-    """amqtt logs each connection at INFO (transitions: each state change): too loud for `smartpark up`."""
-    for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+    """amqtt logs each connection at INFO: too loud for `smartpark up`; transitions' state log never helps."""
+    logging.getLogger("amqtt").setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger("transitions").setLevel(logging.WARNING)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import httpx
+import pytest
 from factories import PARK_YAML, ServedApp, now_ms
 from smartpark.api.app import create_app
 from smartpark.core.catalog import default_catalog

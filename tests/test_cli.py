@@ -14,6 +14,7 @@ import pytest
 from factories import PARK_YAML, wait_for
 from servers import free_port
 from smartpark.core.registry import read_park_file
+
 from smartpark.platform import demo_park_path
 
 
@@ -24,7 +25,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def run(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "smartpark", *args], cwd=tmp_path, env=_env(tmp_path, **extra),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_up_serves_latest_values_of_every_demo_site_and_stops_cleanly(tmp_path: Path) -> None:

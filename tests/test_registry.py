@@ -9,6 +9,7 @@ from factories import PARK_YAML
 from smartpark.core.errors import ParkFileError, RegistryError
 from smartpark.core.registry import Registry, parse_park_file, read_park_file
 from smartpark.core.registry.secrets import verify_password
+
 from smartpark.platform import demo_park_path
 
 
