@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     """Points per store write."""
     ingest_batch_age_s: float = Field(1.0, gt=0, le=60)
     """A batch is written at the latest this long after its first reading arrived."""
+    spool_max_bytes: int = Field(1 << 30, ge=1 << 20)
+    """Disk the ingest may use for batches the store cannot take; when full, it stops acking (the broker holds)."""
 
     @field_validator("mqtt_url")
     @classmethod

@@ -1,9 +1,10 @@
-"""The ingest service: MQTT in, decode, batch, write, then ack.
+"""The ingest service: MQTT in, decode, batch, hand off durably, then ack.
 
 Threads: paho's network thread decodes and batches (decoding costs about 2 µs, so it keeps up with the
-socket); the writer thread takes due batches, writes points, dead letters and device status, and only
-then acks the batch's messages. A store that is down is retried with backoff while nothing is acked:
-the broker holds the rest (bounded by Receive Maximum), so nothing is dropped.
+socket); the writer thread takes due batches and hands their points to the store, or to the fsynced spool
+when the store is down or slow, writes dead letters and device status, and only then acks the batch's
+messages. While the spool holds data, new batches queue behind it so replay stays in order. A full spool
+stops the acks: the broker holds the rest (bounded by Receive Maximum), so nothing is ever dropped.
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ from smartpark.core.store.base import TimeSeriesStore
 from smartpark.ingest.batch import Batch, Batcher
 from smartpark.ingest.deadletter import DeadLetter, DeadLetterBox
 from smartpark.ingest.decode import Bindings, MessageDecoder
+from smartpark.ingest.errors import BrokerUnreachable
 from smartpark.ingest.source import MqttSource
+from smartpark.ingest.spool import Spool, SpoolFull
 from smartpark.ingest.stats import IngestStats
 
 __all__ = ["IngestService"]
 
 log = logging.getLogger("smartpark.ingest")
 STATS_EVERY_S = 10.0
+REPLAY_MIN_S, REPLAY_MAX_S = 0.5, 30.0
+REPLAY_SLICE_S = 1.0  # replay at most this long between two batches, so acks keep flowing
 
 
 class IngestService:
@@ -45,6 +50,9 @@ class IngestService:
             host=mqtt_host, port=mqtt_port, client_id=settings.ingest_client_id, username=username,
             password=password, mqtt5=mqtt5, receive_maximum=2 * settings.ingest_batch_size,
             shared=settings.ingest_shared, on_message=self._on_message)
+        self.spool = Spool(settings.data_dir / "spool", settings.spool_max_bytes)
+        self._next_replay = 0.0
+        self._replay_delay = REPLAY_MIN_S
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
 
@@ -53,7 +61,9 @@ class IngestService:
         self._writer.start()
         self.source.start()
         if not self.source.subscribed.wait(wait_s):
-            log.warning("ingest not subscribed after %.0f s; still trying", wait_s)
+            self.stop()
+            raise BrokerUnreachable(self.source.host, self.source.port,
+                                    f"not subscribed within {wait_s:.0f} s (credentials or ACL refused?)")
 
     def stop(self) -> None:
         """Stop taking messages, write what is batched, ack it, disconnect."""
@@ -75,6 +85,8 @@ class IngestService:
             batch = self.batcher.take(timeout=0.5)
             if batch is not None:
                 self._commit(batch)
+            if self.spool and time.monotonic() >= self._next_replay:
+                self._replay()
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + STATS_EVERY_S
                 self._write_own_stats()
@@ -94,22 +106,57 @@ class IngestService:
         self._count(batch, time.perf_counter() - started)
 
     def _write_points(self, batch: Batch) -> bool:
-        """Write the batch's points, retrying while the store is down; False if stopped before it worked."""
-        delay = 0.5
+        """Hand the points off durably (store or spool); False if stopped before that was possible."""
+        delay = REPLAY_MIN_S
         while batch.points:
-            try:
-                self.store.write(batch.points)
+            if not self.spool and self._try_store(batch):
                 return True
-            except StoreError as exc:
-                if not exc.retryable:
-                    self._write_one_by_one(batch, exc)
-                    return True
-                log.warning("store unavailable (%s); retrying in %.1f s, nothing acked", exc, delay)
-                self.stats.add("write_retries")
-                if self._stop.wait(delay * random.uniform(0.8, 1.2)):
-                    return False
-                delay = min(delay * 2, 30.0)
+            try:
+                self.spool.append(batch.points)
+                self.stats.add("points_spooled", len(batch.points))
+                self.stats.gauge("spool_bytes", self.spool.bytes)
+                return True
+            except SpoolFull as exc:
+                log.error("SPOOL FULL (%s) and the store is down: not acking; the broker holds the rest", exc)
+                self.stats.add("spool_full_waits")
+            if self._stop.wait(delay * random.uniform(0.8, 1.2)):
+                return False
+            delay = min(delay * 2, REPLAY_MAX_S)
+            self._replay()
         return True
+
+    def _try_store(self, batch: Batch) -> bool:
+        """Write to the store; False when it is unavailable (the caller spools)."""
+        try:
+            self.store.write(batch.points)
+            return True
+        except StoreError as exc:
+            if not exc.retryable:
+                self._write_one_by_one(batch, exc)
+                return True
+            log.warning("store unavailable (%s); spooling %d points", exc, len(batch.points))
+            self.stats.add("write_failures")
+            self._next_replay = time.monotonic() + self._replay_delay
+            return False
+
+    def _replay(self) -> None:
+        """Move spooled batches into the store, oldest first, for at most REPLAY_SLICE_S."""
+        deadline = time.monotonic() + REPLAY_SLICE_S
+        while time.monotonic() < deadline and (points := self.spool.peek()) is not None:
+            try:
+                self.store.write(points)
+            except StoreError as exc:
+                if exc.retryable:
+                    self._replay_delay = min(self._replay_delay * 2, REPLAY_MAX_S)
+                    self._next_replay = time.monotonic() + self._replay_delay * random.uniform(0.8, 1.2)
+                    return
+                refused = Batch(points=points)
+                self._write_one_by_one(refused, exc)
+                self.dead_letters.add(refused.dead)
+            self.spool.pop()
+            self.stats.add("points_replayed", len(points))
+            self.stats.gauge("spool_bytes", self.spool.bytes)
+        self._replay_delay = REPLAY_MIN_S
 
     def _write_one_by_one(self, batch: Batch, first: StoreError) -> None:
         """A batch the store refused: keep every point it accepts, dead-letter the ones it refuses."""

@@ -101,7 +101,8 @@ def ingest(verbose: Verbose = False) -> None:
         service.start()
     except SmartparkError as exc:
         _fail(str(exc))
-    err.print(f"ingest subscribed to {settings.mqtt.host}:{settings.mqtt.port}; Ctrl-C stops.")
+    err.print(f"ingest subscribed to {settings.mqtt.host}:{settings.mqtt.port} as {settings.ingest_client_id}; "
+              "Ctrl-C stops.", highlight=False)
     _wait_for_signal()
     service.stop()
 

@@ -116,3 +116,45 @@ class ServedApp:
         self.client.close()
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def load_park_yaml(site: str, devices: int) -> str:
+    """A park with one site of ``devices`` energy meters named m000, m001, ..."""
+    rows = "\n".join(f"      - {{id: m{i:03d}, kind: energy_meter}}" for i in range(devices))
+    return (f"park: {{id: load-park, name: Load}}\nsites:\n  - id: {site}\n    name: Load\n"
+            f"    enterprise: Load Co.\n    industry: steel\n    area_m2: 1000\n    devices:\n{rows}\n")
+
+
+def load_messages(site: str, devices: int, per_device: int, t0: int) -> list[tuple[str, bytes]]:
+    """Unique (device, ts) readings, interleaved across devices like a real park."""
+    return [(f"smartpark/v1/{site}/m{d:03d}/telemetry",
+             b'{"ts": %d, "seq": %d, "metrics": {"power_kw": %d.5, "energy_kwh": %d}}' % (t0 + s * 1000, s, d, s))
+            for s in range(per_device) for d in range(devices)]
+
+
+def publish_many(host: str, port: int, messages: list[tuple[str, bytes]], *, window: int = 1000,
+                 timeout: float = 300.0) -> None:
+    """Publish at QoS 1 with at most ``window`` unacked, and return when the broker has acked every one."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"load-{uuid.uuid4().hex[:8]}")
+    slots = threading.BoundedSemaphore(window)
+    client.max_inflight_messages_set(window)
+    client.max_queued_messages_set(0)
+    client.on_publish = lambda *_: slots.release()
+    connected = threading.Event()
+    client.on_connect = lambda *_: connected.set()
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        if not connected.wait(10):
+            raise TimeoutError("load publisher could not connect")
+        deadline = time.monotonic() + timeout
+        for topic, body in messages:
+            if not slots.acquire(timeout=max(deadline - time.monotonic(), 0.1)):
+                raise TimeoutError("broker stopped acking")
+            client.publish(topic, body, qos=1)
+        for _ in range(window):  # every slot back: every PUBACK received
+            if not slots.acquire(timeout=max(deadline - time.monotonic(), 0.1)):
+                raise TimeoutError("broker did not ack the last messages")
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -88,6 +88,11 @@ class InfluxServer:
     def stop(self) -> None:
         _stop(self.proc)
 
+    def start(self) -> None:
+        """Start again on the same config, ports and data (after stop(): an outage ends)."""
+        self.proc = _spawn_influxd(self.root)
+        _wait_http(self.url, self.proc, self.log_path)
+
 
 def _set(text: str, section: str, key: str, value: str) -> str:
     """Set ``key = value`` in ``[section]`` ("" for the top level) of influxd's TOML; the key must exist."""
@@ -161,14 +166,16 @@ def start_influxd(root: Path) -> InfluxServer:
     http_port, rpc_port = free_port(), free_port()
     conf = root / "influxdb.conf"
     conf.write_text(influxd_config(root, http_port, rpc_port), encoding="utf-8")
-    log = root / "influxd.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [INFLUXD, "-config", str(conf)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+    proc = _spawn_influxd(root)
     url = f"http://127.0.0.1:{http_port}"
-    _wait_http(url, proc, log)
+    _wait_http(url, proc, root / "influxd.log")
     return InfluxServer(proc, url, root)
+
+
+def _spawn_influxd(root: Path) -> subprocess.Popen[bytes]:
+    with (root / "influxd.log").open("ab") as out:
+        return subprocess.Popen([INFLUXD, "-config", str(root / "influxdb.conf")], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 # -------------------------------------------------------------------------------------------- Mosquitto

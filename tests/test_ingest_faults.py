@@ -1,0 +1,174 @@
+"""The ingest under faults, against real Mosquitto and InfluxDB, counting every reading.
+
+Every reading has a unique (device, ts), so the count stored in InfluxDB is exact: below N is loss, and a
+redelivered reading overwrites itself instead of doubling.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from factories import load_messages, load_park_yaml, now_ms, publish_many, wait_for
+from servers import InfluxServer, MosquittoServer, start_influxd
+from smartpark.core.catalog import default_catalog
+from smartpark.core.registry import Registry, parse_park_file
+from smartpark.core.settings import Settings
+from smartpark.core.store.influx import InfluxStore
+from smartpark.ingest.service import IngestService
+
+SITE = "load"
+
+
+def stored(store: InfluxStore) -> int:
+    result = store.query('SELECT count("power_kw") FROM "energy"')[0]
+    return int(result["series"][0]["values"][0][1]) if result.get("series") else 0
+
+
+@pytest.fixture
+def registry_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'meta.sqlite'}"
+    registry = Registry(url)
+    registry.init()
+    registry.load_park(parse_park_file(load_park_yaml(SITE, 200)))
+    registry.close()
+    return url
+
+
+class IngestProcess:
+    """`smartpark ingest` as a child process, killed and restarted at will."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.tmp_path, self.env, self.runs = tmp_path, env, 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.runs += 1
+        log = self.tmp_path / f"ingest-{self.runs}.log"
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "smartpark", "ingest"], env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, cwd=self.tmp_path)
+        wait_for(lambda: b"ingest subscribed" in log.read_bytes() or self.proc.poll() is not None, timeout=30)
+        assert self.proc.poll() is None, log.read_text()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def ingest_process(tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore,
+                   registry_url: str) -> Iterator[IngestProcess]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTPARK_")}
+    env |= {"SMARTPARK_MQTT_URL": f"mqtt://{mosquitto.host}:{mosquitto.port}",
+            "SMARTPARK_INFLUX_URL": influx_store.url, "SMARTPARK_INFLUX_DB": influx_store.database,
+            "SMARTPARK_DATA_DIR": str(tmp_path / "data"), "SMARTPARK_DATABASE_URL": registry_url,
+            "SMARTPARK_INGEST_CLIENT_ID": f"ingest-{uuid.uuid4().hex[:8]}"}
+    proc = IngestProcess(tmp_path, env)
+    proc.start()
+    yield proc
+    if proc.proc is not None and proc.proc.poll() is None:
+        proc.kill()
+
+
+def test_sigkill_three_times_during_100k_messages_loses_and_doubles_nothing(
+        ingest_process: IngestProcess, mosquitto: MosquittoServer, influx_store: InfluxStore) -> None:
+    messages = load_messages(SITE, 200, 500, now_ms() - 3600_000)
+    publisher = threading.Thread(target=publish_many, args=(mosquitto.host, mosquitto.port, messages))
+    publisher.start()
+    for fraction in (0.2, 0.45, 0.7):  # kill at points of real progress, not at guessed times
+        wait_for(lambda f=fraction: stored(influx_store) >= f * len(messages), timeout=120, every=0.2)
+        ingest_process.kill()
+        ingest_process.start()
+    publisher.join(timeout=300)
+    wait_for(lambda: stored(influx_store) >= len(messages), timeout=120, every=0.5)
+    time.sleep(1.5)  # anything still redelivered would show as a count above N
+    assert stored(influx_store) == len(messages)
+    assert ingest_process.stop() == 0
+    assert ingest_process.runs == 4
+
+
+def _service(tmp_path: Path, mosquitto: MosquittoServer, store: InfluxStore, registry: Registry,
+             client_id: str) -> IngestService:
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", ingest_client_id=client_id,  # type: ignore[call-arg]
+                        ingest_batch_age_s=0.2, influx_timeout_s=2)
+    service = IngestService(settings, store, registry, default_catalog(), mqtt_host=mosquitto.host,
+                            mqtt_port=mosquitto.port, username=None, password=None, mqtt5=True)
+    service.start()
+    return service
+
+
+@pytest.fixture
+def own_influxd(tmp_path: Path) -> Iterator[InfluxServer]:
+    server = start_influxd(tmp_path / "influxd")
+    yield server
+    server.stop()
+
+
+def _store_on(server: InfluxServer) -> InfluxStore:
+    store = InfluxStore(server.url, "faults", default_catalog(), timeout_s=2)
+    store.init()
+    return store
+
+
+def test_influxdb_down_for_60_s_mid_run_spools_and_replays(
+        tmp_path: Path, mosquitto: MosquittoServer, own_influxd: InfluxServer, registry_url: str) -> None:
+    store, registry = _store_on(own_influxd), Registry(registry_url)
+    service = _service(tmp_path, mosquitto, store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
+    messages = load_messages(SITE, 200, 100, now_ms() - 3600_000)
+    third = len(messages) // 3
+    publish_many(mosquitto.host, mosquitto.port, messages[:third])
+    wait_for(lambda: stored(store) == third, timeout=60)
+    own_influxd.stop()
+    outage_started = time.monotonic()
+    publish_many(mosquitto.host, mosquitto.port, messages[third:2 * third])
+    # During the outage every message is acked, because it is fsynced in the spool.
+    wait_for(lambda: service.stats.counters["messages_committed"] >= 2 * third, timeout=60)
+    assert service.stats.counters["points_spooled"] >= third
+    time.sleep(max(0.0, 60 - (time.monotonic() - outage_started)))
+    own_influxd.start()
+    publish_many(mosquitto.host, mosquitto.port, messages[2 * third:])
+    wait_for(lambda: stored(store) >= len(messages), timeout=120, every=0.5)
+    assert stored(store) == len(messages)
+    assert service.stats.counters["points_replayed"] >= third
+    wait_for(lambda: not service.spool, timeout=30)
+    service.stop()
+    registry.close()
+    store.close()
+
+
+def test_restart_while_the_spool_holds_data_replays_it(
+        tmp_path: Path, mosquitto: MosquittoServer, own_influxd: InfluxServer, registry_url: str) -> None:
+    store, registry = _store_on(own_influxd), Registry(registry_url)
+    client_id = f"ingest-{uuid.uuid4().hex[:8]}"
+    own_influxd.stop()
+    service = _service(tmp_path, mosquitto, store, registry, client_id)
+    messages = load_messages(SITE, 200, 20, now_ms() - 3600_000)
+    publish_many(mosquitto.host, mosquitto.port, messages)
+    wait_for(lambda: service.stats.counters["messages_committed"] >= len(messages), timeout=60)
+    service.stop()
+    assert list((tmp_path / "data" / "spool").glob("seg-*.log")), "the spool should hold the outage's data"
+    own_influxd.start()
+    restarted = _service(tmp_path, mosquitto, store, registry, client_id)
+    wait_for(lambda: stored(store) >= len(messages), timeout=60, every=0.5)
+    assert stored(store) == len(messages)
+    wait_for(lambda: not restarted.spool, timeout=30)
+    assert restarted.stats.counters["messages_received"] == 0  # it all came from the spool, nothing redelivered
+    restarted.stop()
+    registry.close()
+    store.close()
