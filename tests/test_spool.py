@@ -80,8 +80,9 @@ def test_corrupt_record_is_not_replayed(tmp_path: Path) -> None:
 
 def test_full_spool_refuses_instead_of_dropping(tmp_path: Path) -> None:
     spool = Spool(tmp_path, 2000)
-    appended = 0
-    while spool.bytes + 400 < 2000:
+    spool.append(batch(10))
+    record, appended = spool.bytes, 1  # every batch of 10 points encodes to the same size
+    while spool.bytes + record <= 2000:
         spool.append(batch(10, appended * 10))
         appended += 1
     with pytest.raises(SpoolFull, match="of 2,000 bytes"):
