@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
 from smartpark.api.errors import NotFound, Unauthorized
 from smartpark.core.catalog import Catalog
 from smartpark.core.registry import Registry, Site

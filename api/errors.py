@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from smartpark.core.errors import StoreError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from smartpark.core.errors import StoreError
 
 __all__ = ["ApiError", "NotFound", "Unauthorized", "install_error_handlers"]
 

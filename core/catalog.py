@@ -12,6 +12,7 @@ from typing import Literal
 
 import msgspec
 import yaml
+
 from smartpark.core.errors import ConfigError
 
 __all__ = ["DOMAINS", "Catalog", "Metric", "default_catalog", "load_catalog"]
@@ -51,11 +52,12 @@ class _CatalogFile(msgspec.Struct, forbid_unknown_fields=True):
 class Catalog:
     """An immutable lookup of metrics by name."""
 
-    __slots__ = ("metrics", "version")
+    __slots__ = ("domain_of", "metrics", "version")
 
     def __init__(self, metrics: dict[str, Metric], version: int = 1) -> None:
         self.metrics = dict(metrics)
         self.version = version
+        self.domain_of = {name: m.domain for name, m in self.metrics.items()}  # the ingest's hot lookup
 
     def get(self, name: str) -> Metric | None:
         return self.metrics.get(name)

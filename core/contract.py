@@ -11,9 +11,11 @@ import math
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
+
 from smartpark.core.catalog import Catalog
 from smartpark.core.ids import is_valid_id
 from smartpark.core.points import FieldValue, Point
@@ -71,6 +73,7 @@ class Topic(NamedTuple):
     kind: Literal["telemetry", "status"]
 
 
+@lru_cache(maxsize=65536)  # a park has a few thousand topics, each seen over and over
 def parse_topic(topic: str) -> Topic | None:
     """Parse ``smartpark/v1/{site}/{device}/{telemetry|status}``; None when it is not one."""
     parts = topic.split("/")
@@ -176,8 +179,7 @@ class ReadingDecoder:
         if env.readings is None:
             if env.metrics is None:
                 return _reject(Reason.BAD_SCHEMA, "a reading needs `metrics`; a batch needs `readings`")
-            raw = _RawReading(metrics=env.metrics, ts=env.ts, seq=env.seq, flags=env.flags)
-            return self._one(site, device, raw, now_ms, None)
+            return self._one(site, device, env, now_ms, None)  # the envelope is the reading: no copy
         if env.metrics is not None:
             return _reject(Reason.BAD_SCHEMA, "a message is a reading or a batch, not both")
         if not env.readings:
@@ -202,7 +204,8 @@ class ReadingDecoder:
             rejections += one.rejections
         return Decoded(readings, rejections)
 
-    def _one(self, site: str, device: str, raw: _RawReading, now_ms: int, index: int | None) -> Decoded:
+    def _one(self, site: str, device: str, raw: _RawReading | _Envelope, now_ms: int, index: int | None
+             ) -> Decoded:
         problem = self._check_metrics(raw)
         if problem is None:
             ts_ms, problem = self._timestamp(raw.ts, now_ms)
@@ -212,7 +215,7 @@ class ReadingDecoder:
         reading = Reading(site, device, ts_ms, raw.metrics, flags, raw.seq, raw.ts is not None)
         return Decoded([reading], [])
 
-    def _check_metrics(self, raw: _RawReading) -> tuple[Reason, str] | None:
+    def _check_metrics(self, raw: _RawReading | _Envelope) -> tuple[Reason, str] | None:
         catalog = self.catalog.metrics
         for name, value in raw.metrics.items():
             metric = catalog.get(name)
@@ -251,16 +254,18 @@ def _reject(reason: Reason, detail: str) -> Decoded:
 def to_points(readings: Iterable[Reading], catalog: Catalog) -> list[Point]:
     """Split readings into points, one per (reading, domain): tags site and device, fields the metrics."""
     points: list[Point] = []
-    metrics = catalog.metrics
+    domain_of = catalog.domain_of
     for r in readings:
         by_domain: dict[str, dict[str, FieldValue]] = {}
-        for name, value in r.metrics.items():
-            fields = by_domain.setdefault(metrics[name].domain, {})
-            fields[name] = float(value)
-            flag = r.flags.get(name)
-            if flag is not None:
-                fields[f"{name}_flag"] = flag
-            if not r.ts_from_device:
+        for name, value in r.metrics.items():  # values are floats already: msgspec converts ints
+            fields = by_domain.get(domain := domain_of[name])
+            if fields is None:
+                fields = by_domain[domain] = {}
+            fields[name] = value
+        for name, flag in r.flags.items():
+            by_domain[domain_of[name]][f"{name}_flag"] = flag
+        if not r.ts_from_device:
+            for fields in by_domain.values():
                 fields["ts_source"] = "platform"
-        points.extend(Point(dom, r.site, r.device, r.ts_ms, f) for dom, f in by_domain.items())
+        points += [Point(dom, r.site, r.device, r.ts_ms, f) for dom, f in by_domain.items()]
     return points

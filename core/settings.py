@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from smartpark.core.errors import ConfigError
 
 __all__ = ["MqttTarget", "Settings", "env_example", "load_settings"]
@@ -92,6 +93,10 @@ class Settings(BaseSettings):
     """Points per store write."""
     ingest_batch_age_s: float = Field(1.0, gt=0, le=60)
     """A batch is written at the latest this long after its first reading arrived."""
+    ingest_metrics_port: int = Field(9108, ge=0, le=65535)
+    """Port of the standalone ingest's Prometheus /metrics endpoint (0: off). Inside `smartpark up`, see the API."""
+    ingest_stats_interval_s: float = Field(10.0, gt=0)
+    """How often the ingest writes its own figures to the `platform` measurement."""
     spool_max_bytes: int = Field(1 << 30, ge=1 << 20)
     """Disk the ingest may use for batches the store cannot take; when full, it stops acking (the broker holds)."""
 

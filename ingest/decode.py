@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import msgspec
+
 from smartpark.core.catalog import Catalog
 from smartpark.core.contract import ReadingDecoder, Reason, Rejection, parse_topic, to_points
 from smartpark.core.points import Point

@@ -30,7 +30,6 @@ from smartpark.ingest.stats import IngestStats
 __all__ = ["IngestService"]
 
 log = logging.getLogger("smartpark.ingest")
-STATS_EVERY_S = 10.0
 REPLAY_MIN_S, REPLAY_MAX_S = 0.5, 30.0
 REPLAY_SLICE_S = 1.0  # replay at most this long between two batches, so acks keep flowing
 
@@ -80,15 +79,16 @@ class IngestService:
 
     # --- writer thread
     def _write_loop(self) -> None:
-        next_stats = time.monotonic() + STATS_EVERY_S
+        every = self.settings.ingest_stats_interval_s
+        next_stats = time.monotonic() + every
         while not self._stop.is_set():
-            batch = self.batcher.take(timeout=0.5)
+            batch = self.batcher.take(timeout=min(0.5, every))
             if batch is not None:
                 self._commit(batch)
             if self.spool and time.monotonic() >= self._next_replay:
                 self._replay()
             if time.monotonic() >= next_stats:
-                next_stats = time.monotonic() + STATS_EVERY_S
+                next_stats = time.monotonic() + every
                 self._write_own_stats()
         self._commit(self.batcher.drain())
 
@@ -179,6 +179,8 @@ class IngestService:
         for d in batch.dead:
             self.stats.reject(d.reason)
         self.stats.gauge("last_batch_points", len(batch.points))
+        self.stats.gauge("in_flight_messages",
+                         self.stats.counters["messages_received"] - self.stats.counters["messages_committed"])
         self.stats.gauge("last_write_seconds", round(seconds, 6))
 
     def _write_own_stats(self) -> None:

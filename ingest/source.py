@@ -15,6 +15,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
 from smartpark.core.contract import TOPIC_PREFIX
 from smartpark.ingest.errors import BrokerUnreachable
 

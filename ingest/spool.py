@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
+
 from smartpark.core.points import Point
 
 __all__ = ["Spool", "SpoolFull"]

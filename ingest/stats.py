@@ -1,23 +1,50 @@
-"""The ingest's own figures: counters and gauges, as Prometheus text and as `platform` points."""
+"""The ingest's own figures: counters and gauges, for Prometheus (/metrics) and as `platform` points.
+
+Counting is plain dict arithmetic under a lock (the hot path adds per batch, not per message); a
+prometheus_client Collector turns the current values into metric families when scraped.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from smartpark.core.points import Point
 
-__all__ = ["IngestStats"]
+__all__ = ["HELP", "IngestStats"]
+
+HELP = {
+    "messages_received": "MQTT messages received",
+    "messages_committed": "messages whose data was durably handed off and acked",
+    "readings_stored": "valid readings handed to the store or the spool",
+    "points_written": "points written to the store or the spool",
+    "points_spooled": "points written to the local spool while the store was down or slow",
+    "points_replayed": "spooled points moved into the store",
+    "batches": "batches committed",
+    "write_failures": "store writes that failed and were spooled",
+    "spool_full_waits": "waits because the spool was full (acks stopped)",
+    "spool_bytes": "bytes in the spool",
+    "last_batch_points": "points in the last batch",
+    "last_write_seconds": "seconds the last batch took to hand off",
+    "in_flight_messages": "messages received but not yet acked",
+}
 
 
-class IngestStats:
-    """Thread-safe counters; `snapshot()` for tests, `prometheus()` for /metrics, `points()` for the store."""
+class IngestStats(Collector):
+    """Thread-safe counters; `snapshot()` for tests, `registry` for Prometheus, `points()` for the store."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.gauges: dict[str, float] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -35,12 +62,18 @@ class IngestStats:
         with self._lock:
             return {**self.counters, **self.gauges, "rejected": dict(self.rejected)}
 
-    def prometheus(self) -> str:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         with self._lock:
-            lines = [f"smartpark_ingest_{k}_total {v}" for k, v in sorted(self.counters.items())]
-            lines += [f'smartpark_ingest_rejected_total{{reason="{r}"}} {v}' for r, v in sorted(self.rejected.items())]
-            lines += [f"smartpark_ingest_{k} {v}" for k, v in sorted(self.gauges.items())]
-        return "\n".join(lines) + "\n"
+            counters, rejected, gauges = dict(self.counters), dict(self.rejected), dict(self.gauges)
+        for name, value in sorted(counters.items()):
+            yield CounterMetricFamily(f"smartpark_ingest_{name}", HELP.get(name, name), value=value)
+        family = CounterMetricFamily("smartpark_ingest_rejected", "rejected messages or readings by reason",
+                                     labels=["reason"])
+        for reason, value in sorted(rejected.items()):
+            family.add_metric([reason], value)
+        yield family
+        for name, value in sorted(gauges.items()):
+            yield GaugeMetricFamily(f"smartpark_ingest_{name}", HELP.get(name, name), value=value)
 
     def points(self, instance: str, ts_ms: int) -> list[Point]:
         with self._lock:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import msgspec
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
+
 from smartpark.core.contract import TOPIC_PREFIX, telemetry_topic
 from smartpark.core.registry.parkfile import ParkFile
 from smartpark.simulators.models import DeviceRef, ParkModel

@@ -19,6 +19,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import numpy as np
+
 from smartpark.core.registry.parkfile import DeviceSpec, ParkFile, SiteSpec
 from smartpark.simulators.signals import (
     Array,

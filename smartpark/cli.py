@@ -87,6 +87,8 @@ def up(
 @app.command()
 def ingest(verbose: Verbose = False) -> None:
     """Run the ingest alone against SMARTPARK_MQTT_URL and the configured store."""
+    from prometheus_client import start_http_server
+
     from smartpark.ingest.service import IngestService
     from smartpark.platform import open_core
 
@@ -99,8 +101,13 @@ def ingest(verbose: Verbose = False) -> None:
                                 mqtt_port=settings.mqtt.port, username=settings.mqtt.username,
                                 password=settings.mqtt.password, mqtt5=settings.mqtt_v5)
         service.start()
+        if settings.ingest_metrics_port:
+            start_http_server(settings.ingest_metrics_port, registry=service.stats.registry)
     except SmartparkError as exc:
         _fail(str(exc))
+    except OSError as exc:
+        service.stop()
+        _fail(f"metrics port {settings.ingest_metrics_port}: {exc}; set SMARTPARK_INGEST_METRICS_PORT (0: off)")
     err.print(f"ingest subscribed to {settings.mqtt.host}:{settings.mqtt.port} as {settings.ingest_client_id}; "
               "Ctrl-C stops.", highlight=False)
     _wait_for_signal()

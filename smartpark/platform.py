@@ -102,7 +102,8 @@ class Platform:
         return host, port, INGEST_USER, password, False
 
     def _start_api(self, registry: Registry, store: TimeSeriesStore, catalog: Catalog) -> None:
-        app = create_app(self.settings, registry=registry, store=store, catalog=catalog)
+        metrics = [self.ingest.stats.registry] if self.ingest else []
+        app = create_app(self.settings, registry=registry, store=store, catalog=catalog, metrics=metrics)
         config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,
                                 log_level="warning", lifespan="on")
         server = self.api_server = uvicorn.Server(config)

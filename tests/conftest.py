@@ -6,9 +6,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from servers import InfluxServer, MosquittoServer, start_influxd, start_mosquitto
+
 from smartpark.core.catalog import default_catalog
 from smartpark.core.store.influx import InfluxStore, quote_ident
+
+from servers import InfluxServer, MosquittoServer, start_influxd, start_mosquitto
 
 MOSQUITTO_CONFIG = """
 allow_anonymous true

@@ -102,6 +102,7 @@ class ServedApp:
     def __init__(self, app: Any) -> None:
         import httpx
         import uvicorn
+
         from servers import free_port
 
         port = free_port()

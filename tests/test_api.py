@@ -7,13 +7,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from factories import PARK_YAML, ServedApp, now_ms
+
 from smartpark.api.app import create_app
 from smartpark.core.catalog import default_catalog
 from smartpark.core.points import Point
 from smartpark.core.registry import Registry, parse_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store.embedded import EmbeddedStore
+
+from factories import PARK_YAML, ServedApp, now_ms
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
-from smartpark.core.registry import Registry, parse_park_file
 
 from smartpark.broker import EmbeddedBroker, PortInUse
+from smartpark.core.registry import Registry, parse_park_file
 
 PARK = """
 park: {id: test-park}

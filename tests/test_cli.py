@@ -11,11 +11,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from smartpark.core.registry import read_park_file
+from smartpark.platform import demo_park_path
+
 from factories import PARK_YAML, wait_for
 from servers import free_port
-from smartpark.core.registry import read_park_file
-
-from smartpark.platform import demo_park_path
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:

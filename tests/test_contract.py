@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from factories import now_ms, payload, reading
+
 from smartpark.core.catalog import default_catalog
 from smartpark.core.contract import MAX_PAYLOAD, ReadingDecoder, Reason, parse_topic, to_points
 from smartpark.core.ids import is_valid_id, valid_site_id
+
+from factories import now_ms, payload, reading
 
 DAY = 86_400_000
 

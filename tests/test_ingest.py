@@ -13,14 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from factories import PARK_YAML, Publisher, now_ms, payload, reading, wait_for
-from servers import free_port
+from prometheus_client import generate_latest
+
 from smartpark.core.catalog import default_catalog
 from smartpark.core.registry import Registry, parse_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import SeriesQuery, TimeSeriesStore
 from smartpark.core.store.embedded import EmbeddedStore
 from smartpark.ingest.service import IngestService
+
+from factories import PARK_YAML, Publisher, now_ms, payload, reading, wait_for
+from servers import free_port
 
 TOPIC = "smartpark/v1/{}/{}/telemetry"
 
@@ -45,7 +48,7 @@ class Pipeline:
 
 def _settings(tmp_path: Path) -> Settings:
     return Settings(_env_file=None, data_dir=tmp_path, ingest_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
-                    ingest_batch_age_s=0.1, retention_days=30)  # type: ignore[call-arg]
+                    ingest_batch_age_s=0.1, retention_days=30, ingest_stats_interval_s=0.3)  # type: ignore[call-arg]
 
 
 def _registry(tmp_path: Path) -> Registry:
@@ -169,3 +172,19 @@ def test_status_topic_updates_the_registry(pipeline: Pipeline) -> None:
     assert device.online is True
     assert device.last_seen is not None
     assert pipeline.service.dead_letters.counts() == {"bad_schema": 1}
+
+
+def test_own_figures_reach_prometheus_and_the_platform_measurement(pipeline: Pipeline) -> None:
+    pipeline.publish("steel", "steel-meter", reading(ts=now_ms(), power_kw=1.0))
+    pipeline.publish("steel", "steel-meter", b"{broken")
+    pipeline.settle(2)
+    text = generate_latest(pipeline.service.stats.registry).decode()
+    assert "smartpark_ingest_messages_committed_total 2.0" in text
+    assert 'smartpark_ingest_rejected_total{reason="bad_json"} 1.0' in text
+
+    def platform_rows() -> list[Any]:
+        found = pipeline.store.series(SeriesQuery("platform", "messages_committed_total", now_ms() - 60_000,
+                                                  now_ms() + 1000, 60_000, "max"))
+        return [v for s in found for _, v in s.points if v >= 2]
+
+    wait_for(platform_rows, timeout=10)

@@ -7,6 +7,7 @@ redelivered reading overwrites itself instead of doubling.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,14 +17,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from factories import load_messages, load_park_yaml, now_ms, publish_many, wait_for
-from servers import InfluxServer, MosquittoServer, start_influxd
+
 from smartpark.core.catalog import default_catalog
 from smartpark.core.registry import Registry, parse_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store.influx import InfluxStore
 from smartpark.ingest.service import IngestService
+
+from factories import load_messages, load_park_yaml, now_ms, publish_many, wait_for
+from servers import InfluxServer, MosquittoServer, free_port, start_influxd
 
 SITE = "load"
 
@@ -78,7 +82,8 @@ def ingest_process(tmp_path: Path, mosquitto: MosquittoServer, influx_store: Inf
     env |= {"SMARTPARK_MQTT_URL": f"mqtt://{mosquitto.host}:{mosquitto.port}",
             "SMARTPARK_INFLUX_URL": influx_store.url, "SMARTPARK_INFLUX_DB": influx_store.database,
             "SMARTPARK_DATA_DIR": str(tmp_path / "data"), "SMARTPARK_DATABASE_URL": registry_url,
-            "SMARTPARK_INGEST_CLIENT_ID": f"ingest-{uuid.uuid4().hex[:8]}"}
+            "SMARTPARK_INGEST_CLIENT_ID": f"ingest-{uuid.uuid4().hex[:8]}",
+            "SMARTPARK_INGEST_METRICS_PORT": str(free_port())}
     proc = IngestProcess(tmp_path, env)
     proc.start()
     yield proc
@@ -99,6 +104,8 @@ def test_sigkill_three_times_during_100k_messages_loses_and_doubles_nothing(
     wait_for(lambda: stored(influx_store) >= len(messages), timeout=120, every=0.5)
     time.sleep(1.5)  # anything still redelivered would show as a count above N
     assert stored(influx_store) == len(messages)
+    scrape = httpx.get(f"http://127.0.0.1:{ingest_process.env['SMARTPARK_INGEST_METRICS_PORT']}/metrics").text
+    assert re.search(r"^smartpark_ingest_messages_committed_total [1-9]", scrape, re.MULTILINE), scrape
     assert ingest_process.stop() == 0
     assert ingest_process.runs == 4
 

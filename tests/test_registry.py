@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from factories import PARK_YAML
+
 from smartpark.core.errors import ParkFileError, RegistryError
 from smartpark.core.registry import Registry, parse_park_file, read_park_file
 from smartpark.core.registry.secrets import verify_password
-
 from smartpark.platform import demo_park_path
+
+from factories import PARK_YAML
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from smartpark.core.errors import ConfigError
 from smartpark.core.settings import Settings, env_example, load_settings
 

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
+
 from smartpark.core.catalog import default_catalog
 from smartpark.core.registry.parkfile import ParkFile, read_park_file
 from smartpark.simulators import ParkModel

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from smartpark.core.points import Point
 from smartpark.ingest import spool as spool_mod
 from smartpark.ingest.spool import Spool, SpoolFull

@@ -6,11 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from factories import now_ms
+
 from smartpark.core.catalog import default_catalog
 from smartpark.core.points import Point
 from smartpark.core.store.base import SeriesQuery, TimeSeriesStore
 from smartpark.core.store.embedded import EmbeddedStore
+
+from factories import now_ms
 
 MIN = 60_000
 

@@ -9,7 +9,7 @@ import uuid
 
 import httpx
 import pytest
-from servers import InfluxServer, free_port
+
 from smartpark.core.catalog import Catalog, Metric, default_catalog
 from smartpark.core.errors import StoreRejected, StoreUnavailable
 from smartpark.core.points import Point
@@ -24,6 +24,8 @@ from smartpark.core.store.influx import (
     quote_ident,
     quote_literal,
 )
+
+from servers import InfluxServer, free_port
 
 MINUTE = 60_000
 HOSTILE_SITE = "site one, \"two\"='3' back\\slash 钢铁 🌳"

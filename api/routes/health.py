@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from sqlalchemy import text
+
 from smartpark.api.deps import RegistryDep, StoreDep
 from smartpark.core.errors import StoreError
-from sqlalchemy import text
 
 router = APIRouter(tags=["health"])
 
@@ -32,3 +34,12 @@ def readyz(registry: RegistryDep, store: StoreDep) -> JSONResponse:
         checks["metadata"] = str(exc)
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def metrics(request: Request) -> Response:
+    """Prometheus text: the process's figures, and the ingest's when it runs in this process (`smartpark up`)."""
+    body = generate_latest(REGISTRY)
+    for registry in request.app.state.metrics_registries:
+        body += generate_latest(registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

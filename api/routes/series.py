@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+
 from smartpark.api.deps import CatalogDep, PrincipalDep, RegistryDep, StoreDep, scoped_site
 from smartpark.api.errors import NotFound, Unprocessable
 from smartpark.api.models import SeriesPublic

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+
 from smartpark.api.deps import CatalogDep, PrincipalDep, RegistryDep, StoreDep, scoped_site
 from smartpark.api.models import DevicePublic, LatestDevice, LatestMetric, Page, SitePublic
 

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 import msgspec
 import yaml
+
 from smartpark.core.errors import ParkFileError
 from smartpark.core.ids import ID_PATTERN
 

@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.orm import Session, sessionmaker
+
 from smartpark.core.errors import RegistryError
 from smartpark.core.registry.models import ApiKey, Base, Device, Park, Site
 from smartpark.core.registry.parkfile import ParkFile
 from smartpark.core.registry.secrets import hash_password, new_api_key, new_password
-from sqlalchemy import Engine, create_engine, event, select
-from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["Registry"]
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Literal, NamedTuple, Protocol
 
 import msgspec
+
 from smartpark.core.points import Point
 
 __all__ = ["AGGREGATES", "Agg", "LatestValue", "Series", "SeriesQuery", "TimeSeriesStore"]

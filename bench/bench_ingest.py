@@ -1,0 +1,176 @@
+"""smartpark's ingest beside the hand-written batched peer pipeline, same workload, same servers, one run.
+
+    .venv/bin/pip install -e '.[bench]' && .venv/bin/python bench/bench_ingest.py [--n 200000] [--reps 3]
+
+Workload: shared/bench/peers (200 devices, 4 metrics per message, QoS 1, unique (device, ts)), published on
+the contract's topics (TOPIC_PREFIX=smartpark/v1) by 200 `mosquitto_pub -l` processes (cpub.sh). The pipelines
+run one after the other (interleaved over reps) against a private Mosquitto (max_inflight_messages 1000) and a
+private InfluxDB. For each: msg/s from publisher launch to all points stored, pipeline CPU-seconds per 100k
+messages (/proc utime+stime over that window), peak RSS, loss. smartpark stores 2 points per message (energy
+and emissions measurements), the peer 1. `--batch` adds smartpark alone on batch payloads (100 readings/message).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from harness import PEERS, Influx, cpu_seconds, peak_rss_mib, start_servers, wait_line
+
+PY = sys.executable
+
+
+def gen_lines(tmp: Path, n: int) -> Path:
+    out = tmp / f"lines-{n}"
+    env = {**os.environ, "TOPIC_PREFIX": "smartpark/v1"}
+    subprocess.run([PY, str(PEERS / "gen_lines.py"), str(out), "--total", str(n)], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    return out
+
+
+def registry_url(tmp: Path) -> str:
+    """A registry knowing the workload's 200 devices (site-XX/dev-YYY), so the topic binding passes."""
+    from smartpark.core.registry import Registry, parse_park_file
+
+    sites = "\n".join(
+        f"  - {{id: site-{s:02d}, name: S{s}, enterprise: E{s}, industry: steel, area_m2: 1000, devices: ["
+        + ", ".join(f"{{id: dev-{d:03d}, kind: gateway}}" for d in range(s * 20, s * 20 + 20)) + "]}"
+        for s in range(10))
+    url = f"sqlite:///{tmp / 'meta.sqlite'}"
+    reg = Registry(url)
+    reg.init()
+    reg.load_park(parse_park_file(f"park: {{id: bench}}\nsites:\n{sites}\n"))
+    reg.close()
+    return url
+
+
+def start_pipeline(name: str, tmp: Path, mosq: object, influx_url: str, db: str, reg: str,
+                   extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = tmp / f"{name}-{db}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTPARK_")}
+    if name == "smartpark":
+        env |= {"SMARTPARK_MQTT_URL": f"mqtt://{mosq.host}:{mosq.port}", "SMARTPARK_INFLUX_URL": influx_url,
+                "SMARTPARK_INFLUX_DB": db, "SMARTPARK_DATA_DIR": str(tmp / f"data-{db}"),
+                "SMARTPARK_DATABASE_URL": reg, "SMARTPARK_INGEST_CLIENT_ID": f"bench-{uuid.uuid4().hex[:6]}",
+                **extra_env}
+        cmd, ready = [PY, "-m", "smartpark", "ingest"], "ingest subscribed"
+    else:
+        env |= {"MQTT_HOST": mosq.host, "MQTT_PORT": str(mosq.port), "INFLUX_URL": influx_url,
+                "TOPIC_PREFIX": "smartpark/v1"}
+        cmd, ready = [PY, str(PEERS / "pipe_batched.py"), "--db", db], "READY"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
+    wait_line(log, ready, proc)
+    return proc
+
+
+def run_one(name: str, args: argparse.Namespace, tmp: Path, mosq: object, influx: Influx, reg: str,
+            lines_dir: Path, rep: int) -> dict[str, object]:
+    db = f"bench_{name}_{rep}"
+    influx.reset(db)
+    proc = start_pipeline(name, tmp, mosq, influx.url, db, reg, {})
+    measurement = "energy" if name == "smartpark" else "telemetry"
+    time.sleep(0.3)
+    cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+    env = {**os.environ, "MQTT_HOST": mosq.host, "MQTT_PORT": str(mosq.port)}
+    pub = subprocess.Popen([str(PEERS / "cpub.sh"), str(lines_dir), "1", "100"], env=env,
+                           stdout=subprocess.DEVNULL)
+    count, last, last_change = 0, -1, time.monotonic()
+    while count < args.n:
+        time.sleep(0.5)
+        count = influx.count(db, measurement, "power_kw")
+        if count != last:
+            last, last_change = count, time.monotonic()
+        elif pub.poll() is not None and time.monotonic() - last_change > 15:
+            break
+    wall, cpu, rss = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0, peak_rss_mib(proc.pid)
+    pub.wait()
+    proc.terminate()
+    proc.wait(timeout=60)
+    influx.q(f'DROP DATABASE "{db}"')
+    return {"pipeline": name, "rep": rep, "n": args.n, "stored": count, "loss": args.n - count,
+            "msg_s": round(count / wall), "cpu_s_per_100k": round(cpu * 1e5 / args.n, 3), "peak_rss_mib": round(rss)}
+
+
+def run_batches(args: argparse.Namespace, tmp: Path, mosq: object, influx: Influx, reg: str) -> dict[str, object]:
+    """smartpark alone: batch payloads of 100 readings per message (store-and-forward traffic)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from factories import publish_many
+
+    db = "bench_batches"
+    influx.reset(db)
+    proc = start_pipeline("smartpark", tmp, mosq, influx.url, db, reg, {})
+    t0_ms = (int(time.time()) // 3600 - 24) * 3600_000
+    per_msg, msgs = 100, args.n // 100
+    messages = []
+    for m in range(msgs):
+        dev = m % 200
+        readings = ",".join(
+            '{"ts":%d,"metrics":{"power_kw":%d.25,"energy_kwh":%d}}' % (t0_ms + (m // 200 * per_msg + k) * 1000, k, m)
+            for k in range(per_msg))
+        messages.append((f"smartpark/v1/site-{dev // 20:02d}/dev-{dev:03d}/telemetry",
+                         ('{"readings":[%s]}' % readings).encode()))
+    cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+    publish_many(mosq.host, mosq.port, messages, window=200)
+    readings = msgs * per_msg
+    while (count := influx.count(db, "energy", "power_kw")) < readings and time.monotonic() - t0 < 300:
+        time.sleep(0.25)
+    wall, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
+    proc.terminate()
+    proc.wait(timeout=60)
+    return {"pipeline": "smartpark (batches of 100)", "n": readings, "stored": count, "loss": readings - count,
+            "readings_s": round(count / wall), "cpu_s_per_100k_readings": round(cpu * 1e5 / readings, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200_000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--pipelines", default="smartpark,peer")
+    parser.add_argument("--batch", action="store_true", help="also run smartpark on batch payloads")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        mosq, influxd = start_servers(tmp)
+        influx = Influx(influxd.url)
+        try:
+            reg, lines_dir = registry_url(tmp), gen_lines(tmp, args.n)
+            rows = []
+            for rep in range(1, args.reps + 1):
+                for name in args.pipelines.split(","):
+                    row = run_one(name, args, tmp, mosq, influx, reg, lines_dir, rep)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+            report(rows, args)
+            if args.batch:
+                print(json.dumps(run_batches(args, tmp, mosq, influx, reg)), flush=True)
+        finally:
+            mosq.stop()
+            influxd.stop()
+
+
+def report(rows: list[dict[str, object]], args: argparse.Namespace) -> None:
+    names = args.pipelines.split(",")
+    med = {n: {k: statistics.median(r[k] for r in rows if r["pipeline"] == n)  # type: ignore[misc]
+               for k in ("msg_s", "cpu_s_per_100k", "peak_rss_mib", "loss")} for n in names}
+    print(f"\nmedians of {args.reps} interleaved runs, N={args.n:,} messages, QoS 1, 200 devices")
+    print(f"{'pipeline':<12} {'msg/s':>8} {'CPU-s/100k':>11} {'peak RSS MiB':>13} {'loss':>6}")
+    for n in names:
+        m = med[n]
+        print(f"{n:<12} {m['msg_s']:>8,.0f} {m['cpu_s_per_100k']:>11.2f} {m['peak_rss_mib']:>13.0f} {m['loss']:>6.0f}")
+    if {"smartpark", "peer"} <= set(names):
+        ours, peer = med["smartpark"], med["peer"]
+        print(f"smartpark/peer: msg/s {ours['msg_s'] / peer['msg_s']:.2f}x (goal >= 1.5x), "
+              f"CPU-s/100k {ours['cpu_s_per_100k'] / peer['cpu_s_per_100k']:.2f}x (goal <= 0.35x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Shared pieces of the end-to-end benchmarks: private servers, process figures, InfluxDB counts.
+
+The servers come from tests/servers.py (the same throwaway Mosquitto and InfluxDB the tests use).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from servers import MosquittoServer, start_influxd, start_mosquitto
+
+PEERS = Path(os.environ.get("SMARTPARK_PEERS_DIR", ROOT.parent / "shared" / "bench" / "peers"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+__all__ = ["PEERS", "ROOT", "Influx", "cpu_seconds", "peak_rss_mib", "start_influxd", "start_mosquitto",
+           "start_servers", "wait_line"]
+
+MOSQUITTO_CONF = """allow_anonymous true
+persistence false
+max_queued_messages 2000000
+max_inflight_messages {inflight}
+"""
+
+
+def start_servers(tmp: Path, inflight: int = 1000) -> tuple[MosquittoServer, object]:
+    mosq = start_mosquitto(MOSQUITTO_CONF.format(inflight=inflight), tmp / "mosquitto")
+    influx = start_influxd(tmp / "influxd")
+    return mosq, influx
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_mib(pid: int) -> float:
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("VmHWM:"):
+            return int(row.split()[1]) / 1024
+    return 0.0
+
+
+def wait_line(path: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited: {path.read_text()[-2000:]}")
+        time.sleep(0.05)
+    raise TimeoutError(f"{needle!r} not seen in {path}")
+
+
+class Influx:
+    """Minimal InfluxDB 1.x client for the harness (count, reset)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(timeout=30)
+
+    def q(self, query: str, db: str | None = None) -> dict:
+        params = {"q": query, **({"db": db} if db else {})}
+        return self.http.post(f"{self.url}/query", params=params).json()
+
+    def reset(self, db: str) -> None:
+        self.q(f'DROP DATABASE "{db}"')
+        self.q(f'CREATE DATABASE "{db}"')
+
+    def count(self, db: str, measurement: str, field: str) -> int:
+        res = self.q(f'SELECT count("{field}") FROM "{measurement}"', db)["results"][0]
+        return int(res["series"][0]["values"][0][1]) if "series" in res else 0
