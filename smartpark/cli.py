@@ -21,9 +21,11 @@ app = typer.Typer(help="smartpark: IoT telemetry for industrial parks (energy, e
 db_app = typer.Typer(help="Databases: metadata and time series.", no_args_is_help=True)
 park_app = typer.Typer(help="Park files: sites and devices.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+broker_app = typer.Typer(help="The production MQTT broker (Mosquitto).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(park_app, name="park")
 app.add_typer(keys_app, name="keys")
+app.add_typer(broker_app, name="broker")
 
 err = Console(stderr=True, soft_wrap=True)  # keys and URLs must stay on one line to be copied
 out = Console()
@@ -215,6 +217,37 @@ def keys_create(
     except SmartparkError as exc:
         _fail(str(exc))
     sys.stdout.write(key + "\n")
+
+
+@broker_app.command("export")
+def broker_export(
+    directory: Annotated[Path, typer.Argument(help="Where to write `passwd` and `acl` (Mosquitto's config dir).")],
+    services_file: Annotated[Path | None, typer.Option(help="Service accounts, `name:password` per line.")] = None,
+) -> None:
+    """Write Mosquitto's password and ACL files from the registry; then send mosquitto a SIGHUP.
+
+    The account in SMARTPARK_MQTT_URL (the ingest's) is included as a service account that reads all telemetry.
+    """
+    from smartpark.core.registry import Registry
+    from smartpark.mosquitto import write_auth_files
+
+    settings = _settings()
+    services: dict[str, str] = {}
+    if settings.mqtt is not None and settings.mqtt.username:
+        services[settings.mqtt.username] = settings.mqtt.password or ""
+    if services_file is not None:
+        for row in services_file.read_text().splitlines():
+            name, sep, password = row.strip().partition(":")
+            if sep and name and not name.startswith("#"):
+                services[name] = password
+    try:
+        registry = Registry(settings.metadata_url)
+        registry.init()
+        passwd, acl = write_auth_files(registry, directory, services)
+    except (SmartparkError, ValueError) as exc:
+        _fail(str(exc))
+    err.print(f"wrote {passwd} and {acl}: {len(registry.password_hashes())} devices with credentials, "
+              f"{len(services)} service account(s). Reload: kill -HUP <mosquitto pid>", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry
