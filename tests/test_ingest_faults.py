@@ -179,3 +179,76 @@ def test_restart_while_the_spool_holds_data_replays_it(
     restarted.stop()
     registry.close()
     store.close()
+
+
+MALFORMED: list[tuple[str, str, bytes, str]] = [
+    # (site, device, payload, reason); device m000..m199 belong to site "load"
+    ("load", "m001", b"{oops", "bad_json"),
+    ("load", "m001", b"\xff\xfe\x00\x01", "bad_json"),
+    ("load", "m001", b"", "bad_json"),
+    ("load", "m001", b"[1, 2, 3]", "bad_schema"),
+    ("load", "m001", b'"just a string"', "bad_schema"),
+    ("load", "m001", b'{"metrics": {"power_kw": NaN}}', "non_finite"),
+    ("load", "m001", b'{"metrics": {"power_kw": Infinity}}', "non_finite"),
+    ("load", "m001", b'{"metrics": {"power_kw": 1e999}}', "non_finite"),
+    ("load", "m001", b'{"metrics": {"power_kw": "12.5"}}', "bad_schema"),
+    ("load", "m001", b'{"metrics": {"power_kw": {"a": [1, {"b": [null]}]}}}', "bad_schema"),
+    ("load", "m001", b'{"metrics": {"power_kw": 1}, "pad": "' + b"x" * 70_000 + b'"}', "too_large"),
+    ("load", "m001", b'{"metrics": {"vibration_mm_s": 1}}', "unknown_metric"),
+    ("load", "m001", b'{"metrics": {"o2_pct": 30}}', "out_of_range"),
+    ("other-site", "m001", b'{"metrics": {"power_kw": 1}}', "topic_mismatch"),
+    ("load", "ghost", b'{"metrics": {"power_kw": 1}}', "unknown_device"),
+    ("load", "m001", b'{"ts": 99999999999999, "metrics": {"power_kw": 1}}', "ts_out_of_window"),
+    ("load", "m001", b'{"ts": 1795000000, "metrics": {"power_kw": 1}}', "ts_out_of_window"),  # seconds
+    ("load", "m001", b'{"readings": []}', "bad_schema"),
+    ("load", "m001", b'{"readings": [' + b",".join([b'{"metrics": {"power_kw": 1}}'] * 1001) + b"]}", "too_large"),
+    ("load", "m001", b'{"metrics": {"power_kw": 1}, "flags": {"power_kw": "X"}}', "bad_schema"),
+    ("load", "m001", b'{"metrics": {"power_kw": true}}', "bad_schema"),
+]
+
+
+def test_twenty_kinds_of_malformed_input_interleaved_with_good_traffic(
+        tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
+    registry = Registry(registry_url)
+    service = _service(tmp_path, mosquitto, influx_store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
+    good = load_messages(SITE, 200, 10, now_ms() - 3600_000)
+    stream: list[tuple[str, bytes]] = []
+    for i, (site, device, body, _) in enumerate(MALFORMED):
+        stream += good[i * 90:(i + 1) * 90]
+        stream.append((f"smartpark/v1/{site}/{device}/telemetry", body))
+    stream += good[len(MALFORMED) * 90:]
+    publish_many(mosquitto.host, mosquitto.port, stream)
+    wait_for(lambda: service.stats.counters["messages_committed"] >= len(stream), timeout=60)
+    wait_for(lambda: stored(influx_store) >= len(good), timeout=30)
+    assert stored(influx_store) == len(good)
+    expected: dict[str, int] = {}
+    for *_, reason in MALFORMED:
+        expected[reason] = expected.get(reason, 0) + 1
+    assert service.stats.snapshot()["rejected"] == expected
+    assert service.dead_letters.counts() == expected
+    assert len(MALFORMED) >= 20
+    service.stop()
+    registry.close()
+
+
+def test_two_ingests_on_a_shared_subscription_split_the_stream(
+        tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
+    registry = Registry(registry_url)
+    services = []
+    for i in range(2):
+        settings = Settings(_env_file=None, data_dir=tmp_path / f"data-{i}", ingest_shared="grp",  # type: ignore[call-arg]
+                            ingest_client_id=f"ingest-{i}-{uuid.uuid4().hex[:8]}", ingest_batch_age_s=0.2)
+        service = IngestService(settings, influx_store, registry, default_catalog(), mqtt_host=mosquitto.host,
+                                mqtt_port=mosquitto.port, username=None, password=None, mqtt5=True)
+        service.start()
+        services.append(service)
+    messages = load_messages(SITE, 200, 100, now_ms() - 3600_000)
+    publish_many(mosquitto.host, mosquitto.port, messages)
+    wait_for(lambda: stored(influx_store) >= len(messages), timeout=60)
+    received = [s.stats.counters["messages_received"] for s in services]
+    assert sum(received) == len(messages), received  # each message went to exactly one ingest
+    assert min(received) > len(messages) // 10, received  # and both took a real share
+    assert stored(influx_store) == len(messages)
+    for s in services:
+        s.stop()
+    registry.close()
