@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # --- ingest
     ingest_client_id: str = "smartpark-ingest"
     """MQTT client id of the ingest: fixed, so its persistent session survives restarts."""
+    ingest_mqtt_client: Literal["session", "paho"] = "session"
+    """MQTT 5 client of the ingest: `session` (thin layer on the mqtt5 codec, the fast one) or `paho`.
+    MQTT 3.1.1 (the embedded broker, SMARTPARK_MQTT_V5=false) always uses paho."""
     ingest_shared: str = ""
     """Empty: a plain subscription. `1` or a group name: an MQTT 5 shared subscription ($share/<group>/...)."""
     ingest_batch_size: int = Field(5000, ge=1, le=100_000)

@@ -159,3 +159,18 @@ def publish_many(host: str, port: int, messages: list[tuple[str, bytes]], *, win
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def forget_session(host: str, port: int, client_id: str) -> None:
+    """Delete a persistent session on the broker (connect with clean start and no expiry, disconnect), so a
+    test's ingest does not keep collecting the next tests' messages on a shared broker."""
+    import socket
+    from contextlib import suppress
+
+    import mqtt5
+
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(mqtt5.ConnectPacket(client_id, clean_start=True).write() + mqtt5.DisconnectPacket().write())
+        with suppress(OSError):
+            while sock.recv(64):  # CONNACK, then the broker closes
+                pass

@@ -22,7 +22,7 @@ from smartpark.core.store.base import SeriesQuery, TimeSeriesStore
 from smartpark.core.store.embedded import EmbeddedStore
 from smartpark.ingest.service import IngestService
 
-from factories import PARK_YAML, Publisher, now_ms, payload, reading, wait_for
+from factories import PARK_YAML, Publisher, forget_session, now_ms, payload, reading, wait_for
 from servers import free_port
 
 TOPIC = "smartpark/v1/{}/{}/telemetry"
@@ -86,6 +86,8 @@ def pipeline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pipelin
     publisher.close()
     service.stop()
     registry.close()
+    if request.param != "embedded":
+        forget_session(host, port, settings.ingest_client_id)
 
 
 def test_documented_reading_is_stored(pipeline: Pipeline) -> None:

@@ -26,7 +26,7 @@ from smartpark.core.settings import Settings
 from smartpark.core.store.influx import InfluxStore
 from smartpark.ingest.service import IngestService
 
-from factories import load_messages, load_park_yaml, now_ms, publish_many, wait_for
+from factories import forget_session, load_messages, load_park_yaml, now_ms, publish_many, wait_for
 from servers import InfluxServer, MosquittoServer, free_port, start_influxd
 
 SITE = "load"
@@ -89,6 +89,7 @@ def ingest_process(tmp_path: Path, mosquitto: MosquittoServer, influx_store: Inf
     yield proc
     if proc.proc is not None and proc.proc.poll() is None:
         proc.kill()
+    forget_session(mosquitto.host, mosquitto.port, env["SMARTPARK_INGEST_CLIENT_ID"])
 
 
 def test_sigkill_three_times_during_100k_messages_loses_and_doubles_nothing(
@@ -112,6 +113,7 @@ def test_sigkill_three_times_during_100k_messages_loses_and_doubles_nothing(
 
 def _service(tmp_path: Path, mosquitto: MosquittoServer, store: InfluxStore, registry: Registry,
              client_id: str) -> IngestService:
+    """An in-process ingest; its broker session is deleted at the end of the test."""
     settings = Settings(_env_file=None, data_dir=tmp_path / "data", ingest_client_id=client_id,  # type: ignore[call-arg]
                         ingest_batch_age_s=0.2, influx_timeout_s=2)
     service = IngestService(settings, store, registry, default_catalog(), mqtt_host=mosquitto.host,
@@ -155,6 +157,7 @@ def test_influxdb_down_for_60_s_mid_run_spools_and_replays(
     assert service.stats.counters["points_replayed"] >= third
     wait_for(lambda: not service.spool, timeout=30)
     service.stop()
+    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
     registry.close()
     store.close()
 
@@ -177,6 +180,7 @@ def test_restart_while_the_spool_holds_data_replays_it(
     wait_for(lambda: not restarted.spool, timeout=30)
     assert restarted.stats.counters["messages_received"] == 0  # it all came from the spool, nothing redelivered
     restarted.stop()
+    forget_session(mosquitto.host, mosquitto.port, client_id)
     registry.close()
     store.close()
 
@@ -228,6 +232,7 @@ def test_twenty_kinds_of_malformed_input_interleaved_with_good_traffic(
     assert service.dead_letters.counts() == expected
     assert len(MALFORMED) >= 20
     service.stop()
+    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
     registry.close()
 
 
@@ -235,8 +240,9 @@ def test_two_ingests_on_a_shared_subscription_split_the_stream(
         tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
     registry = Registry(registry_url)
     services = []
+    group = f"grp-{uuid.uuid4().hex[:6]}"  # offline members of a group still get their share queued
     for i in range(2):
-        settings = Settings(_env_file=None, data_dir=tmp_path / f"data-{i}", ingest_shared="grp",  # type: ignore[call-arg]
+        settings = Settings(_env_file=None, data_dir=tmp_path / f"data-{i}", ingest_shared=group,  # type: ignore[call-arg]
                             ingest_client_id=f"ingest-{i}-{uuid.uuid4().hex[:8]}", ingest_batch_age_s=0.2)
         service = IngestService(settings, influx_store, registry, default_catalog(), mqtt_host=mosquitto.host,
                                 mqtt_port=mosquitto.port, username=None, password=None, mqtt5=True)
@@ -251,4 +257,5 @@ def test_two_ingests_on_a_shared_subscription_split_the_stream(
     assert stored(influx_store) == len(messages)
     for s in services:
         s.stop()
+        forget_session(mosquitto.host, mosquitto.port, s.settings.ingest_client_id)
     registry.close()

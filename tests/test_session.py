@@ -11,13 +11,12 @@ from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 
-import mqtt5
 import pytest
 
 from smartpark.ingest.errors import BrokerUnreachable
 from smartpark.ingest.session import Mqtt5Session
 
-from factories import publish_many, wait_for
+from factories import forget_session, publish_many, wait_for
 from servers import MOSQUITTO, MosquittoServer, need, start_mosquitto
 
 pytestmark = pytest.mark.mosquitto
@@ -72,13 +71,7 @@ def messages(tag: str, n: int, start: int = 0) -> list[tuple[str, bytes]]:
     return [(f"smartpark/v1/{tag}/dev{i % 3}/telemetry", b'{"seq": %d}' % i) for i in range(start, start + n)]
 
 
-def forget(host: str, port: int, client_id: str) -> None:
-    """Delete a persistent session on the broker: connect with clean start and no expiry, disconnect."""
-    with socket.create_connection((host, port), timeout=5) as sock:
-        sock.sendall(mqtt5.ConnectPacket(client_id, clean_start=True).write() + mqtt5.DisconnectPacket().write())
-        with suppress(OSError):
-            while sock.recv(64):  # CONNACK, then the broker closes
-                pass
+forget = forget_session
 
 
 @pytest.fixture
@@ -304,8 +297,9 @@ def test_unreachable_broker_fails_start(tmp_path: Path) -> None:
 
 def test_shared_subscription_splits_the_load(mosquitto: MosquittoServer, cleanup: list[Mqtt5Session]) -> None:
     inboxes = [Inbox(), Inbox()]
+    group = new_id("grp")
     for i, inbox in enumerate(inboxes):
-        cleanup.append(session(mosquitto, new_id(f"shared{i}"), inbox, shared="grp", auto_ack=True))
+        cleanup.append(session(mosquitto, new_id(f"shared{i}"), inbox, shared=group, auto_ack=True))
     sent = messages("shared", 2000)
     publish_many(mosquitto.host, mosquitto.port, sent)
     wait_for(lambda: sum(map(len, inboxes)) >= len(sent))
