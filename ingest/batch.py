@@ -47,10 +47,12 @@ class Batcher:
         self.max_age_s = max_age_s
         self._batch = Batch()
         self._cond = threading.Condition()
+        self.received = 0  # messages ever added
 
     def add(self, msg: DecodedMessage, ack: tuple[int, int]) -> None:
         with self._cond:
             self._batch.add(msg, ack)
+            self.received += 1
             if len(self._batch.points) >= self.max_points:
                 self._cond.notify()
 

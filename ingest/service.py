@@ -77,7 +77,6 @@ class IngestService:
     # --- MQTT thread
     def _on_message(self, topic: str, payload: bytes, mid: int, generation: int) -> None:
         msg = self.decoder.decode(topic, payload, time.time_ns() // 1_000_000)
-        self.stats.add("messages_received")
         self.batcher.add(msg, (generation, mid))
 
     # --- writer thread
@@ -182,8 +181,9 @@ class IngestService:
         for d in batch.dead:
             self.stats.reject(d.reason)
         self.stats.gauge("last_batch_points", len(batch.points))
-        self.stats.gauge("in_flight_messages",
-                         self.stats.counters["messages_received"] - self.stats.counters["messages_committed"])
+        received = self.batcher.received  # counted under the batcher's lock, not per message here
+        self.stats.set_counter("messages_received", received)
+        self.stats.gauge("in_flight_messages", received - self.stats.counters["messages_committed"])
         self.stats.gauge("last_write_seconds", round(seconds, 6))
 
     def _write_own_stats(self) -> None:

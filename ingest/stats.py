@@ -50,6 +50,11 @@ class IngestStats(Collector):
         with self._lock:
             self.counters[name] += n
 
+    def set_counter(self, name: str, value: int) -> None:
+        """For counts kept elsewhere (the batcher's), published here."""
+        with self._lock:
+            self.counters[name] = value
+
     def reject(self, reason: str, n: int = 1) -> None:
         with self._lock:
             self.rejected[reason] += n
