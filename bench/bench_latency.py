@@ -92,7 +92,8 @@ def run(name: str, args: argparse.Namespace, tmp: Path, mosq: object, influx: In
     proc = start_pipeline(name, tmp, mosq, influx.url, db, reg, {})
     stop = threading.Event()
     published: list[int] = []
-    loader = threading.Thread(target=lambda: published.append(load(mosq.host, mosq.port, args.rate, args.seconds, stop)))
+    loader = threading.Thread(
+        target=lambda: published.append(load(mosq.host, mosq.port, args.rate, args.seconds, stop)))
     loader.start()
     time.sleep(2)  # steady state first
     lat = probe_latencies(mosq.host, mosq.port, influx, db, "energy" if name == "smartpark" else "telemetry",
@@ -129,7 +130,8 @@ def main() -> None:
     print(f"\npublish -> queryable at {args.rate:,} msg/s for {args.seconds:.0f} s (probe every 100 ms, 20 ms polls)")
     print(f"{'pipeline':<12} {'probes':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7}")
     for r in rows:
-        print(f"{r['pipeline']:<12} {r['probes']:>6} {r['p50_ms']:>7} {r['p95_ms']:>7} {r['p99_ms']:>7} {r['max_ms']:>7}")
+        print(f"{r['pipeline']:<12} {r['probes']:>6} {r['p50_ms']:>7} {r['p95_ms']:>7} {r['p99_ms']:>7} "
+              f"{r['max_ms']:>7}")
 
 
 if __name__ == "__main__":
