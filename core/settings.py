@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     """Metadata database (SQLAlchemy URL). Empty: SQLite `meta.sqlite` in the data dir."""
     catalog_file: Path | None = None
     """A metric catalog to use instead of the built-in one."""
+    reference_file: Path | None = None
+    """Reference data (limits, reference O2, coal and CO2 factors) to use instead of the built-in file."""
 
     # --- API
     api_host: str = "127.0.0.1"
