@@ -75,7 +75,8 @@ class MessageDecoder:
         if parsed.kind == "status":
             return self._status(topic, parsed.device, payload, now_ms)
         result = self.readings.decode(parsed.site, parsed.device, payload, now_ms)
-        dead = [DeadLetter(now_ms, r.reason.value, topic, r.index, r.detail, payload) for r in result.rejections]
+        dead = [DeadLetter(now_ms, r.reason.value, topic, r.index, r.detail, payload)
+                for r in result.rejections] if result.rejections else []
         return DecodedMessage(to_points(result.readings, self.catalog), len(result.readings), dead)
 
     def _status(self, topic: str, device: str, payload: bytes, now_ms: int) -> DecodedMessage:

@@ -48,7 +48,7 @@ import httpx
 from smartpark.core.catalog import Catalog
 from smartpark.core.errors import StoreRejected, StoreUnavailable
 from smartpark.core.points import Point
-from smartpark.core.store.base import AGGREGATES, DAY_MS, LatestValue, Series, SeriesQuery, check_points
+from smartpark.core.store.base import AGGREGATES, DAY_MS, LatestValue, Series, SeriesQuery
 
 __all__ = [
     "RAW_RP",
@@ -349,8 +349,7 @@ class InfluxStore:
         return out
 
     def write(self, points: Sequence[Point]) -> None:
-        check_points(points)
-        if not points:
+        if not points:  # line() refuses empty field sets, as check_points does for the embedded store
             return
         body = gzip.compress(lines(points), compresslevel=1)  # level 1: 90 % smaller, 0.16 µs/point
         params = {"db": self.database, "precision": "ms"}
