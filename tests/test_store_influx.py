@@ -417,10 +417,12 @@ def test_field_type_conflict_is_rejected(influx_store: InfluxStore) -> None:
 
 
 @pytest.mark.influx
-def test_unknown_database_is_rejected(influxd: InfluxServer) -> None:
+def test_unknown_database_is_retryable_on_write_and_rejected_on_query(influxd: InfluxServer) -> None:
     with InfluxStore(influxd.url, f"missing_{uuid.uuid4().hex}", default_catalog()) as store:
-        with pytest.raises(StoreRejected, match="database not found") as info:
+        # The ingest spools instead of dead-lettering good data until `smartpark db init` has run.
+        with pytest.raises(StoreUnavailable, match=r"database not found.*smartpark db init") as info:
             store.write([Point("energy", "s", "d", 1, {"power_kw": 1.0})])
         assert info.value.status == 404
+        assert info.value.retryable
         with pytest.raises(StoreRejected, match="database not found"):
             store.latest("s")

@@ -48,10 +48,20 @@ import httpx
 from smartpark.core.catalog import Catalog
 from smartpark.core.errors import StoreRejected, StoreUnavailable
 from smartpark.core.points import Point
-from smartpark.core.store.base import AGGREGATES, DAY_MS, LatestValue, Series, SeriesQuery
+from smartpark.core.store.base import (
+    AGGREGATES,
+    DAY_MS,
+    MINUTE_MS,
+    LatestValue,
+    MinuteQuery,
+    MinuteRow,
+    Series,
+    SeriesQuery,
+)
 
 __all__ = [
     "RAW_RP",
+    "RESAMPLE_FOR",
     "ROLLUPS",
     "InfluxStore",
     "escape_measurement",
@@ -69,6 +79,10 @@ ROLLUPS: tuple[tuple[str, str, str, int | None], ...] = (
     ("rp_1m", "1m", "1m", 2),
     ("rp_1h", "1h", "1h", None),
 )
+# How far back each rollup CQ recomputes on every run (RESAMPLE FOR). A plain CQ computes a window once, right
+# as it closes, so readings that arrive late (batching, a device's store-and-forward, the ingest's spool
+# replay) would never reach the rollups the dashboards read; these windows catch up to that much lateness.
+RESAMPLE_FOR = {"rp_1m": "10m", "rp_1h": "2h"}
 
 _NO_NEWLINES = ("\n", "\r")
 _MEASUREMENT_SPECIALS = {",": "\\,", " ": "\\ "}
@@ -248,6 +262,9 @@ class InfluxStore:
         message = f"InfluxDB {path} answered {resp.status_code}: {_error_message(resp)}"
         if resp.status_code >= 500 or resp.status_code == 429:
             raise StoreUnavailable(message, status=resp.status_code)
+        if resp.status_code == 404 and "database not found" in message:
+            # Not the data's fault: spool until `smartpark db init` has created it, never dead-letter.
+            raise StoreUnavailable(f"{message} (run `smartpark db init`)", status=404)
         raise StoreRejected(message, status=resp.status_code)
 
     def query(self, statements: str, *, with_db: bool = True) -> list[dict[str, Any]]:
@@ -345,7 +362,8 @@ class InfluxStore:
                     f"SELECT {', '.join(selects)} INTO {db}.{quote_ident(rp)}.{m} "  # noqa: S608 (InfluxQL; names and values quoted)
                     f"FROM {db}.{quote_ident(RAW_RP)}.{m} GROUP BY time({every}), *"
                 )
-                out.append((name, f"CREATE CONTINUOUS QUERY {quote_ident(name)} ON {db} BEGIN {select} END"))
+                resample = f"RESAMPLE FOR {RESAMPLE_FOR[rp]} " if rp in RESAMPLE_FOR else ""
+                out.append((name, f"CREATE CONTINUOUS QUERY {quote_ident(name)} ON {db} {resample}BEGIN {select} END"))
         return out
 
     def write(self, points: Sequence[Point]) -> None:
@@ -363,17 +381,7 @@ class InfluxStore:
             raise ValueError(f"unknown aggregate {query.agg!r}; one of {', '.join(AGGREGATES)}")
         if query.every_ms <= 0 or query.end_ms <= query.start_ms:
             raise ValueError(f"bad window: every {query.every_ms} ms from {query.start_ms} to {query.end_ms}")
-        where = []
-        if query.site is not None:
-            where.append(f'"site" = {quote_literal(query.site)}')
-        if query.device is not None:
-            where.append(f'"device" = {quote_literal(query.device)}')
-        where += [f"time >= {int(query.start_ms)}ms", f"time < {int(query.end_ms)}ms"]
-        group = '"site"' if query.group_by == "site" else '"site", "device"'
-        statement = (
-            f"SELECT {query.agg}({quote_ident(query.field)}) FROM {self._from(query.measurement)} "  # noqa: S608 (InfluxQL; names and values quoted)
-            f"WHERE {' AND '.join(where)} GROUP BY time({int(query.every_ms)}ms), {group} fill(none)"
-        )
+        statement = self._delta_statement(query) if query.agg == "delta" else self._agg_statement(query)
         out = []
         for result in self.query(statement):
             for s in result.get("series", []):
@@ -383,6 +391,67 @@ class InfluxStore:
                     device = tags.get("device") if query.group_by == "device" else None
                     out.append(Series(tags.get("site", query.site or ""), device, points))
         out.sort(key=lambda s: (s.site, s.device or ""))
+        return out
+
+    @staticmethod
+    def _where(site: str | None, device: str | None, start_ms: int, end_ms: int) -> str:
+        where = []
+        if site is not None:
+            where.append(f'"site" = {quote_literal(site)}')
+        if device is not None:
+            where.append(f'"device" = {quote_literal(device)}')
+        where += [f"time >= {int(start_ms)}ms", f"time < {int(end_ms)}ms"]
+        return " AND ".join(where)
+
+    def _agg_statement(self, query: SeriesQuery) -> str:
+        where = self._where(query.site, query.device, query.start_ms, query.end_ms)
+        group = '"site"' if query.group_by == "site" else '"site", "device"'
+        return (
+            f"SELECT {query.agg}({quote_ident(query.field)}) FROM {self._from(query.measurement)} "  # noqa: S608 (InfluxQL; names and values quoted)
+            f"WHERE {where} GROUP BY time({int(query.every_ms)}ms), {group} fill(none)"
+        )
+
+    def _delta_statement(self, query: SeriesQuery) -> str:
+        """Minute lasts differenced per device (negative steps, i.e. resets, dropped), summed per window.
+
+        The inner range starts a minute early so the first minute has a predecessor; the outer query takes
+        its time range from the inner one (an outer WHERE on time would cut the inner range again).
+        """
+        first = query.start_ms - query.start_ms % MINUTE_MS
+        where = self._where(query.site, query.device, first - MINUTE_MS, query.end_ms)
+        inner = (
+            f"SELECT non_negative_difference(last({quote_ident(query.field)})) AS \"d\" "  # noqa: S608 (InfluxQL; names and values quoted)
+            f"FROM {self._from(query.measurement)} WHERE {where} "
+            f'GROUP BY time({MINUTE_MS}ms), "site", "device" fill(none)'
+        )
+        group = '"site"' if query.group_by == "site" else '"site", "device"'
+        return f'SELECT sum("d") FROM ({inner}) GROUP BY time({int(query.every_ms)}ms), {group} fill(none)'  # noqa: S608
+
+    def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
+        """One statement for the minute means of every field, one per field counting its invalid flags
+        (string fields cannot be averaged, but can be filtered and counted)."""
+        where = self._where(query.site, query.device, query.start_ms, query.end_ms)
+        src = self._from(query.measurement)
+        means = ", ".join(f"mean({quote_ident(f)}) AS {quote_ident(f)}" for f in query.fields)
+        statements = [f'SELECT {means} FROM {src} WHERE {where} GROUP BY time(1m), "device" fill(none)']  # noqa: S608
+        for f in query.fields:
+            flag = quote_ident(f + "_flag")
+            bad = " AND ".join(f"{flag} != {quote_literal(v)}" for v in query.valid_flags) or f"{flag} =~ /./"
+            statements.append(f"SELECT count({flag}) FROM {src} WHERE {where} AND {bad} "  # noqa: S608
+                              f'GROUP BY time(1m), "device" fill(none)')
+        results = self.query("; ".join(statements))
+        invalid: dict[tuple[str, int], set[str]] = {}
+        for f, result in zip(query.fields, results[1:], strict=True):
+            for s in result.get("series", []):
+                for ts, _count in s.get("values", []):
+                    invalid.setdefault((s["tags"]["device"], int(ts)), set()).add(f)
+        out = []
+        for s in results[0].get("series", []):
+            device, names = s["tags"]["device"], s["columns"][1:]
+            for row in s.get("values", []):
+                values = {n: float(v) for n, v in zip(names, row[1:], strict=True) if v is not None}
+                out.append(MinuteRow(device, int(row[0]), values, frozenset(invalid.get((device, int(row[0])), ()))))
+        out.sort(key=lambda r: (r.device, r.ts_ms))
         return out
 
     def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[LatestValue]:
