@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from starlette.middleware.sessions import SessionMiddleware
 
 from smartpark.api.errors import install_error_handlers
-from smartpark.api.routes import health, series, sites
+from smartpark.api.routes import alerts, devices, health, keys, kpis, page, series, sites
 from smartpark.core.catalog import Catalog
+from smartpark.core.reference import Reference, load_reference
 from smartpark.core.registry import Registry
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import TimeSeriesStore
@@ -19,7 +22,7 @@ __all__ = ["create_app"]
 
 
 def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore, catalog: Catalog,
-               metrics: Sequence[CollectorRegistry] = ()) -> FastAPI:
+               metrics: Sequence[CollectorRegistry] = (), reference: Reference | None = None) -> FastAPI:
     """Build the app around already-validated settings and opened clients (the caller owns their lifetime).
 
     ``metrics``: extra Prometheus registries served at /metrics (the in-process ingest's, under `smartpark up`).
@@ -30,11 +33,17 @@ def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore
         app.state.settings, app.state.registry = settings, registry
         app.state.store, app.state.catalog = store, catalog
         app.state.metrics_registries = list(metrics)
+        app.state.reference = reference or load_reference(settings.reference_file)
         yield
 
     app = FastAPI(title="smartpark", version="1", lifespan=lifespan,
                   description="Sites, series and KPIs of an industrial park's energy, emissions and greening.")
     install_error_handlers(app)
-    for module in (health, sites, series):
+    # the overview page's login: a signed cookie; a random secret per process in development (settings refuse
+    # a missing or placeholder one in production)
+    app.add_middleware(SessionMiddleware, secret_key=settings.api_session_secret or secrets.token_urlsafe(32),
+                       session_cookie="smartpark_session", same_site="strict", max_age=12 * 3600,
+                       https_only=settings.env == "production")
+    for module in (health, sites, devices, series, kpis, keys, page, alerts):
         app.include_router(module.router)
     return app

@@ -9,13 +9,16 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from smartpark.api.errors import NotFound, Unauthorized
+from smartpark.api.errors import Forbidden, NotFound, Unauthorized
 from smartpark.core.catalog import Catalog
-from smartpark.core.registry import Registry, Site
+from smartpark.core.reference import Reference
+from smartpark.core.registry import Device, Registry, Site
 from smartpark.core.registry.secrets import hash_api_secret, split_api_key
+from smartpark.core.settings import Settings
 from smartpark.core.store.base import TimeSeriesStore
 
-__all__ = ["CatalogDep", "Principal", "PrincipalDep", "RegistryDep", "StoreDep", "scoped_site"]
+__all__ = ["AdminDep", "CatalogDep", "Principal", "PrincipalDep", "ReferenceDep", "RegistryDep", "SettingsDep",
+           "StoreDep", "principal_for_key", "require_admin", "scoped_device", "scoped_site"]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `smartpark keys create`")
 
@@ -42,9 +45,29 @@ def _catalog(request: Request) -> Catalog:
     return request.app.state.catalog
 
 
+def _reference(request: Request) -> Reference:
+    return request.app.state.reference
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
 RegistryDep = Annotated[Registry, Depends(_registry)]
 StoreDep = Annotated[TimeSeriesStore, Depends(_store)]
 CatalogDep = Annotated[Catalog, Depends(_catalog)]
+ReferenceDep = Annotated[Reference, Depends(_reference)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+
+
+def principal_for_key(registry: Registry, api_key: str) -> Principal | None:
+    """The key's principal, None for an unknown, malformed or revoked key (the page's login uses it too)."""
+    parts = split_api_key(api_key)
+    key = registry.api_key(parts[0]) if parts else None
+    if parts is None or key is None or key.revoked or not hmac.compare_digest(
+            key.key_hash, hash_api_secret(parts[1])):
+        return None
+    return Principal(key.id, key.role, frozenset(key.sites))
 
 
 def _principal(
@@ -52,15 +75,20 @@ def _principal(
 ) -> Principal:
     if creds is None:
         raise Unauthorized("missing `Authorization: Bearer <key>`")
-    parts = split_api_key(creds.credentials)
-    key = registry.api_key(parts[0]) if parts else None
-    if parts is None or key is None or key.revoked or not hmac.compare_digest(
-            key.key_hash, hash_api_secret(parts[1])):
+    who = principal_for_key(registry, creds.credentials)
+    if who is None:
         raise Unauthorized("invalid or revoked API key")
-    return Principal(key.id, key.role, frozenset(key.sites))
+    return who
+
+
+def _admin(who: Annotated[Principal, Depends(_principal)]) -> Principal:
+    if who.role != "admin":
+        raise Forbidden("this call needs an admin key")
+    return who
 
 
 PrincipalDep = Annotated[Principal, Depends(_principal)]
+AdminDep = Annotated[Principal, Depends(_admin)]
 
 
 def scoped_site(registry: Registry, who: Principal, site_id: str) -> Site:
@@ -69,3 +97,17 @@ def scoped_site(registry: Registry, who: Principal, site_id: str) -> Site:
     if site is None:
         raise NotFound(f"site {site_id!r} not found")
     return site
+
+
+def scoped_device(registry: Registry, who: Principal, device_id: str) -> Device:
+    """The device if its site is visible to the caller; 404 otherwise (as for sites)."""
+    device = registry.device(device_id)
+    if device is None or not who.can_see(device.site_id):
+        raise NotFound(f"device {device_id!r} not found")
+    return device
+
+
+def require_admin(who: Principal) -> None:
+    """For admin calls on a site or device id: scope first (404 for what the key cannot see), then role."""
+    if who.role != "admin":
+        raise Forbidden("this call needs an admin key")

@@ -7,11 +7,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smartpark.core.errors import StoreError
 
-__all__ = ["ApiError", "NotFound", "Unauthorized", "install_error_handlers"]
+__all__ = ["ADMIN_ERRORS", "ERRORS", "ApiError", "Conflict", "ErrorBody", "Forbidden", "NotFound", "Unauthorized",
+           "Unprocessable",
+           "install_error_handlers"]
 
 
 class ApiError(Exception):
@@ -33,6 +36,45 @@ class Unauthorized(ApiError):
 
 class Unprocessable(ApiError):
     status, code = 422, "invalid_request"
+
+
+class Forbidden(ApiError):
+    """An admin call made with a site key (for a site the key may see; other sites are 404)."""
+
+    status, code = 403, "forbidden"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["not_found"])
+    message: str = Field(examples=["site 'steel-works' not found"])
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    """The one shape of every error response."""
+
+    error: ErrorDetail
+
+
+def _doc(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+# Documented on every router, so the schema states what the handlers below really send (422 included:
+# FastAPI's own validation shape is replaced by ours).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _doc("No key, or an invalid or revoked one"),
+    404: _doc("Not found, or not visible to this key"),
+    422: _doc("Invalid parameters"),
+    502: _doc("The time-series store refused the query"),
+    503: _doc("The time-series store is unavailable"),
+}
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: _doc("Needs an admin key"),
+                                                 409: _doc("Already exists")}
 
 
 def _body(code: str, message: str, details: Any = None) -> dict[str, Any]:

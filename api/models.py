@@ -1,68 +1,259 @@
-"""Response models of the API (public shapes; the registry's tables never leave the process)."""
+"""Request and response models of the API, split Base/Create/Update/Public: the registry's tables never leave
+the process, and what a client may send is narrower than what it gets back."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Generic, TypeVar
+from datetime import UTC, datetime
+from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from smartpark.core.ids import ID_PATTERN
 
 T = TypeVar("T")
 
-__all__ = ["DevicePublic", "LatestDevice", "LatestMetric", "Page", "SeriesPublic", "SitePublic"]
+__all__ = [
+    "CarrierUse",
+    "DeviceCreate",
+    "DeviceProvisioned",
+    "DevicePublic",
+    "DeviceUpdate",
+    "EmissionsKpi",
+    "EnergyKpi",
+    "GreeningKpi",
+    "HourMean",
+    "KeyCreate",
+    "KeyCreated",
+    "KeyPublic",
+    "LatestDevice",
+    "LatestMetric",
+    "Page",
+    "ParkKpis",
+    "PollutantCompliance",
+    "SeriesPublic",
+    "SiteCreate",
+    "SiteKpis",
+    "SitePublic",
+    "SiteUpdate",
+    "StackCompliance",
+]
+
+# SQLite hands back naive datetimes for timezone-aware columns; the registry writes UTC.
+UtcDatetime = Annotated[datetime, AfterValidator(lambda v: v if v.tzinfo else v.replace(tzinfo=UTC))]
+
+Id = Field(pattern=ID_PATTERN, examples=["steel-works"], description="Lower case letters, digits, - and _")
 
 
-class SitePublic(BaseModel):
+class SiteBase(BaseModel):
+    name: str = Field(min_length=1, max_length=200, examples=["Liaoxi Special Steel Works"])
+    enterprise: str = Field(min_length=1, max_length=200, examples=["Liaoxi Iron & Steel Group Co., Ltd."])
+    industry: str = Field(min_length=1, max_length=40, examples=["steel"])
+    area_m2: float = Field(gt=0, le=1e9, examples=[2_500_000])
+    energy_quota_tce_day: float | None = Field(None, gt=0, le=1e9, examples=[9000])
+    energy_quota_tce_year: float | None = Field(None, gt=0, le=1e12)
+    greening_min_pct: float | None = Field(None, ge=0, le=100, examples=[12.0])
+    greening_max_pct: float | None = Field(None, ge=0, le=100, examples=[20.0])
+
+
+class SiteCreate(SiteBase):
+    id: str = Id
+
+
+class SiteUpdate(BaseModel):
+    """Only the fields given change."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    enterprise: str | None = Field(None, min_length=1, max_length=200)
+    industry: str | None = Field(None, min_length=1, max_length=40)
+    area_m2: float | None = Field(None, gt=0, le=1e9)
+    energy_quota_tce_day: float | None = Field(None, gt=0, le=1e9)
+    energy_quota_tce_year: float | None = Field(None, gt=0, le=1e12)
+    greening_min_pct: float | None = Field(None, ge=0, le=100)
+    greening_max_pct: float | None = Field(None, ge=0, le=100)
+
+
+class SitePublic(SiteBase):
     model_config = ConfigDict(from_attributes=True)
 
-    id: str
-    name: str
-    enterprise: str
-    industry: str
-    area_m2: float
-    energy_quota_tce_day: float | None = None
-    energy_quota_tce_year: float | None = None
-    greening_min_pct: float | None = None
-    greening_max_pct: float | None = None
+    id: str = Field(examples=["steel-works"])
 
 
-class DevicePublic(BaseModel):
+DeviceKind = Literal["energy_meter", "cems", "greening", "gateway"]
+
+
+class DeviceBase(BaseModel):
+    kind: DeviceKind = Field(examples=["cems"])
+    source_type: str | None = Field(None, max_length=40, examples=["sinter"],
+                                    description="CEMS only: selects limits and reference O2")
+
+
+class DeviceCreate(DeviceBase):
+    id: str = Field(pattern=ID_PATTERN, examples=["sinter-3-cems"])
+
+
+class DeviceUpdate(BaseModel):
+    kind: DeviceKind | None = None
+    source_type: str | None = Field(None, max_length=40)
+
+
+class DevicePublic(DeviceBase):
     model_config = ConfigDict(from_attributes=True)
 
-    id: str
-    site_id: str
-    kind: str
-    source_type: str | None = None
+    id: str = Field(examples=["sinter-1-cems"])
+    site_id: str = Field(examples=["steel-works"])
     online: bool | None = None
-    last_seen: datetime | None = None
+    last_seen: UtcDatetime | None = None
+
+
+class DeviceProvisioned(DevicePublic):
+    """A device with new MQTT credentials: the password is shown this once and stored only as a hash."""
+
+    mqtt_username: str = Field(examples=["sinter-3-cems"])
+    mqtt_password: str = Field(examples=["Vt3q0Yb8bQ2m1c5fKc9dXw"])
+    topic: str = Field(examples=["smartpark/v1/steel-works/sinter-3-cems/telemetry"])
+
+
+class KeyCreate(BaseModel):
+    role: Literal["admin", "site"] = Field(examples=["site"])
+    sites: list[str] = Field(default_factory=list, max_length=100, examples=[["steel-works"]])
+
+
+class KeyPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str = Field(examples=["3fa85f6457b1"])
+    role: str = Field(examples=["site"])
+    sites: list[str] = Field(examples=[["steel-works"]])
+    created_at: UtcDatetime
+    revoked: bool
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="The key itself, shown this once", examples=["sp_3fa85f6457b1_q1w2e3r4t5y6"])
 
 
 class Page(BaseModel, Generic[T]):
     items: list[T]
-    total: int
-    offset: int
-    limit: int
+    total: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    limit: int = Field(ge=1)
 
 
 class LatestMetric(BaseModel):
-    value: float
+    value: float = Field(examples=[31.7])
     ts: datetime
-    age_s: float
-    flag: str
-    unit: str
+    age_s: float = Field(examples=[4.2], description="Seconds since the reading's device timestamp")
+    stale: bool = Field(description="Older than SMARTPARK_API_STALE_AFTER_S")
+    flag: str = Field(examples=["N"])
+    unit: str = Field(examples=["mg/m3"])
 
 
 class LatestDevice(BaseModel):
-    device: str
-    measurement: str
+    device: str = Field(examples=["sinter-1-cems"])
+    measurement: str = Field(examples=["emissions"])
+    age_s: float = Field(description="Age of the device's newest reading")
+    stale: bool
     metrics: dict[str, LatestMetric]
 
 
 class SeriesPublic(BaseModel):
+    site: str = Field(examples=["steel-works"])
+    device: str | None = Field(examples=["sinter-1-cems"], description="null when grouped by site")
+    metric: str = Field(examples=["nox_mg_m3"])
+    unit: str = Field(examples=["mg/m3"])
+    agg: str = Field(examples=["mean"])
+    every: str = Field(examples=["1m"])
+    points: list[tuple[datetime, float]] = Field(examples=[[["2026-01-05T08:00:00Z", 31.2]]])
+
+
+# --------------------------------------------------------------------------------------------- KPIs
+
+
+class CarrierUse(BaseModel):
+    carrier: str = Field(examples=["electricity"])
+    metric: str = Field(examples=["energy_kwh"])
+    amount: float = Field(examples=[1_250_000.0])
+    unit: str = Field(examples=["kWh"])
+    kgce_per_unit: float = Field(examples=[0.1229])
+    tce: float = Field(examples=[153.6])
+
+
+class EnergyKpi(BaseModel):
+    site: str | None = Field(examples=["steel-works"], description="null for the park")
+    start: datetime
+    end: datetime
+    carriers: list[CarrierUse]
+    total_tce: float = Field(examples=[4210.5])
+    co2_t: float = Field(examples=[640.3], description="From electricity, with the grid factor below")
+    grid_factor_kg_per_kwh: float = Field(examples=[0.5122])
+    grid_factor_year: int = Field(examples=[2023])
+    grid_region: str = Field(examples=["northeast"])
+    output_t: float | None = Field(examples=[21000.0])
+    intensity_tce_per_t: float | None = Field(examples=[0.2005])
+    quota_tce: float | None = Field(None, description="The site's quota over the period (daily or yearly)")
+    quota_use_pct: float | None = None
+
+
+class HourMean(BaseModel):
+    start: datetime = Field(description="Local clock hour, with the park's offset")
+    mean_mg_m3: float | None = Field(examples=[41.3], description="Mean of the valid (O2-corrected) minutes")
+    valid_minutes: int = Field(examples=[58])
+    status: Literal["invalid", "compliant", "exceeding"]
+
+
+class PollutantCompliance(BaseModel):
+    pollutant: str = Field(examples=["nox"])
+    metric: str = Field(examples=["nox_mg_m3"])
+    limit_mg_m3: float = Field(examples=[50.0])
+    hours_with_data: int
+    hours_valid: int
+    hours_compliant: int
+    hours_exceeding: int
+    compliance_pct: float | None = Field(examples=[98.6], description="Compliant over valid hours")
+    exceeding: list[HourMean]
+    hours: list[HourMean] | None = Field(None, description="Every hour with data (with `hours=true`)")
+
+
+class StackCompliance(BaseModel):
+    device: str = Field(examples=["sinter-1-cems"])
+    source_type: str = Field(examples=["sinter"])
+    o2_ref_pct: float | None = Field(examples=[16.0])
+    pollutants: list[PollutantCompliance]
+
+
+class EmissionsKpi(BaseModel):
+    site: str = Field(examples=["steel-works"])
+    start: datetime
+    end: datetime
+    min_valid_minutes: int = Field(examples=[45])
+    target_pct: float = Field(examples=[95.0])
+    compliance_pct: float | None = Field(examples=[97.9], description="Over every stack and pollutant")
+    meets_target: bool | None
+    stacks: list[StackCompliance]
+
+
+class GreeningKpi(BaseModel):
+    site: str = Field(examples=["steel-works"])
+    area_m2: float
+    green_area_m2: float | None = Field(examples=[380_000.0], description="Mean over the period")
+    coverage_pct: float | None = Field(examples=[15.2])
+    band_min_pct: float
+    band_max_pct: float
+    status: Literal["below", "within", "above", "no_data"]
+
+
+class SiteKpis(BaseModel):
     site: str
-    device: str | None
-    metric: str
-    unit: str
-    agg: str
-    every: str
-    points: list[tuple[datetime, float]]
+    energy: EnergyKpi
+    emissions_compliance_pct: float | None
+    emissions_meets_target: bool | None
+    greening: GreeningKpi
+
+
+class ParkKpis(BaseModel):
+    start: datetime
+    end: datetime
+    energy: EnergyKpi
+    emissions_compliance_pct: float | None
+    greening_coverage_pct: float | None = Field(description="Area-weighted over the sites with data")
+    sites: list[SiteKpis]

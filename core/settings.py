@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     """Address the API listens on."""
     api_port: int = Field(8000, ge=1, le=65535)
     """Port of the API."""
+    api_session_secret: str = ""
+    """Signs the overview page's session cookie (it holds the API key). Empty in development: a random one per
+    process (logins end with a restart); production needs a real secret of at least 32 characters."""
+    api_stale_after_s: float = Field(300.0, gt=0)
+    """A device whose latest reading is older than this is shown as stale (age in /latest, the overview page)."""
+    kpi_min_valid_minutes: int = Field(45, ge=1, le=60)
+    """An hourly emission mean is valid with at least this many valid minutes (domain.md: 45, unconfirmed)."""
 
     # --- ingest
     ingest_client_id: str = "smartpark-ingest"
@@ -104,6 +111,24 @@ class Settings(BaseSettings):
     """How often the ingest writes its own figures to the `platform` measurement."""
     spool_max_bytes: int = Field(1 << 30, ge=1 << 20)
     """Disk the ingest may use for batches the store cannot take; when full, it stops acking (the broker holds)."""
+
+    # --- alerts (alerts/: the engine, `smartpark alerts`, and inside `smartpark up`)
+    alerts_client_id: str = "smartpark-alerts"
+    """MQTT client id of the alert engine's own subscription: fixed, so its persistent session survives restarts."""
+    alerts_eval_interval_s: float = Field(10.0, gt=0, le=3600)
+    """How often window, no-data, quota and greening rules are evaluated against the store."""
+    alerts_no_data_s: float = Field(900.0, gt=0)
+    """No reading from a device for this long fires a no-data rule (a rule may set its own `after_s`)."""
+    alerts_webhook_timeout_s: float = Field(10.0, gt=0, le=120)
+    """Timeout of one webhook attempt (connect, send, answer)."""
+    alerts_webhook_max_attempts: int = Field(10, ge=1, le=100)
+    """Attempts per webhook delivery before it is marked failed."""
+    alerts_webhook_backoff_s: float = Field(5.0, gt=0)
+    """Delay before the first retry; doubles per attempt (with jitter) up to the maximum below."""
+    alerts_webhook_backoff_max_s: float = Field(3600.0, gt=0)
+    """Longest delay between two attempts (a Retry-After above it is capped to it)."""
+    alerts_webhook_allow_private: bool = False
+    """Allow webhook URLs resolving to private, loopback, link-local or CGNAT addresses (SSRF guard off for them)."""
 
     @field_validator("mqtt_url")
     @classmethod
@@ -130,6 +155,8 @@ class Settings(BaseSettings):
             raise ValueError("SMARTPARK_MQTT_URL carries a placeholder password; set a real one")
         if not self.influx_token and self.influx_password in PLACEHOLDER_SECRETS:
             raise ValueError("set SMARTPARK_INFLUX_TOKEN or a real SMARTPARK_INFLUX_PASSWORD in production")
+        if self.api_session_secret in PLACEHOLDER_SECRETS or len(self.api_session_secret) < 32:
+            raise ValueError("set SMARTPARK_API_SESSION_SECRET to a real secret of 32+ characters in production")
         return self
 
     @cached_property

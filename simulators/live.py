@@ -17,15 +17,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
+import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from smartpark.core.contract import TOPIC_PREFIX, telemetry_topic
 from smartpark.core.registry.parkfile import ParkFile
 from smartpark.simulators.models import DeviceRef, ParkModel
+
+if TYPE_CHECKING:
+    from smartpark.simulators.delivery import Delivery, Message
+    from smartpark.simulators.scenario import Scenario
 
 __all__ = ["LiveSimulator", "status_topic"]
 
@@ -80,6 +85,9 @@ class LiveSimulator:
     ``credentials`` maps device id to MQTT password (the username is the device id); devices without one
     are not simulated (one error logged naming them). ``published`` counts telemetry messages handed to the connection,
     ``acked`` those the broker acknowledged, ``errors`` failed connects, refusals and failed publishes.
+
+    With a ``scenario`` the readings follow it (its seed, events and network behaviour, event times counted from
+    the first tick); without one, the park model's plain readings with ``seed``.
     """
 
     def __init__(
@@ -93,10 +101,17 @@ class LiveSimulator:
         interval_s: float = 5.0,
         mqtt5: bool = False,
         keepalive_s: int = 30,
+        scenario: Scenario | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, not {interval_s}")
-        self.model = ParkModel(park, seed)
+        self.model = ParkModel(park, scenario.seed if scenario is not None else seed)
+        self.park, self.scenario = park, scenario
+        self._delivery: Delivery | None = None
+        if scenario is not None:  # check its devices and metrics now, not in the driver thread
+            from smartpark.simulators.timeline import Timeline
+
+            Timeline(park, scenario, 0)
         self.host, self.port = host, port
         self.interval_s = interval_s
         self.published = 0
@@ -311,6 +326,9 @@ class LiveSimulator:
 
     def _publish_all(self, ts_ms: int) -> None:
         """One reading per online device, all taken at the same tick."""
+        if self.scenario is not None:
+            self._publish_messages(self._scenario_messages(ts_ms))
+            return
         for _site, device, metrics in self.model.readings(ts_ms):
             dev = self._devices.get(device)
             if dev is None or dev.state != "online" or not metrics:
@@ -318,6 +336,28 @@ class LiveSimulator:
             payload = msgspec.json.encode({"ts": ts_ms, "seq": dev.seq, "metrics": metrics})
             dev.seq += 1
             if dev.client.publish(dev.telemetry, payload, qos=1).rc == mqtt.MQTT_ERR_SUCCESS:
+                self.published += 1
+            else:
+                self.errors += 1
+
+    def _scenario_messages(self, ts_ms: int) -> list[Message]:
+        """The scenario's messages of this tick (the timeline starts at the first tick)."""
+        from smartpark.simulators.delivery import Delivery
+        from smartpark.simulators.timeline import Timeline
+
+        assert self.scenario is not None
+        if self._delivery is None:
+            self._timeline = Timeline(self.park, self.scenario, ts_ms)
+            self._delivery = Delivery(self._timeline, self.scenario)
+        frame = self._timeline.frame(np.array([ts_ms], dtype=np.int64))
+        return self._delivery.tick(ts_ms / 1000.0, list(frame.readings()))
+
+    def _publish_messages(self, messages: list[Message]) -> None:
+        for msg in messages:
+            dev = self._devices.get(msg.device)
+            if dev is None or dev.state != "online":
+                continue  # a device that is not connected measures but cannot send
+            if dev.client.publish(dev.telemetry, msg.payload, qos=1).rc == mqtt.MQTT_ERR_SUCCESS:
                 self.published += 1
             else:
                 self.errors += 1

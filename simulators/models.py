@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from smartpark.core.reference import default_reference
 from smartpark.core.registry.parkfile import DeviceSpec, ParkFile, SiteSpec
 from smartpark.simulators.signals import (
     Array,
@@ -268,8 +269,12 @@ class CemsModel:
         rngs = _rngs(refs, seed)
         stacks = [STACKS.get(r.device.source_type or "", _DEFAULT_STACK) for r in refs]
         self.industries = [r.site.industry for r in refs]
-        self.o2_ref = np.array([s.o2_ref if s.o2_ref is not None else np.nan for s in stacks])
-        self.limits = np.array([s.limits for s in stacks], dtype=np.float64).reshape(-1, 3)
+        # Limits and reference O2 are the platform's reference data, so "mostly within the limits" and a
+        # scheduled exceedance mean the same to the simulator as to the KPIs and alerts.
+        sources = [default_reference().source_type(r.device.source_type) for r in refs]
+        self.o2_ref = np.array([s.o2_ref_pct if s.o2_ref_pct is not None else np.nan for s in sources])
+        self.limits = np.array([[s.limits_mg_m3[p] for p in ("pm", "so2", "nox")] for s in sources],
+                               dtype=np.float64).reshape(-1, 3)
         jitter = np.array([[g.uniform(0.85, 1.1) for _ in range(3)] for g in rngs]).reshape(-1, 3)
         self.level = np.array([s.level for s in stacks], dtype=np.float64).reshape(-1, 3) * jitter
         self.o2_full = np.array([s.o2_full for s in stacks])
@@ -277,6 +282,7 @@ class CemsModel:
         self.flow = np.array([s.flow_nm3_h for s in stacks]) * _draw(rngs, lambda g: g.lognormal(0.0, 0.2))
         self.temp = np.array([s.temp_c for s in stacks]) + _draw(rngs, lambda g: g.uniform(-8.0, 8.0))
         self.moisture = np.array([s.moisture_pct for s in stacks]) + _draw(rngs, lambda g: g.uniform(-1.5, 1.5))
+        self.upsets = True  # the rare unscheduled upsets; a scenario may turn them off to schedule its own
 
     def load(self, t_s: Array, lt: LocalTime) -> Array:
         noise = 0.05 * smooth_noise(salted(self.keys, "load"), t_s, 1200.0)
@@ -303,15 +309,19 @@ class CemsModel:
 
     def _pollutants(self, t_s: Array, load: Array, o2: Array) -> Metrics:
         upset = hash01(salted(self.keys, "upset"), np.floor(t_s / _SPIKE_WINDOW_S).astype(np.int64))
-        spike = np.where(upset > 1.0 - _SPIKE_CHANCE, 1.6, 1.0)
-        ref = self.o2_ref[:, None]
-        to_measured = np.where(np.isnan(ref), 1.0, (21.0 - o2) / (21.0 - np.nan_to_num(ref)))
+        spike = np.where(self.upsets & (upset > 1.0 - _SPIKE_CHANCE), 1.6, 1.0)
+        to_measured = self.to_measured(o2)
         out: Metrics = {}
         for j, name in enumerate(_POLLUTANTS):
             wobble = 1.0 + 0.2 * self._noise(f"{name}60", t_s, 3600) + 0.08 * self._noise(f"{name}5", t_s, 300)
             corrected = (self.limits[:, j] * self.level[:, j])[:, None] * wobble * (0.8 + 0.2 * load) * spike
             out[name] = np.clip(corrected * to_measured, 0.0, 1e4)
         return out
+
+    def to_measured(self, o2: Array) -> Array:
+        """Factor from O2-corrected to measured concentration, (devices, times); 1 where judged as measured."""
+        ref = self.o2_ref[:, None]
+        return np.where(np.isnan(ref), 1.0, (21.0 - o2) / (21.0 - np.nan_to_num(ref)))
 
     def rates(self, t_s: Array, lt: LocalTime) -> Metrics:
         return {}

@@ -134,41 +134,78 @@ def api(verbose: Verbose = False) -> None:
 
 
 @app.command()
-def alerts() -> None:
-    """Run the alert engine (not built yet: issue #5)."""
-    _fail("the alert engine is not built yet (issue #5: emission alerts and signed webhooks)", 2)
-
-
-@app.command()
-def simulate(
-    park: Annotated[Path | None, typer.Option(help="Park file (default: the demo park).")] = None,
-    interval: Annotated[float, typer.Option(help="Seconds between readings.")] = 5.0,
-    seed: Annotated[int, typer.Option(help="Random seed: same seed, same readings.")] = 1,
-    verbose: Verbose = False,
-) -> None:
-    """Publish live simulated readings for a park's devices to SMARTPARK_MQTT_URL.
-
-    The park's devices get fresh MQTT credentials in the registry for this run.
-    """
-    from smartpark.core.registry import read_park_file
-    from smartpark.platform import demo_park_path, open_core
-    from smartpark.simulators import LiveSimulator
+def alerts(verbose: Verbose = False) -> None:
+    """Run the alert engine: rules on its own subscription to SMARTPARK_MQTT_URL, webhooks from its outbox."""
+    from smartpark.platform import alert_engine, open_core
 
     settings = _settings(verbose)
     if settings.mqtt is None:
-        _fail("set SMARTPARK_MQTT_URL (or use `smartpark up`, which simulates on the embedded broker)")
+        _fail("set SMARTPARK_MQTT_URL (the embedded broker only runs inside `smartpark up`, which runs alerts too)")
     try:
-        _, registry, _ = open_core(settings)
-        parsed = read_park_file(park or demo_park_path())
-        registry.load_park(parsed)
-        creds = {d.id: registry.provision_device(d.id) for s in parsed.sites for d in s.devices}
-        sim = LiveSimulator(parsed, creds, settings.mqtt.host, settings.mqtt.port, seed=seed,
-                            interval_s=interval, mqtt5=settings.mqtt_v5)
-        sim.start()
+        catalog, registry, store = open_core(settings)
+        engine = alert_engine(settings, registry, store, catalog, host=settings.mqtt.host, port=settings.mqtt.port,
+                              username=settings.mqtt.username, password=settings.mqtt.password,
+                              mqtt5=settings.mqtt_v5)
+        engine.start()
     except SmartparkError as exc:
         _fail(str(exc))
+    err.print(f"alert engine subscribed to {settings.mqtt.host}:{settings.mqtt.port} as "
+              f"{settings.alerts_client_id}; Ctrl-C stops.", highlight=False)
     _wait_for_signal()
-    sim.stop()
+    engine.stop()
+
+
+@app.command()
+def simulate(  # noqa: PLR0917 (typer options)
+    scenario: Annotated[Path | None, typer.Option(help="Scenario YAML (default: the demo scenario).")] = None,
+    mode: Annotated[str, typer.Option(help="live (real time), accelerated (a day per minute) or backfill.")
+                    ] = "live",
+    days: Annotated[float, typer.Option(help="Days of history (accelerated and backfill end now).")] = 1.0,
+    truth: Annotated[Path | None, typer.Option(help="Write the ground truth (JSON lines) here.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: the scenario's).")] = None,
+    park: Annotated[Path | None, typer.Option(help="Park file (default: the scenario's, else the demo park).")
+                    ] = None,
+    interval: Annotated[float | None, typer.Option(help="Seconds of plant time between readings.")] = None,
+    speed: Annotated[float, typer.Option(help="Accelerated: plant seconds per real second.")] = 1440.0,
+    publish: Annotated[bool, typer.Option(help="Backfill over MQTT instead of straight into the store.")
+                       ] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Run a scenario: publish to SMARTPARK_MQTT_URL (live, accelerated) or backfill the configured store.
+
+    Publishing devices get fresh MQTT credentials in the registry for this run.
+    """
+    from smartpark.platform import demo_park_path, open_core
+    from smartpark.simulators import modes
+
+    settings = _settings(verbose)
+    if mode not in ("live", "accelerated", "backfill"):
+        _fail(f"--mode must be live, accelerated or backfill, not {mode!r}")
+    direct = mode == "backfill" and not publish
+    if not direct and settings.mqtt is None:
+        _fail("set SMARTPARK_MQTT_URL (or use `smartpark up`, which simulates on the embedded broker)")
+    try:
+        parsed, scen = modes.load_run(scenario, park, demo_park_path(), seed=seed, interval_s=interval)
+        catalog, registry, store = open_core(settings)
+        registry.load_park(parsed)
+        win = modes.window(scen, mode, days, speed=speed)  # type: ignore[arg-type]
+        if direct:
+            done = modes.run_backfill(store, parsed, scen, win, catalog, truth_path=truth)
+            err.print(f"backfilled {done.readings:,} readings in {done.seconds:.1f} s "
+                      f"({done.rate:,.0f}/s).", highlight=False)
+            return
+        creds = {d.id: registry.provision_device(d.id) for s in parsed.sites for d in s.devices}
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stats = modes.run_publish(parsed, scen, settings.mqtt.host, settings.mqtt.port, win,  # type: ignore[union-attr]
+                                  credentials=creds, truth_path=truth, stop=stop)
+    except SmartparkError as exc:
+        _fail(str(exc))
+    except (OSError, ConnectionError) as exc:
+        _fail(f"MQTT {settings.mqtt.host}:{settings.mqtt.port}: {exc}")  # type: ignore[union-attr]
+    err.print(f"published {stats.messages:,} messages ({stats.readings:,} readings) in {stats.seconds:.1f} s.",
+              highlight=False)
 
 
 @db_app.command("init")

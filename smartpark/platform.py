@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -24,10 +25,14 @@ from smartpark.core.settings import Settings
 from smartpark.core.store import TimeSeriesStore, open_store
 from smartpark.ingest.service import IngestService
 
-__all__ = ["Platform", "admin_key", "demo_park_path", "open_core"]
+if TYPE_CHECKING:
+    from smartpark.alerts import AlertEngine
+
+__all__ = ["Platform", "admin_key", "alert_engine", "demo_park_path", "open_core"]
 
 log = logging.getLogger("smartpark")
 INGEST_USER = "smartpark-ingest"
+ALERTS_USER = "smartpark-alerts"
 
 
 def demo_park_path() -> Path:
@@ -43,6 +48,23 @@ def open_core(settings: Settings) -> tuple[Catalog, Registry, TimeSeriesStore]:
     store = open_store(settings, catalog)
     store.init()
     return catalog, registry, store
+
+
+def alert_engine(settings: Settings, registry: Registry, store: TimeSeriesStore, catalog: Catalog, *, host: str,
+                 port: int, username: str | None, password: str | None, mqtt5: bool) -> AlertEngine:
+    """The alert engine on its own MQTT client and client id (MQTT 5 session, or paho for 3.1.1)."""
+    from smartpark.alerts import AlertEngine
+    from smartpark.core.reference import load_reference
+    from smartpark.ingest.session import Mqtt5Session
+    from smartpark.ingest.source import MqttSource
+
+    def source(on_message: Callable[[str, bytes, int, int], None]) -> Mqtt5Session | MqttSource:
+        kind = Mqtt5Session if mqtt5 else MqttSource
+        return kind(host=host, port=port, client_id=settings.alerts_client_id, username=username,
+                    password=password, mqtt5=mqtt5, receive_maximum=10_000, shared="", on_message=on_message)
+
+    return AlertEngine(settings, registry, store, catalog, reference=load_reference(settings.reference_file),
+                       source_factory=source)
 
 
 def admin_key(settings: Settings, registry: Registry) -> str:
@@ -71,6 +93,8 @@ class Platform:
         self._stops: list[Callable[[], None]] = []
         self.api_server: uvicorn.Server | None = None
         self.ingest: IngestService | None = None
+        self.alerts: AlertEngine | None = None
+        self._alerts_login: tuple[str | None, str | None] = (None, None)
 
     def start(self) -> None:
         catalog, registry, store = open_core(self.settings)
@@ -83,6 +107,10 @@ class Platform:
                                     username=user, password=password, mqtt5=mqtt5)
         self.ingest.start()
         self._stops.append(self.ingest.stop)
+        self.alerts = alert_engine(self.settings, registry, store, catalog, host=host, port=port,
+                                   username=self._alerts_login[0], password=self._alerts_login[1], mqtt5=mqtt5)
+        self.alerts.start()
+        self._stops.append(self.alerts.stop)
         self._start_api(registry, store, catalog)
         if self.simulate:
             self._start_simulator(park, registry, host, port, mqtt5)
@@ -90,12 +118,14 @@ class Platform:
     def _start_broker(self, registry: Registry) -> tuple[str, int, str | None, str | None, bool]:
         target = self.settings.mqtt
         if target is not None:
+            self._alerts_login = (target.username, target.password)
             return target.host, target.port, target.username, target.password, self.settings.mqtt_v5
         from smartpark.broker import EmbeddedBroker
 
         password = secrets.token_urlsafe(18)  # lives only as long as this process
         host, port = self.settings.mqtt_embedded_host, self.settings.mqtt_embedded_port
-        broker = EmbeddedBroker(registry, host, port, {INGEST_USER: password})
+        self._alerts_login = (ALERTS_USER, secrets.token_urlsafe(18))
+        broker = EmbeddedBroker(registry, host, port, {INGEST_USER: password, ALERTS_USER: self._alerts_login[1]})
         broker.start()
         self._stops.append(broker.stop)
         log.info("embedded MQTT broker on %s:%d (MQTT 3.1.1)", host, port)
@@ -124,10 +154,13 @@ class Platform:
 
     def _start_simulator(self, park: ParkFile, registry: Registry, host: str, port: int, mqtt5: bool) -> None:
         from smartpark.simulators import LiveSimulator
+        from smartpark.simulators.scenario import default_scenario
 
         # Simulated devices get fresh credentials at each start: the plaintext exists only in this process.
         credentials = {d.id: registry.provision_device(d.id) for s in park.sites for d in s.devices}
-        sim = LiveSimulator(park, credentials, host, port, interval_s=self.sim_interval_s, mqtt5=mqtt5)
+        scenario = default_scenario() if self.park_file == demo_park_path() else None  # it names demo devices
+        sim = LiveSimulator(park, credentials, host, port, interval_s=self.sim_interval_s, mqtt5=mqtt5,
+                            scenario=scenario)
         sim.start()
         self._stops.append(sim.stop)
 

@@ -174,3 +174,18 @@ def forget_session(host: str, port: int, client_id: str) -> None:
         with suppress(OSError):
             while sock.recv(64):  # CONNACK, then the broker closes
                 pass
+
+
+def model_points(model: Any, ts_ms: int, catalog: Any, skip: frozenset[str] = frozenset()) -> list[Any]:
+    """The points a ParkModel's readings at ``ts_ms`` become (one per device and domain), as the ingest writes."""
+    from smartpark.core.points import Point
+
+    out = []
+    for site, device, metrics in model.readings(ts_ms):
+        if device in skip:
+            continue
+        by_domain: dict[str, dict[str, float]] = {}
+        for name, value in metrics.items():
+            by_domain.setdefault(catalog.domain_of[name], {})[name] = value
+        out += [Point(domain, site, device, ts_ms, fields) for domain, fields in by_domain.items()]
+    return out

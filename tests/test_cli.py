@@ -113,9 +113,3 @@ def test_every_command_has_help(tmp_path: Path, command: str) -> None:
     result = run(tmp_path, command, "--help")
     assert result.returncode == 0
     assert "Usage" in result.stdout
-
-
-def test_unbuilt_commands_say_so(tmp_path: Path) -> None:
-    result = run(tmp_path, "alerts")
-    assert result.returncode == 2
-    assert "not built yet" in result.stderr

@@ -53,4 +53,10 @@ def test_production_refuses_placeholders_and_embedded_defaults(monkeypatch: pyte
     with pytest.raises(ConfigError, match="SMARTPARK_INFLUX_TOKEN"):
         load_settings(_env_file=None)
     monkeypatch.setenv("SMARTPARK_INFLUX_TOKEN", "a-real-token")
+    with pytest.raises(ConfigError, match="SMARTPARK_API_SESSION_SECRET"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("SMARTPARK_API_SESSION_SECRET", "changeme")
+    with pytest.raises(ConfigError, match="SMARTPARK_API_SESSION_SECRET"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("SMARTPARK_API_SESSION_SECRET", "k" * 40)
     assert load_settings(_env_file=None).env == "production"

@@ -1,20 +1,25 @@
-"""Windows of one metric, aggregated by the store (never by pulling raw points into Python)."""
+"""Windows of one metric, aggregated by the store (never by pulling raw points into Python), as JSON or CSV."""
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import Response
 
 from smartpark.api.deps import CatalogDep, PrincipalDep, RegistryDep, StoreDep, scoped_site
-from smartpark.api.errors import NotFound, Unprocessable
+from smartpark.api.errors import ERRORS, NotFound, Unprocessable
 from smartpark.api.models import SeriesPublic
-from smartpark.core.store.base import SeriesQuery
+from smartpark.core.store.base import MINUTE_MS, SeriesQuery
 
-router = APIRouter(prefix="/v1", tags=["series"])
+router = APIRouter(prefix="/v1", tags=["series"], responses=ERRORS)
+CSV_EXAMPLE = ("site,device,metric,unit,agg,time,value\n"
+               "steel-works,sinter-1-cems,nox_mg_m3,mg/m3,mean,2026-01-05T08:00:00+00:00,31.2\n")
 
 MAX_WINDOWS = 10_000
 MAX_RANGE_MS = 400 * 86_400_000
@@ -35,7 +40,9 @@ def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
-@router.get("/series")
+@router.get("/series", response_model=list[SeriesPublic], responses={
+    200: {"content": {"text/csv": {"example": CSV_EXAMPLE}}, "description": "JSON, or CSV with format=csv or "
+          "Accept: text/csv"}})
 def series(  # noqa: PLR0917 - FastAPI query parameters
     registry: RegistryDep, store: StoreDep, catalog: CatalogDep, who: PrincipalDep,
     site: Annotated[str, Query(description="Site id")],
@@ -44,21 +51,40 @@ def series(  # noqa: PLR0917 - FastAPI query parameters
     start: Annotated[datetime | None, Query(description="RFC 3339; default end - 24 h")] = None,
     end: Annotated[datetime | None, Query(description="RFC 3339, exclusive; default now")] = None,
     every: Annotated[str, Query(description="Window, e.g. 1m, 15m, 1h, 1d")] = "1m",
-    agg: Literal["mean", "min", "max", "last", "sum", "count"] = "mean",
+    agg: Annotated[Literal["mean", "min", "max", "last", "sum", "count", "delta"], Query(
+        description="`delta`: a counter's consumption per window, reset-aware (a decrease is a meter reset)")] = "mean",
     group_by: Literal["device", "site"] = "device",
-) -> list[SeriesPublic]:
+    format: Annotated[Literal["json", "csv"] | None, Query(description="Default: from Accept")] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> list[SeriesPublic] | Response:
     scoped_site(registry, who, site)
     spec = catalog.get(metric)
     if spec is None:
         raise NotFound(f"metric {metric!r} is not in the catalog")
+    if agg == "delta" and spec.kind != "counter":
+        raise Unprocessable(f"agg=delta needs a counter; {metric} is a {spec.kind}")
     end_ms = _ms(end) if end else time.time_ns() // 1_000_000
     start_ms = _ms(start) if start else end_ms - 86_400_000
     every_ms = parse_every(every)
     _check_range(start_ms, end_ms, every_ms)
+    if agg == "delta" and every_ms % MINUTE_MS:
+        raise Unprocessable("agg=delta works on whole minutes: use an `every` of 1m or more, in minutes")
     query = SeriesQuery(spec.domain, metric, start_ms, end_ms, every_ms, agg, site, device, group_by)
-    return [SeriesPublic(site=s.site, device=s.device, metric=metric, unit=spec.unit, agg=agg, every=every,
-                         points=[(datetime.fromtimestamp(t / 1000, UTC), v) for t, v in s.points])
-            for s in store.series(query)]
+    out = [SeriesPublic(site=s.site, device=s.device, metric=metric, unit=spec.unit, agg=agg, every=every,
+                        points=[(datetime.fromtimestamp(t / 1000, UTC), v) for t, v in s.points])
+           for s in store.series(query)]
+    wants_csv = format == "csv" or (format is None and "text/csv" in (accept or ""))
+    return _csv(out) if wants_csv else out
+
+
+def _csv(series: list[SeriesPublic]) -> Response:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["site", "device", "metric", "unit", "agg", "time", "value"])
+    for s in series:
+        writer.writerows([s.site, s.device or "", s.metric, s.unit, s.agg, t.isoformat(), repr(v)] for t, v in s.points)
+    return Response(buf.getvalue(), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": 'inline; filename="series.csv"'})
 
 
 def _check_range(start_ms: int, end_ms: int, every_ms: int) -> None:

@@ -1,4 +1,4 @@
-"""Sites, their devices and their latest values, scoped by the caller's key."""
+"""Sites, their devices and their latest values, scoped by the caller's key; registry edits for admins."""
 
 from __future__ import annotations
 
@@ -6,14 +6,36 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
-from smartpark.api.deps import CatalogDep, PrincipalDep, RegistryDep, StoreDep, scoped_site
-from smartpark.api.models import DevicePublic, LatestDevice, LatestMetric, Page, SitePublic
+from smartpark.api.deps import (
+    AdminDep,
+    CatalogDep,
+    PrincipalDep,
+    RegistryDep,
+    SettingsDep,
+    StoreDep,
+    require_admin,
+    scoped_site,
+)
+from smartpark.api.errors import ADMIN_ERRORS, ERRORS, Conflict
+from smartpark.api.models import (
+    DeviceCreate,
+    DeviceProvisioned,
+    DevicePublic,
+    LatestDevice,
+    LatestMetric,
+    Page,
+    SiteCreate,
+    SitePublic,
+    SiteUpdate,
+)
+from smartpark.core.contract import telemetry_topic
+from smartpark.core.errors import RegistryError
 
-router = APIRouter(prefix="/v1/sites", tags=["sites"])
+router = APIRouter(prefix="/v1/sites", tags=["sites"], responses=ERRORS)
 
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=1_000_000)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
@@ -25,9 +47,34 @@ def list_sites(registry: RegistryDep, who: PrincipalDep, offset: Offset = 0, lim
     return Page[SitePublic](items=items, total=len(sites), offset=offset, limit=limit)
 
 
+@router.post("", status_code=201, responses=ADMIN_ERRORS)
+def create_site(body: SiteCreate, registry: RegistryDep, _admin: AdminDep) -> SitePublic:
+    try:
+        return SitePublic.model_validate(registry.create_site(body.model_dump()))
+    except RegistryError as exc:
+        raise Conflict(str(exc)) from exc
+
+
 @router.get("/{site}")
 def get_site(site: str, registry: RegistryDep, who: PrincipalDep) -> SitePublic:
     return SitePublic.model_validate(scoped_site(registry, who, site))
+
+
+@router.patch("/{site}", responses=ADMIN_ERRORS)
+def update_site(site: str, body: SiteUpdate, registry: RegistryDep, who: PrincipalDep) -> SitePublic:
+    scoped_site(registry, who, site)
+    require_admin(who)
+    updated = registry.update_site(site, body.model_dump(exclude_unset=True))
+    return SitePublic.model_validate(updated)
+
+
+@router.delete("/{site}", status_code=204, response_class=Response, responses=ADMIN_ERRORS)
+def delete_site(site: str, registry: RegistryDep, who: PrincipalDep) -> Response:
+    """Delete a site and its devices from the registry (their readings stay in the store)."""
+    scoped_site(registry, who, site)
+    require_admin(who)
+    registry.delete_site(site)
+    return Response(status_code=204)
 
 
 @router.get("/{site}/devices")
@@ -39,17 +86,42 @@ def list_devices(site: str, registry: RegistryDep, who: PrincipalDep, offset: Of
     return Page[DevicePublic](items=items, total=len(devices), offset=offset, limit=limit)
 
 
+@router.post("/{site}/devices", status_code=201, responses=ADMIN_ERRORS)
+def create_device(site: str, body: DeviceCreate, registry: RegistryDep, who: PrincipalDep) -> DeviceProvisioned:
+    """Add a device and provision its MQTT credentials (the password is in this response only)."""
+    scoped_site(registry, who, site)
+    require_admin(who)
+    try:
+        registry.create_device(site, body.model_dump())
+    except RegistryError as exc:
+        raise Conflict(str(exc)) from exc
+    return provisioned(registry, body.id)
+
+
+def provisioned(registry: RegistryDep, device_id: str) -> DeviceProvisioned:
+    password = registry.provision_device(device_id)
+    device = DevicePublic.model_validate(registry.device(device_id))
+    return DeviceProvisioned(**device.model_dump(), mqtt_username=device.id, mqtt_password=password,
+                             topic=telemetry_topic(device.site_id, device.id))
+
+
 @router.get("/{site}/latest")
-def latest(site: str, registry: RegistryDep, store: StoreDep, catalog: CatalogDep, who: PrincipalDep
-           ) -> list[LatestDevice]:
-    """For each device, each metric's latest value, time, age and flag (N when normal)."""
+def latest(  # noqa: PLR0917 - FastAPI parameters
+        site: str, registry: RegistryDep, store: StoreDep, catalog: CatalogDep, settings: SettingsDep,
+           who: PrincipalDep) -> list[LatestDevice]:
+    """For each device, each metric's latest value, time, age, staleness and flag (N when normal)."""
     scoped_site(registry, who, site)
     now_ms = time.time_ns() // 1_000_000
+    stale_ms = settings.api_stale_after_s * 1000
     by_device: dict[str, LatestDevice] = {}
     for v in store.latest(site):
+        age_ms = now_ms - v.ts_ms
         entry = by_device.setdefault(v.device, LatestDevice(device=v.device, measurement=v.measurement,
+                                                            age_s=age_ms / 1000, stale=age_ms > stale_ms,
                                                             metrics={}))
         entry.metrics[v.metric] = LatestMetric(
-            value=v.value, ts=datetime.fromtimestamp(v.ts_ms / 1000, UTC), age_s=(now_ms - v.ts_ms) / 1000,
-            flag=v.flag or "N", unit=catalog[v.metric].unit)
+            value=v.value, ts=datetime.fromtimestamp(v.ts_ms / 1000, UTC), age_s=age_ms / 1000,
+            stale=age_ms > stale_ms, flag=v.flag or "N", unit=catalog[v.metric].unit)
+        if age_ms / 1000 < entry.age_s:
+            entry.age_s, entry.stale = age_ms / 1000, age_ms > stale_ms
     return sorted(by_device.values(), key=lambda d: d.device)

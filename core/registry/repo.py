@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from sqlalchemy import Engine, create_engine, event, select
@@ -141,6 +142,72 @@ class Registry:
     def api_key(self, key_id: str) -> ApiKey | None:
         with self.session() as s:
             return s.get(ApiKey, key_id)
+
+    def api_keys(self) -> list[ApiKey]:
+        with self.session() as s:
+            return list(s.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        with self.session() as s:
+            key = s.get(ApiKey, key_id)
+            if key is None:
+                return False
+            key.revoked = True
+            return True
+
+    # --- registry edits (the API's admin calls)
+    def create_site(self, fields: dict[str, Any]) -> Site:
+        park = self.park()
+        if park is None:
+            raise RegistryError("no park loaded: load a park file first")
+        with self.session() as s:
+            if s.get(Site, fields["id"]) is not None:
+                raise RegistryError(f"site {fields['id']!r} already exists")
+            site = Site(park_id=park.id, **fields)
+            s.add(site)
+        return site
+
+    def update_site(self, site_id: str, fields: dict[str, Any]) -> Site | None:
+        with self.session() as s:
+            site = s.get(Site, site_id)
+            for name, value in fields.items() if site is not None else ():
+                setattr(site, name, value)
+            return site
+
+    def delete_site(self, site_id: str) -> bool:
+        """Delete a site and its devices (their stored readings stay in the time-series store)."""
+        with self.session() as s:
+            site = s.get(Site, site_id)
+            if site is not None:
+                s.delete(site)
+            return site is not None
+
+    def create_device(self, site_id: str, fields: dict[str, Any]) -> Device:
+        with self.session() as s:
+            existing = s.get(Device, fields["id"])
+            if existing is not None:
+                raise RegistryError(f"device {fields['id']!r} already exists (site {existing.site_id!r})")
+            device = Device(site_id=site_id, **fields)
+            s.add(device)
+        return device
+
+    def device(self, device_id: str) -> Device | None:
+        with self.session() as s:
+            return s.get(Device, device_id)
+
+    def update_device(self, device_id: str, fields: dict[str, Any]) -> Device | None:
+        with self.session() as s:
+            device = s.get(Device, device_id)
+            for name, value in fields.items() if device is not None else ():
+                setattr(device, name, value)
+            return device
+
+    def delete_device(self, device_id: str) -> bool:
+        with self.session() as s:
+            device = s.get(Device, device_id)
+            if device is not None:
+                s.delete(device)
+            return device is not None
 
 
 def _fields(spec: object, exclude: set[str] | None = None) -> dict[str, object]:

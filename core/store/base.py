@@ -13,11 +13,14 @@ import msgspec
 
 from smartpark.core.points import Point
 
-__all__ = ["AGGREGATES", "Agg", "LatestValue", "Series", "SeriesQuery", "TimeSeriesStore"]
+__all__ = ["AGGREGATES", "Agg", "LatestValue", "MinuteQuery", "MinuteRow", "Series", "SeriesQuery",
+           "TimeSeriesStore"]
 
-Agg = Literal["mean", "min", "max", "last", "sum", "count"]
-AGGREGATES: tuple[Agg, ...] = ("mean", "min", "max", "last", "sum", "count")
+# `delta`: a counter's consumption per window, reset-aware (see SeriesQuery)
+Agg = Literal["mean", "min", "max", "last", "sum", "count", "delta"]
+AGGREGATES: tuple[Agg, ...] = ("mean", "min", "max", "last", "sum", "count", "delta")
 DAY_MS = 86_400_000
+MINUTE_MS = 60_000
 
 
 class SeriesQuery(msgspec.Struct, frozen=True):
@@ -25,6 +28,9 @@ class SeriesQuery(msgspec.Struct, frozen=True):
 
     Windows are aligned to ``every_ms`` from the epoch (as InfluxDB's GROUP BY time does) and labelled by
     their start; empty windows are left out.
+
+    ``delta`` (counters): each minute's last value minus the previous minute's last value (the minute before
+    ``start`` included), summed per window. A decrease is a meter reset: that step counts 0, never negative.
     """
 
     measurement: str
@@ -42,6 +48,29 @@ class Series(NamedTuple):
     site: str
     device: str | None  # None when grouped by site
     points: list[tuple[int, float]]  # (window start ms, value)
+
+
+class MinuteQuery(msgspec.Struct, frozen=True):
+    """Minute means of some fields of one site's devices, with the minute's invalid-flag state per field.
+
+    A reading whose ``<field>_flag`` is present and not in ``valid_flags`` makes its minute invalid for that
+    field (HJ 212 minute data carry one flag; sub-minute readings are judged strictly).
+    """
+
+    measurement: str
+    fields: tuple[str, ...]
+    site: str
+    start_ms: int
+    end_ms: int  # exclusive
+    valid_flags: tuple[str, ...] = ("N", "S")
+    device: str | None = None
+
+
+class MinuteRow(NamedTuple):
+    device: str
+    ts_ms: int  # minute start
+    values: dict[str, float]  # field -> mean over the minute's readings
+    invalid: frozenset[str]  # fields with an invalid flag in this minute
 
 
 class LatestValue(NamedTuple):
@@ -71,6 +100,9 @@ class TimeSeriesStore(Protocol):
 
     def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[LatestValue]:
         """The latest value of each metric of each device of ``site`` within the lookback."""
+
+    def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
+        """Minute rows (device, minute) ordered by device and time, computed by the store."""
 
     def close(self) -> None:
         """Release connections."""

@@ -7,6 +7,7 @@ scan. Writing the same (series, field, time) again overwrites, as InfluxDB does.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -16,7 +17,16 @@ from pathlib import Path
 from smartpark.core.catalog import Catalog
 from smartpark.core.errors import StoreRejected, StoreUnavailable
 from smartpark.core.points import Point
-from smartpark.core.store.base import DAY_MS, LatestValue, Series, SeriesQuery, check_points
+from smartpark.core.store.base import (
+    DAY_MS,
+    MINUTE_MS,
+    LatestValue,
+    MinuteQuery,
+    MinuteRow,
+    Series,
+    SeriesQuery,
+    check_points,
+)
 
 __all__ = ["EmbeddedStore"]
 
@@ -40,6 +50,31 @@ WHERE excluded.ts >= latest.ts
 
 AGG_SQL = {"mean": "AVG(p.value)", "min": "MIN(p.value)", "max": "MAX(p.value)", "sum": "SUM(p.value)",
            "count": "COUNT(p.value)", "last": "p.value"}
+
+# delta: the last value of each minute (bare column beside MAX), differenced per series with LAG, negative
+# steps (meter resets) dropped, summed per window; the minute before the start gives the first predecessor.
+DELTA_SQL = """
+WITH m AS (
+    SELECT s.site AS site, s.device AS device, p.ts - (p.ts % 60000) AS minute, p.value AS v, MAX(p.ts)
+    FROM points p JOIN series s ON s.id = p.series_id
+    WHERE s.measurement = :m AND p.field = :f AND p.ts >= :lookback AND p.ts < :end AND p.value IS NOT NULL
+    {filters}
+    GROUP BY p.series_id, minute),
+d AS (SELECT site, device, minute, v - LAG(v) OVER (PARTITION BY site, device ORDER BY minute) AS dv FROM m)
+SELECT site, {device_col} AS dev, minute - (minute % :every) AS w, SUM(dv) FROM d WHERE dv >= 0
+GROUP BY site, dev, w ORDER BY site, dev, w
+"""
+
+# Minute means of several fields with, per field, the count of readings whose flag is not a valid one.
+MINUTES_SQL = """
+SELECT s.device, p.field, p.ts - (p.ts % 60000) AS minute, AVG(p.value),
+       SUM(f.text IS NOT NULL AND f.text NOT IN (SELECT value FROM json_each(:valid)))
+FROM points p JOIN series s ON s.id = p.series_id
+LEFT JOIN points f ON f.series_id = p.series_id AND f.field = p.field || '_flag' AND f.ts = p.ts
+WHERE s.measurement = :m AND s.site = :site AND p.field IN (SELECT value FROM json_each(:fields))
+  AND p.ts >= :start AND p.ts < :end AND p.value IS NOT NULL {filters}
+GROUP BY s.device, p.field, minute
+"""
 
 LATEST_SQL = """
 SELECT s.device, s.measurement, l.field, l.ts, l.value, f.text
@@ -128,6 +163,8 @@ class EmbeddedStore:
     def series(self, query: SeriesQuery) -> list[Series]:
         if query.every_ms <= 0:
             raise StoreRejected("every must be positive")
+        if query.agg == "delta":
+            return self._delta(query)
         device_col = "s.device" if query.group_by == "device" else "NULL"
         # `last` relies on SQLite's documented bare-column rule: with MAX(ts), value comes from that row.
         extra = ", MAX(p.ts)" if query.agg == "last" else ""
@@ -147,6 +184,32 @@ class EmbeddedStore:
         for row in self._conn().execute(sql, params):
             out.setdefault((row[0], row[1]), []).append((row[2], float(row[3])))
         return [Series(site, dev, pts) for (site, dev), pts in out.items()]
+
+    def _delta(self, query: SeriesQuery) -> list[Series]:
+        filters = (" AND s.site = :site" if query.site is not None else "") + (
+            " AND s.device = :device" if query.device is not None else "")
+        sql = DELTA_SQL.format(filters=filters, device_col="device" if query.group_by == "device" else "NULL")
+        first = query.start_ms - query.start_ms % MINUTE_MS
+        params = {"every": query.every_ms, "m": query.measurement, "f": query.field, "lookback": first - MINUTE_MS,
+                  "end": query.end_ms, "site": query.site, "device": query.device}
+        out: dict[tuple[str, str | None], list[tuple[int, float]]] = {}
+        for site, dev, w, value in self._conn().execute(sql, params):
+            out.setdefault((site, dev), []).append((w, float(value)))
+        return [Series(site, dev, pts) for (site, dev), pts in out.items()]
+
+    def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
+        sql = MINUTES_SQL.format(filters=" AND s.device = :device" if query.device is not None else "")
+        params = {"m": query.measurement, "site": query.site, "fields": json.dumps(list(query.fields)),
+                  "valid": json.dumps(list(query.valid_flags)), "start": query.start_ms, "end": query.end_ms,
+                  "device": query.device}
+        rows: dict[tuple[str, int], tuple[dict[str, float], set[str]]] = {}
+        for device, field, minute, mean, bad in self._conn().execute(sql, params):
+            values, invalid = rows.setdefault((device, minute), ({}, set()))
+            values[field] = float(mean)
+            if bad:
+                invalid.add(field)
+        return [MinuteRow(dev, ts, values, frozenset(invalid))
+                for (dev, ts), (values, invalid) in sorted(rows.items())]
 
     def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[LatestValue]:
         since = _now_ms() - lookback_ms

@@ -44,6 +44,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+import msgspec
 
 from smartpark.core.catalog import Catalog
 from smartpark.core.errors import StoreRejected, StoreUnavailable
@@ -428,6 +429,15 @@ class InfluxStore:
         return f'SELECT sum("d") FROM ({inner}) GROUP BY time({int(query.every_ms)}ms), {group} fill(none)'  # noqa: S608
 
     def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
+        """Day by day: a month of minutes per device is more rows than InfluxDB returns in one series."""
+        out: list[MinuteRow] = []
+        for start in range(query.start_ms, query.end_ms, DAY_MS):
+            chunk = msgspec.structs.replace(query, start_ms=start, end_ms=min(start + DAY_MS, query.end_ms))
+            out += self._minute_means(chunk)
+        out.sort(key=lambda r: (r.device, r.ts_ms))
+        return out
+
+    def _minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
         """One statement for the minute means of every field, one per field counting its invalid flags
         (string fields cannot be averaged, but can be filtered and counted)."""
         where = self._where(query.site, query.device, query.start_ms, query.end_ms)

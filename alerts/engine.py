@@ -1,0 +1,258 @@
+"""The alert engine: its own MQTT subscription for instant rules, a schedule for window rules, the outbox.
+
+Threads: the MQTT client's reader queues messages; the stream thread drains the queue in batches,
+evaluates them, commits state, episodes and outbox rows in one transaction, and only then acks the batch
+(a crash before the commit means the broker redelivers, and the replay check makes that a no-op after it).
+The schedule thread evaluates window and no-data rules, reloads rules, and writes episodes to the store's
+`alerts` measurement. The dispatcher thread delivers webhooks from the outbox.
+
+The engine never imports another service: the composition root hands it a ``source_factory`` that builds
+an MQTT client (the ingest's Mqtt5Session or paho MqttSource) around the engine's ``on_message``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.exc import OperationalError
+
+from smartpark.alerts.book import Observation, StateBook, Subject
+from smartpark.alerts.delivery import Dispatcher
+from smartpark.alerts.errors import EngineError
+from smartpark.alerts.models import Episode
+from smartpark.alerts.repo import AlertRepo, Changes, now_ms
+from smartpark.alerts.rules import SCHEDULED_KINDS, RuleSpec, default_rules
+from smartpark.alerts.scheduled import ScheduledEvaluator
+from smartpark.alerts.stream import DeviceInfo, StreamEvaluator
+from smartpark.core.catalog import Catalog
+from smartpark.core.errors import StoreError
+from smartpark.core.points import FieldValue, Point
+from smartpark.core.reference import Reference
+from smartpark.core.registry import Registry
+from smartpark.core.settings import Settings
+from smartpark.core.store.base import TimeSeriesStore
+
+__all__ = ["AlertEngine", "MessageSource", "OnMessage", "SourceFactory"]
+
+log = logging.getLogger("smartpark.alerts")
+OnMessage = Callable[[str, bytes, int, int], None]  # topic, payload, packet id, connection generation
+MAX_BATCH = 5000
+RECEIVE_MAXIMUM = 10_000
+SUBSCRIBE_TIMEOUT_S = 30.0
+DEVICE_REFRESH_S = 5.0
+PRUNE_MINUTES_MS = 3 * 86_400_000
+
+
+class MessageSource(Protocol):
+    """What the engine needs from an MQTT client: the ingest's Mqtt5Session and MqttSource both fit."""
+
+    subscribed: threading.Event
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def ack(self, acks: list[tuple[int, int]]) -> int: ...
+
+
+SourceFactory = Callable[[OnMessage], MessageSource]
+
+
+class AlertEngine:
+    def __init__(self, settings: Settings, registry: Registry, store: TimeSeriesStore, catalog: Catalog, *,
+                 reference: Reference, source_factory: SourceFactory) -> None:
+        self.settings, self.registry, self.store = settings, registry, store
+        self.repo = AlertRepo(registry.engine)
+        self.repo.init(default_rules(reference))
+        self.book = StateBook(self.repo.states())
+        self.stream = StreamEvaluator(catalog, reference, self.book, retention_ms=settings.retention_ms,
+                                      device=self._device)
+        self.stream.seen = self.repo.seen()
+        self.scheduled = ScheduledEvaluator(self.repo, store, registry, reference,
+                                            valid_minutes=settings.kpi_min_valid_minutes,
+                                            no_data_s=settings.alerts_no_data_s, seen=lambda: dict(self.stream.seen))
+        self.dispatcher = Dispatcher(self.repo, settings)
+        self.source = source_factory(self._on_message)
+        self.processed = 0  # messages evaluated and acked
+        self.ticks = 0  # schedule rounds completed
+        self._lock = threading.Lock()  # the state book: stream batches and schedule rounds take turns
+        self._queue: queue.SimpleQueue[tuple[str, bytes, int, int]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._devices: dict[str, DeviceInfo] = {}
+        self._devices_at = 0.0
+        self._rules: list[RuleSpec] = []
+        self._rules_version: tuple[int, int] | None = None
+        self._tz = ZoneInfo("Asia/Shanghai")
+        self._threads = [threading.Thread(target=self._stream_loop, name="alerts-stream", daemon=True),
+                         threading.Thread(target=self._schedule_loop, name="alerts-schedule", daemon=True)]
+
+    # --- lifecycle
+    def start(self) -> None:
+        self._refresh_devices()
+        self._reload_rules()
+        self.dispatcher.start()
+        for t in self._threads:
+            t.start()
+        self.source.start()
+        if not self.source.subscribed.wait(SUBSCRIBE_TIMEOUT_S):
+            self.stop()
+            raise EngineError("the alert engine's MQTT subscription was not confirmed (credentials or ACL?)")
+        log.info("alert engine running: %d rules, %d open episodes", len(self._rules),
+                 sum(1 for s in self.book.states.values() if s.episode))
+
+    def stop(self) -> None:
+        """Stop taking messages (unacked ones stay with the broker), then the threads and the dispatcher."""
+        self.source.stop()
+        self._stop.set()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout=30)
+        self.dispatcher.stop()
+
+    def reload(self) -> None:
+        """Pick up rule, subscription and device changes now (else within one schedule interval)."""
+        with self._lock:
+            self._refresh_devices()
+            self._reload_rules(force=True)
+
+    # --- stream
+    def _on_message(self, topic: str, payload: bytes, mid: int, generation: int) -> None:
+        self._queue.put((topic, payload, mid, generation))
+
+    def _stream_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = [self._queue.get(timeout=0.5)]
+            except queue.Empty:
+                continue
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._process(batch)
+            except Exception:  # not acked: the broker redelivers; memory goes back to what was committed
+                log.exception("alert evaluation of %d messages failed", len(batch))
+                with self._lock:
+                    self.book.states = self.repo.states()
+
+    def _process(self, batch: list[tuple[str, bytes, int, int]]) -> None:
+        changes = Changes()
+        with self._lock:
+            now = now_ms()
+            for topic, payload, _mid, _gen in batch:
+                self.stream.handle(topic, payload, now, changes)
+            if changes and not self._commit(changes):
+                return  # stopping with the database down: not acked, the broker keeps the messages
+        self.source.ack([(gen, mid) for _t, _p, mid, gen in batch])
+        self.processed += len(batch)
+
+    def _commit(self, changes: Changes) -> bool:
+        delay = 0.2
+        while True:
+            try:
+                if self.repo.commit(changes):
+                    self.dispatcher.wake.set()
+                return True
+            except OperationalError as exc:  # locked or unreachable database: retry, do not ack meanwhile
+                log.warning("alert state commit failed (%s); retrying in %.1f s", exc, delay)
+            if self._stop.wait(delay):
+                return False
+            delay = min(delay * 2, 10.0)
+
+    def _device(self, device_id: str) -> DeviceInfo | None:
+        dev = self._devices.get(device_id)
+        if dev is None and time.monotonic() - self._devices_at > DEVICE_REFRESH_S:
+            self._refresh_devices()  # a device added since: look again, at most every few seconds
+            dev = self._devices.get(device_id)
+        return dev
+
+    def _refresh_devices(self) -> None:
+        self._devices = {d.id: DeviceInfo(d.id, d.site_id, d.kind, d.source_type) for d in self.registry.devices()}
+        self._devices_at = time.monotonic()
+        park = self.registry.park()
+        self._tz = ZoneInfo(park.timezone if park is not None else "Asia/Shanghai")
+        self.stream.set_rules(self._rules)  # scopes may name new devices
+
+    def _reload_rules(self, force: bool = False) -> None:
+        version = self.repo.rules_version()
+        if version == self._rules_version and not force:
+            return
+        self._rules_version = version
+        self._rules = [r for r in self.repo.rules() if r.enabled]
+        self.book.states = self.repo.states()  # all committed: this only drops the state of deleted rules
+        self.stream.set_rules(self._rules)
+
+    # --- schedule
+    def _schedule_loop(self) -> None:
+        while not self._stop.wait(self.settings.alerts_eval_interval_s):
+            try:
+                self.tick()
+            except Exception:  # a failing round must not stop the next one
+                log.exception("scheduled alert evaluation failed")
+
+    def tick(self, now: int | None = None) -> None:
+        """One schedule round: reload, gather window figures, observe them, annotate, prune."""
+        now = now_ms() if now is None else now
+        with self._lock:
+            self._refresh_devices()
+            self._reload_rules()
+            rules = [r for r in self._rules if r.kind in SCHEDULED_KINDS]
+            devices = list(self._devices.values())
+        found = self.scheduled.gather(rules, devices, lambda r, s: self.book.get(r, s).mark, self._tz, now)
+        with self._lock:
+            changes = Changes()
+            for rule, subject, obs in found:
+                self._observe_scheduled(rule, subject, obs, changes)
+            if changes:
+                self._commit(changes)
+        self._annotate()
+        if self.ticks % 360 == 0:
+            self.repo.prune_minutes(now - PRUNE_MINUTES_MS)
+        self.ticks += 1
+
+    def _observe_scheduled(self, rule: RuleSpec, subject: Subject, obs: Observation, changes: Changes) -> None:
+        state = self.book.get(rule.id, subject.id)
+        mark = obs.sample.get("mark")
+        if not obs.sample.get("invalid"):
+            if state.episode and obs.value is not None and obs.limit is not None and rule.clear_ratio < 1:
+                obs = dataclasses.replace(obs, active=obs.value >= obs.limit * rule.clear_ratio)  # hysteresis
+            self.book.observe(rule, subject, obs, changes)
+        if isinstance(mark, int):
+            state.mark = mark
+            changes.states[(rule.id, subject.id)] = state
+
+    # --- Grafana annotations
+    def _annotate(self) -> None:
+        episodes = self.repo.unannotated()
+        if not episodes:
+            return
+        points, marks = [], {}
+        for ep in episodes:
+            if ep.annotated == 0:
+                points.append(_annotation(ep, "firing", ep.started_ms))
+            if ep.state == "resolved" and ep.ended_ms is not None:
+                points.append(_annotation(ep, "resolved", ep.ended_ms))
+            marks[ep.id] = 2 if ep.state == "resolved" else 1
+        try:
+            self.store.write(points)
+        except StoreError as exc:
+            log.warning("could not write %d alert annotations (next round retries): %s", len(points), exc)
+            return
+        self.repo.mark_annotated(marks)
+
+
+def _annotation(ep: Episode, state: str, ts_ms: int) -> Point:
+    """A point of the `alerts` measurement (Grafana annotations: time, text, tags site and device)."""
+    fields: dict[str, FieldValue] = {"episode": ep.id, "rule": ep.rule_id, "state": state, "severity": ep.severity,
+                                     "text": f"{state}: {ep.message}"[:250], "metric": ep.metric or ""}
+    for name, value in (("value", ep.value), ("limit", ep.limit), ("peak", ep.peak)):
+        if value is not None:
+            fields[name] = float(value)
+    return Point("alerts", ep.site, ep.device or "-", ts_ms, fields)

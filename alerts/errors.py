@@ -1,0 +1,45 @@
+"""Typed errors of the alert engine and its webhooks.
+
+    AlertsError
+    ├── EngineError          the engine cannot start (its MQTT subscription was not confirmed)
+    ├── RuleError            a rule that cannot be evaluated as written (bad kind, metric, scope)
+    ├── UnsafeDestination    a webhook URL that the SSRF guard refuses (scheme, or a non-global address)
+    └── DeliveryError        one webhook attempt failed (``retryable`` says whether the outbox tries again)
+"""
+
+from __future__ import annotations
+
+from smartpark.core.errors import SmartparkError
+
+__all__ = ["AlertsError", "DeliveryError", "EngineError", "RuleError", "UnsafeDestination"]
+
+
+class AlertsError(SmartparkError):
+    """Base of the alert engine's errors."""
+
+
+class EngineError(AlertsError):
+    """The engine could not start: its subscription was not confirmed."""
+
+
+class RuleError(AlertsError):
+    """A rule that cannot be evaluated as written; raised when it is created, never at evaluation."""
+
+
+class UnsafeDestination(AlertsError):
+    """The SSRF guard refused a webhook URL; ``address`` is the offending address when one was resolved."""
+
+    def __init__(self, message: str, *, url: str, address: str | None = None) -> None:
+        super().__init__(message)
+        self.url, self.address = url, address
+
+
+class DeliveryError(AlertsError):
+    """A webhook attempt that did not get a 2xx; ``status`` is None for network errors and timeouts."""
+
+    retryable: bool = True
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.retryable, self.retry_after_s = status, retryable, retry_after_s

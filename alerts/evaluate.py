@@ -1,0 +1,155 @@
+"""Evaluation without I/O: per-subject state, hysteresis latches, durations, and the window arithmetic.
+
+Everything here is a function of (state, input): the engine feeds it readings or window figures and persists
+the state it returns, which is what makes a restart neither lose an episode nor fire it twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from smartpark.alerts.rules import Condition, RuleSpec
+from smartpark.core.contract import Reading
+from smartpark.core.emissions import is_valid_flag, o2_correct
+from smartpark.core.reference import Reference, SourceType
+
+__all__ = ["EVIDENCE_MAX", "State", "Step", "advance", "condition_bounds", "condition_value", "consumption",
+           "day_start", "hour_start", "hourly_mean", "next_day", "threshold_active"]
+
+EVIDENCE_MAX = 20  # readings kept as the evidence of an episode
+Step = Literal["fire", "resolve", "peak"] | None
+
+
+@dataclass(slots=True)
+class State:
+    """What one rule remembers about one subject; stored as JSON in ``alert_states``."""
+
+    latches: list[bool] = field(default_factory=list)
+    pending_since: int | None = None
+    last_ts: int = 0  # device time of the last input that changed the state: replays at or before it are no-ops
+    episode: str | None = None
+    peak: float | None = None
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    mark: int = 0  # scheduled rules: the last window evaluated (hour start, day start)
+
+    @classmethod
+    def load(cls, data: dict[str, Any] | None) -> State:
+        return cls(**data) if data else cls()
+
+    def dump(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def advance(state: State, active: bool, ts_ms: int, *, duration_ms: int, sample: dict[str, Any],
+            value: float | None) -> Step:
+    """Move the episode lifecycle on by one observation; say what happened (fire, resolve, a new peak)."""
+    if not active:
+        state.pending_since, state.evidence = None, []
+        if state.episode is None:
+            return None
+        return "resolve"
+    if state.episode is not None:
+        if value is not None and (state.peak is None or value > state.peak):
+            state.peak = value
+            return "peak"
+        return None
+    if state.pending_since is None:
+        state.pending_since = ts_ms
+    state.evidence = [*state.evidence, sample][-EVIDENCE_MAX:]
+    if ts_ms - state.pending_since >= duration_ms:
+        state.peak = max((s["value"] for s in state.evidence if s.get("value") is not None), default=value)
+        return "fire"
+    return None
+
+
+def condition_value(cond: Condition, reading: Reading, source: SourceType, ref: Reference) -> float | None:
+    """The value a condition compares: None when the reading lacks it or it is not valid data."""
+    value = reading.metrics.get(cond.metric)
+    if value is None or not is_valid_flag(reading.flags.get(cond.metric), ref):
+        return None
+    if not cond.o2_corrected:
+        return value
+    o2 = reading.metrics.get("o2_pct")
+    if o2 is None or not is_valid_flag(reading.flags.get("o2_pct"), ref):
+        return None
+    return o2_correct(value, o2, source, ref.emissions.o2_correction_max_pct)
+
+
+def condition_bounds(cond: Condition, source: SourceType) -> tuple[float, float] | None:
+    """(limit, clear) of a condition for a device of this source type; None if the type has no such limit."""
+    limit = cond.limit if cond.pollutant is None else source.limits_mg_m3.get(cond.pollutant)
+    if limit is None:
+        return None
+    clear = cond.clear if cond.clear is not None else limit * cond.clear_ratio
+    return limit, clear
+
+
+def _latch(cond: Condition, value: float, bounds: tuple[float, float], was: bool) -> bool:
+    """Hysteresis: on past the limit, off past the clear value, unchanged in between."""
+    limit, clear = bounds
+    if cond.op == ">":
+        return value > limit or (was and value >= clear)
+    return value < limit or (was and value <= clear)
+
+
+def threshold_active(rule: RuleSpec, state: State, reading: Reading, source: SourceType, ref: Reference
+                     ) -> tuple[bool, float | None, float | None] | None:
+    """Update the latches from one reading; (active, first condition's value, its limit), or None when the
+    reading carries nothing the rule compares (the state is then left alone)."""
+    if len(state.latches) != len(rule.conditions):
+        state.latches = [False] * len(rule.conditions)
+    seen = False
+    first: tuple[float | None, float | None] = (None, None)
+    for i, cond in enumerate(rule.conditions):
+        bounds = condition_bounds(cond, source)
+        value = condition_value(cond, reading, source, ref) if bounds else None
+        if value is None or bounds is None:
+            continue
+        seen = True
+        state.latches[i] = _latch(cond, value, bounds, state.latches[i])
+        if first == (None, None):
+            first = (value, bounds[0])
+    if not seen:
+        return None
+    active = any(state.latches) if rule.combine == "any" else all(state.latches)
+    return active, first[0], first[1]
+
+
+def hour_start(ts_ms: int, tz: ZoneInfo) -> int:
+    """Start of the local clock hour holding ``ts_ms`` (regulatory hours are local hours)."""
+    local = datetime.fromtimestamp(ts_ms / 1000, tz).replace(minute=0, second=0, microsecond=0)
+    return int(local.timestamp() * 1000)
+
+
+def day_start(ts_ms: int, tz: ZoneInfo) -> int:
+    local = datetime.fromtimestamp(ts_ms / 1000, tz)
+    midnight = datetime(local.year, local.month, local.day, tzinfo=tz)
+    return int(midnight.timestamp() * 1000)
+
+
+def next_day(day_ms: int, tz: ZoneInfo) -> int:
+    local = datetime.fromtimestamp(day_ms / 1000, tz) + timedelta(days=1, hours=2)
+    return day_start(int(local.timestamp() * 1000), tz)
+
+
+def hourly_mean(minutes: list[tuple[int, float, int]], min_valid: int) -> tuple[float | None, int]:
+    """(mean of the minute means, valid minutes) from (minute, total, n) rows; mean None below ``min_valid``."""
+    means = [total / n for _, total, n in minutes if n > 0]
+    if len(means) < min_valid:
+        return None, len(means)
+    return sum(means) / len(means), len(means)
+
+
+def consumption(windows: list[tuple[float, float]]) -> float:
+    """A counter's use from consecutive (min, max) windows: the rise inside each window plus the rise
+    between windows; a fall between windows is a meter reset, not negative use (contract)."""
+    used, last_max = 0.0, None
+    for low, high in windows:
+        used += max(high - low, 0.0)
+        if last_max is not None and low > last_max:
+            used += low - last_max
+        last_max = high
+    return used

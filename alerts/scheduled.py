@@ -1,0 +1,149 @@
+"""Rules evaluated on a schedule: hourly means, no data, energy quotas, greening bands.
+
+Figures are gathered without holding the engine's lock (store queries may take a while), then observed
+under it. Hourly means come from the minute table the stream fills (valid, O2-corrected minutes: the
+store cannot filter by flag); energy and greening come from the time-series store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from zoneinfo import ZoneInfo
+
+from smartpark.alerts.book import Observation, Subject
+from smartpark.alerts.evaluate import consumption, day_start, hour_start, hourly_mean
+from smartpark.alerts.repo import AlertRepo, rfc3339
+from smartpark.alerts.rules import RuleSpec
+from smartpark.alerts.stream import DeviceInfo
+from smartpark.core.errors import StoreError
+from smartpark.core.reference import Reference
+from smartpark.core.registry import Registry, Site
+from smartpark.core.store.base import SeriesQuery, TimeSeriesStore
+
+__all__ = ["ScheduledEvaluator"]
+
+log = logging.getLogger("smartpark.alerts")
+HOUR_MS = 3_600_000
+CLOSE_GRACE_MS = 90_000  # a closed hour is judged this long after it ends: late minutes are in by then
+GREEN_LOOKBACK_MS = 400 * 86_400_000  # green area is surveyed rarely
+
+Found = list[tuple[RuleSpec, Subject, Observation]]
+
+
+class ScheduledEvaluator:
+    def __init__(self, repo: AlertRepo, store: TimeSeriesStore, registry: Registry, reference: Reference, *,
+                 valid_minutes: int, no_data_s: float, seen: Callable[[], dict[str, int]]) -> None:
+        self.repo, self.store, self.registry, self.reference = repo, store, registry, reference
+        self.valid_minutes, self.no_data_s, self.seen = valid_minutes, no_data_s, seen
+
+    def gather(self, rules: list[RuleSpec], devices: list[DeviceInfo], marks: Callable[[str, str], int],
+               tz: ZoneInfo, now: int) -> Found:
+        """Observations of every scheduled rule on every subject in its scope (no state is touched)."""
+        out: Found = []
+        sites = self.registry.sites() if any(r.kind in ("energy_quota", "greening_band") for r in rules) else []
+        for rule in rules:
+            try:
+                if rule.kind == "hourly_mean":
+                    out += self._hourly(rule, devices, marks, tz, now)
+                elif rule.kind == "no_data":
+                    out += self._no_data(rule, devices, now)
+                elif rule.kind == "energy_quota":
+                    out += self._energy(rule, sites, tz, now)
+                elif rule.kind == "greening_band":
+                    out += self._greening(rule, sites, now)
+            except StoreError as exc:
+                log.warning("rule %s not evaluated this round: %s", rule.id, exc)
+        return out
+
+    # --- hourly means
+    def _hourly(self, rule: RuleSpec, devices: list[DeviceInfo], marks: Callable[[str, str], int],
+                tz: ZoneInfo, now: int) -> Found:
+        out: Found = []
+        metric = self.reference.emissions.pollutants[rule.pollutant]  # type: ignore[index]
+        for dev in devices:
+            limit = self.reference.source_type(dev.source_type).limits_mg_m3.get(rule.pollutant)  # type: ignore[arg-type]
+            if limit is None or not rule.covers(dev.site, dev.id, dev.kind, dev.source_type):
+                continue
+            if rule.mode == "closed":
+                end = hour_start(now - CLOSE_GRACE_MS, tz)
+                start, need = hour_start(end - 1, tz), self.valid_minutes
+                if marks(rule.id, dev.id) >= start:
+                    continue
+            else:
+                start, end, need = hour_start(now, tz), now + 1, rule.min_minutes
+            mean, n = hourly_mean(self.repo.minutes(dev.id, rule.pollutant, start, end), need)  # type: ignore[arg-type]
+            if mean is None:
+                if rule.mode == "closed":  # an invalid hour is judged (not again) but changes no episode
+                    out.append((rule, Subject(dev.site, dev.id), _mark_only(start)))
+                continue
+            obs = Observation(mean > limit, start if rule.mode == "closed" else now, round(mean, 3), limit, metric,
+                              "mg/m3", "1h" if rule.mode == "closed" else "1h running",
+                              f"{rule.name}: {mean:.1f} mg/m3 over {n} valid minutes (limit {limit:g})",
+                              {"hour": rfc3339(start), "value": round(mean, 3), "valid_minutes": n, "mark": start})
+            out.append((rule, Subject(dev.site, dev.id), obs))
+        return out
+
+    # --- no data
+    def _no_data(self, rule: RuleSpec, devices: list[DeviceInfo], now: int) -> Found:
+        out: Found = []
+        after_ms = int((rule.after_s or self.no_data_s) * 1000)
+        seen = self.seen()
+        for dev in devices:
+            last = seen.get(dev.id)
+            if last is None or not rule.covers(dev.site, dev.id, dev.kind, dev.source_type):
+                continue  # never seen: not "stopped sending"
+            silent_s = max(now - last, 0) / 1000
+            obs = Observation(now - last > after_ms, now, round(silent_s, 1), after_ms / 1000, None, "s", "no data",
+                              f"no data from {dev.id} for {silent_s:.0f} s", {"ts": now, "last_reading": rfc3339(last)})
+            out.append((rule, Subject(dev.site, dev.id), obs))
+        return out
+
+    # --- energy quota
+    def _energy(self, rule: RuleSpec, sites: list[Site], tz: ZoneInfo, now: int) -> Found:
+        out: Found = []
+        start = day_start(now, tz)
+        for site in sites:
+            quota = site.energy_quota_tce_day
+            if not quota or not rule.covers(site.id, None, None, None):
+                continue
+            used = self._tce(site.id, start, now)
+            out.append((rule, Subject(site.id), Observation(
+                used > quota, now, round(used, 3), quota, "energy_tce", "tce", "1d",
+                f"{site.id}: {used:.1f} tce today against a quota of {quota:g}", {"ts": now, "value": used})))
+        return out
+
+    def _tce(self, site: str, start: int, end: int) -> float:
+        kg = 0.0
+        for carrier in self.reference.energy.carriers.values():
+            lows = self.store.series(SeriesQuery("energy", carrier.metric, start, end + 1, HOUR_MS, "min", site=site))
+            highs = self.store.series(SeriesQuery("energy", carrier.metric, start, end + 1, HOUR_MS, "max", site=site))
+            high_of = {(s.device, t): v for s in highs for t, v in s.points}
+            for s in lows:
+                windows = [(v, high_of.get((s.device, t), v)) for t, v in s.points]
+                kg += consumption(windows) * carrier.kgce_per_unit
+        return kg / 1000
+
+    # --- greening
+    def _greening(self, rule: RuleSpec, sites: list[Site], now: int) -> Found:
+        out: Found = []
+        band = self.reference.greening.default_band_pct
+        for site in sites:
+            if not site.area_m2 or not rule.covers(site.id, None, None, None):
+                continue
+            areas = [v.value for v in self.store.latest(site.id, lookback_ms=GREEN_LOOKBACK_MS)
+                     if v.metric == "green_area_m2"]
+            if not areas:
+                continue
+            pct = 100 * sum(areas) / site.area_m2
+            low = site.greening_min_pct if site.greening_min_pct is not None else band.min
+            high = site.greening_max_pct if site.greening_max_pct is not None else band.max
+            out.append((rule, Subject(site.id), Observation(
+                not low <= pct <= high, now, round(pct, 2), low if pct < low else high, "green_cover_pct", "%",
+                "latest", f"{site.id}: green cover {pct:.1f} % outside {low:g}..{high:g} %",
+                {"ts": now, "value": pct})))
+        return out
+
+
+def _mark_only(start: int) -> Observation:
+    return Observation(False, start, None, None, sample={"mark": start, "invalid": True})

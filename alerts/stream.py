@@ -1,0 +1,118 @@
+"""Instant rules on the live stream: thresholds (hysteresis, duration, any/all) and device status.
+
+Readings are decoded with the contract's decoder; a reading at or before the last one a rule took from
+that device is a replay (the broker redelivers what was not acked before a crash) and changes nothing.
+The per-minute sums of valid O2-corrected pollutants that the hourly rules read are gathered here too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import NamedTuple
+
+from smartpark.alerts.book import Observation, StateBook, Subject
+from smartpark.alerts.evaluate import condition_value, threshold_active
+from smartpark.alerts.repo import Changes
+from smartpark.alerts.rules import Condition, RuleSpec
+from smartpark.core.catalog import Catalog
+from smartpark.core.contract import Reading, ReadingDecoder, parse_topic
+from smartpark.core.reference import Reference
+
+__all__ = ["DeviceInfo", "StreamEvaluator"]
+
+MINUTE_MS = 60_000
+
+
+class DeviceInfo(NamedTuple):
+    id: str
+    site: str
+    kind: str
+    source_type: str | None
+
+
+class StreamEvaluator:
+    """Evaluates one message at a time into a batch's Changes (the engine commits, then acks)."""
+
+    def __init__(self, catalog: Catalog, reference: Reference, book: StateBook, *, retention_ms: int,
+                 device: Callable[[str], DeviceInfo | None]) -> None:
+        self.catalog, self.reference, self.book = catalog, reference, book
+        self.decoder = ReadingDecoder(catalog, retention_ms=retention_ms)
+        self.device = device
+        self.seen: dict[str, int] = {}
+        self.rules: list[RuleSpec] = []
+        self._by_device: dict[str, list[RuleSpec]] = {}
+        self._minute_conds = [(p, Condition(metric=m, pollutant=p, o2_corrected=True))
+                              for p, m in reference.emissions.pollutants.items()]
+
+    def set_rules(self, rules: list[RuleSpec]) -> None:
+        self.rules = [r for r in rules if r.enabled and r.instant]
+        self._by_device = {}
+
+    def _rules_for(self, dev: DeviceInfo) -> list[RuleSpec]:
+        rules = self._by_device.get(dev.id)
+        if rules is None:
+            rules = self._by_device[dev.id] = [
+                r for r in self.rules if r.covers(dev.site, dev.id, dev.kind, dev.source_type)]
+        return rules
+
+    def handle(self, topic: str, payload: bytes, now_ms: int, changes: Changes) -> None:
+        t = parse_topic(topic)
+        dev = self.device(t.device) if t is not None else None
+        if t is None or dev is None or dev.site != t.site:
+            return  # the ingest dead-letters these; the alert engine only ignores them
+        if t.kind == "status":
+            self._status(dev, payload, now_ms, changes)
+            return
+        for reading in sorted(self.decoder.decode(t.site, t.device, payload, now_ms).readings,
+                              key=lambda r: r.ts_ms):
+            self._reading(dev, reading, changes)
+
+    def _reading(self, dev: DeviceInfo, r: Reading, changes: Changes) -> None:
+        if r.ts_ms > self.seen.get(dev.id, 0):
+            self.seen[dev.id] = changes.seen[dev.id] = r.ts_ms
+            if dev.kind == "cems":
+                self._bucket(dev, r, changes)
+        for rule in self._rules_for(dev):
+            if rule.kind == "threshold":
+                self._threshold(rule, dev, r, changes)
+
+    def _threshold(self, rule: RuleSpec, dev: DeviceInfo, r: Reading, changes: Changes) -> None:
+        state = self.book.get(rule.id, dev.id)
+        if r.ts_ms <= state.last_ts:
+            return  # a replay
+        source = self.reference.source_type(dev.source_type)
+        result = threshold_active(rule, state, r, source, self.reference)
+        if result is None:
+            return
+        active, value, limit = result
+        metric = rule.conditions[0].metric
+        sample = {"ts": r.ts_ms, "value": value, "metrics": r.metrics, "flags": r.flags}
+        obs = Observation(active, r.ts_ms, value, limit, metric, self.catalog[metric].unit,
+                          f"{rule.duration_s:g}s" if rule.duration_s else "instant", rule.name, sample)
+        self.book.observe(rule, Subject(dev.site, dev.id), obs, changes, duration_ms=int(rule.duration_s * 1000))
+
+    def _bucket(self, dev: DeviceInfo, r: Reading, changes: Changes) -> None:
+        """Add the reading's valid O2-corrected pollutants to their minute (what hourly means are made of)."""
+        source = self.reference.source_type(dev.source_type)
+        minute = r.ts_ms - r.ts_ms % MINUTE_MS
+        for pollutant, cond in self._minute_conds:
+            value = condition_value(cond, r, source, self.reference)
+            if value is not None:
+                acc = changes.minutes.setdefault((dev.id, pollutant, minute), [0.0, 0])
+                acc[0] += value
+                acc[1] += 1
+
+    def _status(self, dev: DeviceInfo, payload: bytes, now_ms: int, changes: Changes) -> None:
+        try:
+            body = json.loads(payload)
+            state, ts = body["state"], body.get("ts", now_ms)
+        except (ValueError, TypeError, KeyError):
+            return
+        if state not in ("online", "offline") or not isinstance(ts, int):
+            return
+        for rule in self._rules_for(dev):
+            if rule.kind == "device_offline":
+                obs = Observation(state == "offline", ts, None, None, None, "", "status",
+                                  f"{dev.id} reports {state}", {"ts": ts, "state": state})
+                self.book.observe(rule, Subject(dev.site, dev.id), obs, changes)

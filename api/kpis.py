@@ -1,0 +1,224 @@
+"""The regulatory KPIs, computed from store aggregates (never raw points) and the reference data.
+
+- energy: consumption per carrier from counters (the store's reset-aware `delta`), tce with the standard-coal
+  factors, CO2 from electricity with the grid factor of the park's region and year, intensity per tonne of
+  output, and the use of the site's quota over the period;
+- emissions: per stack and pollutant, hourly means of the valid minutes (the store's minute means with their
+  flags), O2-corrected where the source type has a reference O2, each local clock hour marked invalid (fewer
+  valid minutes than the setting), compliant or exceeding, and the compliance rate over the valid hours;
+- greening: mean green area over the site's area, against its band (the reference band where none is set).
+
+Hours and days are local clock hours of the park's time zone: a regulator's hour 08:00 is 08:00 in the park.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from smartpark.api.models import (
+    CarrierUse,
+    EmissionsKpi,
+    EnergyKpi,
+    GreeningKpi,
+    HourMean,
+    PollutantCompliance,
+    StackCompliance,
+)
+from smartpark.core.emissions import o2_correct
+from smartpark.core.reference import Reference, SourceType
+from smartpark.core.registry import Device, Site
+from smartpark.core.store.base import DAY_MS, MinuteQuery, MinuteRow, SeriesQuery, TimeSeriesStore
+
+__all__ = ["Period", "emissions_kpi", "energy_kpi", "greening_kpi", "park_coverage", "period"]
+
+HOUR_MS = 3_600_000
+O2 = "o2_pct"
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start_ms: int
+    end_ms: int
+    tz: ZoneInfo
+
+    @property
+    def days(self) -> float:
+        return (self.end_ms - self.start_ms) / DAY_MS
+
+    def dt(self, ms: int) -> datetime:
+        return datetime.fromtimestamp(ms / 1000, UTC).astimezone(self.tz)
+
+    def hour_of(self) -> _LocalHours:
+        return _LocalHours(self.tz)
+
+
+def period(tz: ZoneInfo, start: date | None, end: date | None, today: date | None = None) -> Period:
+    """[start, end) in local days; by default the current month up to and including today."""
+    today = today or datetime.now(tz).date()
+    start = start or today.replace(day=1)
+    end = end or today + timedelta(days=1)
+    def ms(d: date) -> int:
+        return int(datetime(d.year, d.month, d.day, tzinfo=tz).timestamp() * 1000)
+    return Period(ms(start), ms(end), tz)
+
+
+class _LocalHours:
+    """Start of the local clock hour of a time, with the UTC offset looked up once per UTC hour."""
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        self.tz = tz
+        self._offsets: dict[int, int] = {}
+
+    def __call__(self, ts_ms: int) -> int:
+        utc_hour = ts_ms // HOUR_MS
+        offset = self._offsets.get(utc_hour)
+        if offset is None:
+            off = datetime.fromtimestamp(utc_hour * 3600, UTC).astimezone(self.tz).utcoffset()
+            offset = self._offsets[utc_hour] = int(off.total_seconds() * 1000) if off else 0
+        return ts_ms - (ts_ms + offset) % HOUR_MS
+
+
+# ------------------------------------------------------------------------------------------------- energy
+
+
+def consumption(store: TimeSeriesStore, metric: str, site: str | None, p: Period) -> dict[str, float]:
+    """site -> the counter's reset-aware consumption over the period (every site when ``site`` is None)."""
+    query = SeriesQuery("energy", metric, p.start_ms, p.end_ms, DAY_MS, "delta", site=site, group_by="site")
+    return {s.site: sum(v for _, v in s.points) for s in store.series(query)}
+
+
+def energy_kpi(store: TimeSeriesStore, ref: Reference, region: str, sites: Sequence[Site], p: Period,
+               *, park: bool = False) -> EnergyKpi:
+    """Energy KPIs of one site, or summed over ``sites`` with ``park``."""
+    only = None if park else sites[0].id
+    ids = {s.id for s in sites}
+
+    def total(metric: str) -> float:
+        return sum(v for k, v in consumption(store, metric, only, p).items() if k in ids)
+
+    carriers = [CarrierUse(carrier=name, metric=c.metric, amount=(amount := total(c.metric)), unit=c.unit,
+                           kgce_per_unit=c.kgce_per_unit, tce=amount * c.kgce_per_unit / 1000)
+                for name, c in ref.energy.carriers.items()]
+    tce = sum(c.tce for c in carriers)
+    factor, year, where = ref.grid_factor(region, p.dt(p.start_ms).year)
+    kwh = sum(c.amount for c in carriers if c.metric == "energy_kwh")
+    output = total(ref.energy.output_metric)
+    quota = _quota(sites, p)
+    return EnergyKpi(
+        site=None if park else only, start=p.dt(p.start_ms), end=p.dt(p.end_ms), carriers=carriers,
+        total_tce=tce, co2_t=kwh * factor / 1000, grid_factor_kg_per_kwh=factor, grid_factor_year=year,
+        grid_region=where, output_t=output or None, intensity_tce_per_t=tce / output if output > 0 else None,
+        quota_tce=quota, quota_use_pct=100 * tce / quota if quota else None)
+
+
+def _quota(sites: Iterable[Site], p: Period) -> float | None:
+    """The quota over the period: daily quota x days, else the yearly quota pro rata; None if a site has none."""
+    total = 0.0
+    for s in sites:
+        if s.energy_quota_tce_day:
+            total += s.energy_quota_tce_day * p.days
+        elif s.energy_quota_tce_year:
+            total += s.energy_quota_tce_year * p.days / 365
+        else:
+            return None
+    return total or None
+
+
+# ---------------------------------------------------------------------------------------------- emissions
+
+
+def emissions_kpi(store: TimeSeriesStore, ref: Reference, site: Site, stacks: Sequence[Device], p: Period,
+                  *, min_minutes: int, hours: bool = False) -> EmissionsKpi:
+    fields = (*ref.emissions.pollutants.values(), O2)
+    rows = store.minute_means(MinuteQuery("emissions", fields, site.id, p.start_ms, p.end_ms,
+                                          tuple(ref.emissions.valid_flags)))
+    by_device: dict[str, list[MinuteRow]] = {}
+    for row in rows:
+        by_device.setdefault(row.device, []).append(row)
+    hour_of = p.hour_of()
+    out = []
+    for dev in stacks:
+        source = ref.source_type(dev.source_type)
+        pollutants = [
+            _pollutant(name, metric, source.limits_mg_m3[name],
+                       _hourly(by_device.get(dev.id, []), metric, source, ref, hour_of),
+                       min_minutes=min_minutes, p=p, with_hours=hours)
+            for name, metric in ref.emissions.pollutants.items() if name in source.limits_mg_m3]
+        out.append(StackCompliance(device=dev.id, source_type=dev.source_type or "other",
+                                   o2_ref_pct=source.o2_ref_pct, pollutants=pollutants))
+    valid = sum(x.hours_valid for s in out for x in s.pollutants)
+    compliant = sum(x.hours_compliant for s in out for x in s.pollutants)
+    rate = 100 * compliant / valid if valid else None
+    target = ref.emissions.compliance_target_pct
+    return EmissionsKpi(site=site.id, start=p.dt(p.start_ms), end=p.dt(p.end_ms), min_valid_minutes=min_minutes,
+                        target_pct=target, compliance_pct=rate, meets_target=None if rate is None else rate >= target,
+                        stacks=out)
+
+
+def _hourly(rows: Iterable[MinuteRow], metric: str, source: SourceType, ref: Reference,
+            hour_of: _LocalHours) -> dict[int, tuple[float, int, int]]:
+    """local hour -> (sum of valid corrected minute means, valid minutes, minutes with data)."""
+    acc: dict[int, tuple[float, int, int]] = {}
+    needs_o2 = source.o2_ref_pct is not None
+    for row in rows:
+        value = row.values.get(metric)
+        if value is None:
+            continue
+        hour = hour_of(row.ts_ms)
+        total, n, seen = acc.get(hour, (0.0, 0, 0))
+        corrected = None
+        if metric not in row.invalid and not (needs_o2 and (O2 not in row.values or O2 in row.invalid)):
+            corrected = o2_correct(value, row.values.get(O2, 0.0), source, ref.emissions.o2_correction_max_pct)
+        if corrected is None:
+            acc[hour] = (total, n, seen + 1)
+        else:
+            acc[hour] = (total + corrected, n + 1, seen + 1)
+    return acc
+
+
+def _pollutant(name: str, metric: str, limit: float, acc: dict[int, tuple[float, int, int]], *,
+               min_minutes: int, p: Period, with_hours: bool) -> PollutantCompliance:
+    hours = []
+    for hour, (total, n, _seen) in sorted(acc.items()):
+        mean = total / n if n else None
+        status = "invalid" if n < min_minutes or mean is None else "exceeding" if mean > limit else "compliant"
+        hours.append(HourMean(start=p.dt(hour), mean_mg_m3=mean, valid_minutes=n, status=status))
+    valid = [h for h in hours if h.status != "invalid"]
+    exceeding = [h for h in valid if h.status == "exceeding"]
+    return PollutantCompliance(
+        pollutant=name, metric=metric, limit_mg_m3=limit, hours_with_data=len(hours), hours_valid=len(valid),
+        hours_compliant=len(valid) - len(exceeding), hours_exceeding=len(exceeding),
+        compliance_pct=100 * (len(valid) - len(exceeding)) / len(valid) if valid else None,
+        exceeding=exceeding, hours=hours if with_hours else None)
+
+
+# ----------------------------------------------------------------------------------------------- greening
+
+
+def green_area(store: TimeSeriesStore, site: str | None, p: Period) -> dict[str, float]:
+    """site -> mean green area over the period: each zone's mean of daily means, summed over the site's zones."""
+    query = SeriesQuery("greening", "green_area_m2", p.start_ms, p.end_ms, DAY_MS, "mean", site=site)
+    out: dict[str, float] = {}
+    for s in store.series(query):
+        out[s.site] = out.get(s.site, 0.0) + sum(v for _, v in s.points) / len(s.points)
+    return out
+
+
+def greening_kpi(site: Site, green_m2: float | None, ref: Reference) -> GreeningKpi:
+    band = ref.greening.default_band_pct
+    low = site.greening_min_pct if site.greening_min_pct is not None else band.min
+    high = site.greening_max_pct if site.greening_max_pct is not None else band.max
+    pct = 100 * green_m2 / site.area_m2 if green_m2 is not None else None
+    status = "no_data" if pct is None else "below" if pct < low else "above" if pct > high else "within"
+    return GreeningKpi(site=site.id, area_m2=site.area_m2, green_area_m2=green_m2, coverage_pct=pct,
+                       band_min_pct=low, band_max_pct=high, status=status)
+
+
+def park_coverage(kpis: Iterable[GreeningKpi]) -> float | None:
+    """Area-weighted coverage over the sites with data: total green area over their total area."""
+    with_data = [k for k in kpis if k.green_area_m2 is not None]
+    area = sum(k.area_m2 for k in with_data)
+    return 100 * sum(k.green_area_m2 or 0.0 for k in with_data) / area if area else None

@@ -1,0 +1,41 @@
+"""One device by id (ids are unique in the park): read by anyone who may see its site; edit, delete and new
+MQTT credentials for admins. Another site's device is 404, as for sites."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from smartpark.api.deps import PrincipalDep, RegistryDep, require_admin, scoped_device
+from smartpark.api.errors import ADMIN_ERRORS, ERRORS
+from smartpark.api.models import DeviceProvisioned, DevicePublic, DeviceUpdate
+from smartpark.api.routes.sites import provisioned
+
+router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=ERRORS)
+
+
+@router.get("/{device}")
+def get_device(device: str, registry: RegistryDep, who: PrincipalDep) -> DevicePublic:
+    return DevicePublic.model_validate(scoped_device(registry, who, device))
+
+
+@router.patch("/{device}", responses=ADMIN_ERRORS)
+def update_device(device: str, body: DeviceUpdate, registry: RegistryDep, who: PrincipalDep) -> DevicePublic:
+    scoped_device(registry, who, device)
+    require_admin(who)
+    return DevicePublic.model_validate(registry.update_device(device, body.model_dump(exclude_unset=True)))
+
+
+@router.delete("/{device}", status_code=204, response_class=Response, responses=ADMIN_ERRORS)
+def delete_device(device: str, registry: RegistryDep, who: PrincipalDep) -> Response:
+    scoped_device(registry, who, device)
+    require_admin(who)
+    registry.delete_device(device)
+    return Response(status_code=204)
+
+
+@router.post("/{device}/credentials", responses=ADMIN_ERRORS)
+def rotate_credentials(device: str, registry: RegistryDep, who: PrincipalDep) -> DeviceProvisioned:
+    """New MQTT password for the device (shown once); the old one stops working at the broker's next reload."""
+    scoped_device(registry, who, device)
+    require_admin(who)
+    return provisioned(registry, device)

@@ -1,0 +1,99 @@
+"""Regulatory KPIs per site and for the park over a period of local days (computation in api/kpis.py)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Query
+
+from smartpark.api import kpis
+from smartpark.api.deps import PrincipalDep, ReferenceDep, RegistryDep, SettingsDep, StoreDep, scoped_site
+from smartpark.api.errors import ERRORS, Unprocessable
+from smartpark.api.models import EmissionsKpi, EnergyKpi, GreeningKpi, ParkKpis, SiteKpis
+from smartpark.core.reference import Reference
+from smartpark.core.registry import Registry, Site
+from smartpark.core.settings import Settings
+from smartpark.core.store.base import TimeSeriesStore
+
+router = APIRouter(prefix="/v1", tags=["kpis"], responses=ERRORS)
+
+MAX_DAYS = 400
+Start = Annotated[date | None, Query(description="First local day (park time zone); default: this month's first",
+                                     examples=["2026-01-01"])]
+End = Annotated[date | None, Query(description="Local day after the last one; default: tomorrow",
+                                   examples=["2026-02-01"])]
+
+
+def _period(registry: Registry, start: date | None, end: date | None) -> kpis.Period:
+    park = registry.park()
+    tz = ZoneInfo(park.timezone if park else "Asia/Shanghai")
+    if start and end and end <= start:
+        raise Unprocessable("end must be after start")
+    p = kpis.period(tz, start, end)
+    if p.end_ms <= p.start_ms:
+        raise Unprocessable("end must be after start")
+    if p.days > MAX_DAYS:
+        raise Unprocessable(f"the period may span at most {MAX_DAYS} days")
+    return p
+
+
+def _region(registry: Registry) -> str:
+    park = registry.park()
+    return park.region if park else "national"
+
+
+@router.get("/sites/{site}/kpis/energy")
+def site_energy(site: str, registry: RegistryDep, store: StoreDep, ref: ReferenceDep, who: PrincipalDep,  # noqa: PLR0917 - FastAPI parameters
+                start: Start = None, end: End = None) -> EnergyKpi:
+    """Consumption per carrier (reset-aware), tce, CO2 from electricity, intensity and quota use."""
+    s = scoped_site(registry, who, site)
+    return kpis.energy_kpi(store, ref, _region(registry), [s], _period(registry, start, end))
+
+
+@router.get("/sites/{site}/kpis/emissions")
+def site_emissions(site: str, registry: RegistryDep, store: StoreDep, ref: ReferenceDep, settings: SettingsDep,  # noqa: PLR0917 - FastAPI parameters
+                   who: PrincipalDep, start: Start = None, end: End = None,
+                   hours: Annotated[bool, Query(description="List every hour, not only the exceeding ones")] = False,
+                   ) -> EmissionsKpi:
+    """Hourly O2-corrected means of valid minutes per stack and pollutant, and the compliance rate."""
+    s = scoped_site(registry, who, site)
+    return _emissions(registry, store, ref, settings, site=s, p=_period(registry, start, end), hours=hours)
+
+
+def _emissions(registry: Registry, store: TimeSeriesStore, ref: Reference, settings: Settings, *, site: Site,
+               p: kpis.Period, hours: bool = False) -> EmissionsKpi:
+    stacks = [d for d in registry.devices(site.id) if d.kind == "cems"]
+    return kpis.emissions_kpi(store, ref, site, stacks, p, min_minutes=settings.kpi_min_valid_minutes, hours=hours)
+
+
+@router.get("/sites/{site}/kpis/greening")
+def site_greening(site: str, registry: RegistryDep, store: StoreDep, ref: ReferenceDep, who: PrincipalDep,  # noqa: PLR0917 - FastAPI parameters
+                  start: Start = None, end: End = None) -> GreeningKpi:
+    """Mean green area over the site's area, against its band."""
+    s = scoped_site(registry, who, site)
+    green = kpis.green_area(store, s.id, _period(registry, start, end))
+    return kpis.greening_kpi(s, green.get(s.id), ref)
+
+
+@router.get("/kpis")
+def park_kpis(registry: RegistryDep, store: StoreDep, ref: ReferenceDep, settings: SettingsDep, who: PrincipalDep,  # noqa: PLR0917 - FastAPI parameters
+              start: Start = None, end: End = None) -> ParkKpis:
+    """Every visible site's KPIs and the park's totals (a site key sees its own sites only)."""
+    p = _period(registry, start, end)
+    sites = [s for s in registry.sites() if who.can_see(s.id)]
+    region = _region(registry)
+    green = kpis.green_area(store, None, p)
+    rows, valid, compliant = [], 0, 0
+    for s in sites:
+        em = _emissions(registry, store, ref, settings, site=s, p=p)
+        valid += sum(x.hours_valid for st in em.stacks for x in st.pollutants)
+        compliant += sum(x.hours_compliant for st in em.stacks for x in st.pollutants)
+        rows.append(SiteKpis(site=s.id, energy=kpis.energy_kpi(store, ref, region, [s], p),
+                             emissions_compliance_pct=em.compliance_pct, emissions_meets_target=em.meets_target,
+                             greening=kpis.greening_kpi(s, green.get(s.id), ref)))
+    return ParkKpis(start=p.dt(p.start_ms), end=p.dt(p.end_ms),
+                    energy=kpis.energy_kpi(store, ref, region, sites, p, park=True),
+                    emissions_compliance_pct=100 * compliant / valid if valid else None,
+                    greening_coverage_pct=kpis.park_coverage(r.greening for r in rows), sites=rows)

@@ -1,0 +1,99 @@
+"""The three ways to run a scenario (``smartpark simulate --mode``): live, accelerated and backfill.
+
+Why here and not in the command: the command line only resolves settings, registry and store (the composition
+root's job); what a mode means in plant time (where it starts, where it ends, how fast it runs) is the
+simulator's, and tests and benchmarks call it the same way the command does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from smartpark.core.catalog import Catalog
+from smartpark.core.registry import ParkFile, read_park_file
+from smartpark.core.store.base import TimeSeriesStore
+from smartpark.simulators.backfill import BackfillResult, backfill
+from smartpark.simulators.progress import progress_bar
+from smartpark.simulators.runner import PublishRun, RunStats, scenario_events
+from smartpark.simulators.scenario import Scenario, default_scenario, load_scenario, park_file_of
+from smartpark.simulators.timeline import Frame, Timeline
+from smartpark.simulators.truth import TruthWriter
+
+__all__ = ["ACCELERATED_SPEED", "Mode", "Window", "load_run", "run_backfill", "run_publish", "window"]
+
+Mode = Literal["live", "accelerated", "backfill"]
+ACCELERATED_SPEED = 1440.0  # a day of plant time per minute
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    start_ms: int
+    end_ms: int | None  # None: until stopped
+    speed: float  # plant seconds per real second; 0: no waiting
+
+
+def load_run(scenario_file: Path | None, park_file: Path | None, demo_park: Path, *, seed: int | None = None,
+             interval_s: float | None = None) -> tuple[ParkFile, Scenario]:
+    """The scenario (default: the demo scenario) with command-line overrides, and its park."""
+    scenario = load_scenario(scenario_file) if scenario_file else default_scenario()
+    if seed is not None:
+        scenario = msgspec.structs.replace(scenario, seed=seed)
+    if interval_s is not None:
+        scenario = msgspec.structs.replace(scenario, interval_s=interval_s)
+    park = read_park_file(park_file or park_file_of(scenario) or demo_park)
+    return park, scenario
+
+
+def window(scenario: Scenario, mode: Mode, days: float, *, now_ms: int | None = None,
+           speed: float = ACCELERATED_SPEED) -> Window:
+    """Plant time of a run: live from now on; accelerated and backfill the last ``days`` up to now."""
+    now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    step = round(scenario.interval_s * 1000)
+    if scenario.start is not None:
+        start = int(scenario.start.timestamp() * 1000)
+    elif mode == "live":
+        start = -(-now // step) * step  # the next whole interval
+    else:
+        start = (now - round(days * DAY_MS)) // step * step
+    if mode == "live":
+        return Window(start, None, 1.0)
+    return Window(start, start + round(days * DAY_MS), speed if mode == "accelerated" else 0.0)
+
+
+def run_backfill(store: TimeSeriesStore, park: ParkFile, scenario: Scenario, win: Window, catalog: Catalog, *,
+                 truth_path: Path | None = None) -> BackfillResult:
+    """Write the window's history straight into the store, with a progress bar on a terminal."""
+    assert win.end_ms is not None, "a backfill needs an end"
+    timeline = Timeline(park, scenario, win.start_ms, catalog=catalog)
+    total = sum(len(m.refs) for m in timeline.kinds) * -(-(win.end_ms - win.start_ms) // round(
+        scenario.interval_s * 1000))
+    with TruthWriter(truth_path) as truth, progress_bar(total, "backfill") as advance:
+        scenario_events(scenario, win.start_ms, truth)
+
+        def record(frame: Frame) -> None:
+            for g in frame.readings():
+                truth.reading(g)
+
+        return backfill(store, timeline, win.end_ms, catalog, progress=advance,
+                        on_frame=record if truth_path else None)
+
+
+def run_publish(park: ParkFile, scenario: Scenario, host: str, port: int, win: Window, *,
+                credentials: dict[str, str] | None = None, truth_path: Path | None = None,
+                stop: threading.Event | None = None) -> RunStats:
+    """Publish the window over MQTT, one connection per device (progress bar when it has an end)."""
+    with TruthWriter(truth_path) as truth:
+        run = PublishRun(park, scenario, host, port, start_ms=win.start_ms, end_ms=win.end_ms, speed=win.speed,
+                         credentials=credentials, truth=truth, chunk=1 if win.speed == 1.0 else 60)
+        if win.end_ms is None:
+            return run.run(stop)
+        total = len(run.conns) * -(-(win.end_ms - win.start_ms) // round(scenario.interval_s * 1000))
+        with progress_bar(total, "publish") as advance:
+            return run.run(stop, advance)

@@ -1,0 +1,106 @@
+"""The overview page in a real headless Chromium: log in with a key through the page's form, see the demo
+park's sites, a stale device in the warning colour and an active alert; a screenshot lands in tests/artifacts/."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.responses import HTMLResponse
+
+from smartpark.api.app import create_app
+from smartpark.core.catalog import default_catalog
+from smartpark.core.registry import Registry, read_park_file
+from smartpark.core.settings import Settings
+from smartpark.core.store.embedded import EmbeddedStore
+from smartpark.simulators.models import ParkModel
+
+from factories import ServedApp, model_points, now_ms
+from servers import need
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+SILENT = "steel-works-meter-29"  # never reports: must show as stale
+HOUR = 3_600_000
+AUTOLOGIN = """<!doctype html><form id="f" method="post" action="/login">
+<input name="api_key" value="{key}"></form><script>document.getElementById('f').submit()</script>"""
+
+
+@pytest.fixture
+def page(tmp_path: Path) -> Iterator[tuple[ServedApp, Registry]]:
+    park_file = resources.files("smartpark.core").joinpath("data/parks/demo.yaml")
+    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
+    registry.init()
+    park = read_park_file(Path(str(park_file)))
+    registry.load_park(park)
+    store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
+    store.init()
+    now = now_ms()
+    model = ParkModel(park, seed=7, start_ms=now - 24 * HOUR)
+    for k in range(24, -1, -1):
+        store.write(model_points(model, now - k * HOUR, default_catalog(), frozenset({SILENT})))
+    add_alert(registry)
+    app = create_app(Settings(_env_file=None, data_dir=tmp_path), registry=registry, store=store,  # type: ignore[call-arg]
+                     catalog=default_catalog())
+    key = registry.create_api_key("admin", [])
+    # same origin as the page, so the login cookie (SameSite=strict) is kept: a test-only helper route
+    app.add_api_route("/_test/autologin", lambda: HTMLResponse(AUTOLOGIN.format(key=key)), include_in_schema=False)
+    served = ServedApp(app)
+    yield served, registry
+    served.close()
+    store.close()
+    registry.close()
+
+
+def add_alert(registry: Registry) -> None:
+    from smartpark.alerts.models import Episode, create_tables
+
+    create_tables(registry.engine)
+    with registry.session() as s:
+        s.add(Episode(id="ep-1", rule_id="nox-sinter", subject="sinter-1-cems", open_key="nox|sinter-1-cems",
+                      site="steel-works", device="sinter-1-cems", metric="nox_mg_m3", severity="critical",
+                      state="firing", started_ms=now_ms() - 600_000, value=63.0, limit=50.0, unit="mg/m3",
+                      message="hourly NOx above the limit"))
+
+
+def chromium(profile: Path, *args: str) -> str:
+    binary = need("/usr/bin/chromium")
+    proc = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args],
+                          capture_output=True, timeout=90, check=True)
+    return proc.stdout.decode()
+
+
+def test_overview_in_headless_chromium(page: tuple[ServedApp, Registry], tmp_path: Path) -> None:
+    served, registry = page
+    profile = tmp_path / "chromium"
+    login_page = chromium(profile, "--dump-dom", f"{served.base_url}/")
+    assert 'name="api_key"' in login_page
+    assert "steel-works" not in login_page  # nothing without a key
+    dom = chromium(profile, "--dump-dom", f"{served.base_url}/_test/autologin")
+    for site in registry.sites():
+        assert f'id="site-{site.id}"' in dom, site.id
+        assert site.name.replace("&", "&amp;") in dom
+    assert 'class="alert" data-site="steel-works"' in dom
+    assert "hourly NOx above the limit" in dom
+    assert f'<span class="stale" title="no reading in 7 days">{SILENT}</span>' in dom
+    assert dom.count('<svg class="spark"') == len(registry.sites())
+    assert 'http-equiv="refresh"' in dom
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "overview.png"
+    shot.unlink(missing_ok=True)
+    chromium(profile, f"--screenshot={shot}", "--window-size=1280,900", f"{served.base_url}/")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_page_login_refuses_a_bad_key(page: tuple[ServedApp, Registry]) -> None:
+    served, _ = page
+    with httpx.Client(base_url=served.base_url, follow_redirects=True) as client:
+        resp = client.post("/login", content="api_key=sp_bad_key",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert "That key is not valid" in resp.text
+        assert "site-steel-works" not in resp.text
