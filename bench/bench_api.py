@@ -1,6 +1,9 @@
 """API latency on backfilled history in InfluxDB: p50/p95 of three calls, beside the store call alone.
 
-    .venv/bin/python bench/bench_api.py [--days 30] [--step-s 60] [--runs 20]
+    .venv/bin/python bench/bench_api.py [--days 30] [--step-s 60] [--runs 20] [--data DIR]
+
+``--data DIR`` keeps influxd's data in DIR and reuses it on the next run with the same ``--days``/``--step-s``
+(the backfill takes minutes); the history then ends when it was written, not now.
 
 History: the demo park's ParkModel, every device every ``step_s`` for ``days`` (written in batches of 50,000
 points). Calls, through the real served app (uvicorn, httpx keep-alive):
@@ -13,6 +16,7 @@ Baseline: the same store call without the API (series, minute means), i.e. what 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -64,8 +68,10 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--step-s", type=int, default=60)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--data", type=Path, help="keep the backfilled history here and reuse it")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    tmp = args.data or Path(tempfile.mkdtemp(prefix="bench-api-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     influx = start_influxd(tmp / "influxd")
     try:
         run(influx.url, tmp, args)
@@ -77,16 +83,26 @@ def run(url: str, tmp: Path, args: argparse.Namespace) -> None:
     from factories import ServedApp
 
     park = read_park_file(Path(str(resources.files("smartpark.core").joinpath("data/parks/demo.yaml"))))
+    (tmp / "meta.sqlite").unlink(missing_ok=True)
     registry = Registry(f"sqlite:///{tmp / 'meta.sqlite'}")
     registry.init()
     registry.load_park(park)
     store = InfluxStore(url, "bench", default_catalog())
     store.init()
-    now = int(time.time() * 1000) // 60_000 * 60_000
-    start = now - args.days * 86_400_000
-    t = time.perf_counter()
-    n = backfill(store, ParkModel(park, seed=1, start_ms=start), start, now, args.step_s * 1000)
-    print(f"backfill: {n:,} points ({args.days} d every {args.step_s} s) in {time.perf_counter() - t:.0f} s")
+    marker = tmp / "backfill.json"
+    done = json.loads(marker.read_text()) if args.data and marker.exists() else {}
+    if done.get("days") == args.days and done.get("step_s") == args.step_s:
+        now = done["now"]
+        start = now - args.days * 86_400_000
+        print(f"backfill: reusing {done['points']:,} points in {tmp} (written {iso_utc(now)})")
+    else:
+        now = int(time.time() * 1000) // 60_000 * 60_000
+        start = now - args.days * 86_400_000
+        t = time.perf_counter()
+        n = backfill(store, ParkModel(park, seed=1, start_ms=start), start, now, args.step_s * 1000)
+        print(f"backfill: {n:,} points ({args.days} d every {args.step_s} s) in {time.perf_counter() - t:.0f} s")
+        if args.data:
+            marker.write_text(json.dumps({"days": args.days, "step_s": args.step_s, "now": now, "points": n}))
     app = create_app(Settings(_env_file=None, data_dir=tmp), registry=registry, store=store,  # type: ignore[call-arg]
                      catalog=default_catalog())
     served = ServedApp(app)
@@ -116,6 +132,10 @@ def run(url: str, tmp: Path, args: argparse.Namespace) -> None:
     served.close()
     store.close()
     registry.close()
+
+
+def iso_utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="minutes")
 
 
 def _ok(resp: object) -> object:

@@ -167,12 +167,11 @@ class _Writers:
             t.start()
 
     def _run(self) -> None:
-        params = {"db": self.store.database, "precision": "ms", **({"rp": self.store.rp} if self.store.rp else {})}
         while (body := self.queue.get()) is not None:
             if self.error is None:
                 try:
-                    # InfluxStore.write takes Points; the bulk path posts ready line protocol the same way
-                    self.store._send("POST", "/write", params=params, content=body)
+                    # uncompressed: on the loopback gzip would cost more CPU than it saves
+                    self.store.write_lines(body, compress=False)
                 except BaseException as exc:  # handed to the producer by close()
                     self.error = exc
 
