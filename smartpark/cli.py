@@ -215,7 +215,7 @@ def db_init(verbose: Verbose = False) -> None:
 
     settings = _settings(verbose)
     try:
-        open_core(settings)
+        open_core(settings, create=True)
     except SmartparkError as exc:
         _fail(str(exc))
     where = settings.influx_url or str(settings.data_dir / "timeseries.sqlite")

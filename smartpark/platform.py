@@ -19,7 +19,7 @@ import uvicorn
 
 from smartpark.api.app import create_app
 from smartpark.core.catalog import Catalog, load_catalog
-from smartpark.core.errors import ConfigError
+from smartpark.core.errors import ConfigError, StoreError
 from smartpark.core.registry import ParkFile, Registry, read_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store import TimeSeriesStore, open_store
@@ -39,14 +39,25 @@ def demo_park_path() -> Path:
     return Path(str(resources.files("smartpark.core").joinpath("data/parks/demo.yaml")))
 
 
-def open_core(settings: Settings) -> tuple[Catalog, Registry, TimeSeriesStore]:
-    """Catalog, registry and store, schemas created (idempotent): what every service starts from."""
+def open_core(settings: Settings, *, create: bool = False) -> tuple[Catalog, Registry, TimeSeriesStore]:
+    """Catalog, registry and store: what every service starts from.
+
+    ``create`` also creates the InfluxDB database, retention policies and continuous queries, which needs
+    admin rights: `smartpark db init` and `smartpark up` do it; the services only check the server, so in
+    production they run with a write/read user. The embedded store's schema is always created (it is local).
+    """
     catalog = load_catalog(settings.catalog_file)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry(settings.metadata_url)
     registry.init()
     store = open_store(settings, catalog)
-    store.init()
+    if create or not settings.influx_url:
+        store.init()
+    else:
+        try:
+            store.ping()
+        except StoreError as exc:  # the ingest spools until it is back; the API answers 503
+            log.warning("time-series store not reachable yet: %s", exc)
     return catalog, registry, store
 
 
@@ -97,7 +108,7 @@ class Platform:
         self._alerts_login: tuple[str | None, str | None] = (None, None)
 
     def start(self) -> None:
-        catalog, registry, store = open_core(self.settings)
+        catalog, registry, store = open_core(self.settings, create=True)
         self._stops += [store.close, registry.close]
         park = read_park_file(self.park_file)
         sites, devices = registry.load_park(park)

@@ -6,20 +6,21 @@ Calls are synchronous: the ingest writes from its own thread, the API runs them 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, NamedTuple, Protocol
 
 import msgspec
 
 from smartpark.core.points import Point
 
-__all__ = ["AGGREGATES", "Agg", "LatestValue", "MinuteQuery", "MinuteRow", "Series", "SeriesQuery",
-           "TimeSeriesStore"]
+__all__ = ["AGGREGATES", "Agg", "HourQuery", "HourSum", "LatestValue", "MinuteQuery", "MinuteRow", "Series",
+           "SeriesQuery", "TimeSeriesStore", "hour_sums_from_minutes"]
 
 # `delta`: a counter's consumption per window, reset-aware (see SeriesQuery)
 Agg = Literal["mean", "min", "max", "last", "sum", "count", "delta"]
 AGGREGATES: tuple[Agg, ...] = ("mean", "min", "max", "last", "sum", "count", "delta")
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
 
 
@@ -73,6 +74,38 @@ class MinuteRow(NamedTuple):
     invalid: frozenset[str]  # fields with an invalid flag in this minute
 
 
+class HourQuery(msgspec.Struct, frozen=True):
+    """Per device, field and hour: the sum and the count of the *valid* minute means, O2-corrected per device.
+
+    A minute (as in MinuteQuery) is valid for a field when the field has a mean in it, no invalid flag on the
+    field and, for a device with a reference O2, an O2 mean without an invalid flag and below ``o2_max_pct``;
+    its value is then ``mean x (21 - o2_ref) / (21 - O2 mean)`` (core.emissions.o2_correct), or the mean
+    itself where the device's reference O2 is None. Hours start ``offset_ms`` past each UTC hour (0 for every
+    whole-hour time zone; local hours of a zone such as +05:30 need 1,800,000).
+    """
+
+    measurement: str
+    fields: tuple[str, ...]
+    site: str
+    start_ms: int
+    end_ms: int  # exclusive
+    devices: tuple[tuple[str, float | None], ...]  # (device, reference O2 % or None); only these devices
+    o2_field: str = "o2_pct"
+    o2_max_pct: float = 20.0
+    valid_flags: tuple[str, ...] = ("N", "S")
+    offset_ms: int = 0
+
+
+class HourSum(NamedTuple):
+    """One hour in which ``field`` has at least one minute mean (valid or not)."""
+
+    device: str
+    field: str
+    ts_ms: int  # hour start
+    total: float  # sum of the valid (corrected) minute means, in time order
+    valid: int  # valid minutes
+
+
 class LatestValue(NamedTuple):
     site: str
     device: str
@@ -104,6 +137,9 @@ class TimeSeriesStore(Protocol):
     def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
         """Minute rows (device, minute) ordered by device and time, computed by the store."""
 
+    def hour_sums(self, query: HourQuery) -> list[HourSum]:
+        """Hourly sums and counts of valid corrected minute means, ordered by device, field and hour."""
+
     def close(self) -> None:
         """Release connections."""
 
@@ -113,3 +149,43 @@ def check_points(points: Sequence[Point]) -> None:
     for p in points:
         if not p.fields:
             raise ValueError(f"point {p.measurement}/{p.site}/{p.device}@{p.ts_ms} has no fields")
+
+
+def minute_query(query: HourQuery, start_ms: int | None = None, end_ms: int | None = None) -> MinuteQuery:
+    """The minute means an HourQuery is computed from (its fields and the O2 field; one range of it)."""
+    fields = query.fields if query.o2_field in query.fields else (*query.fields, query.o2_field)
+    return MinuteQuery(query.measurement, fields, query.site, query.start_ms if start_ms is None else start_ms,
+                       query.end_ms if end_ms is None else end_ms, query.valid_flags)
+
+
+def hour_sums_from_minutes(rows: Iterable[MinuteRow], query: HourQuery,
+                           hour_of: Callable[[int], int] | None = None) -> list[HourSum]:
+    """The reference computation of HourQuery from minute rows (time order per device), shared by the stores.
+
+    ``hour_of`` maps a minute to its hour start (default: hours ``query.offset_ms`` past the UTC hour).
+    """
+    refs = dict(query.devices)
+    if hour_of is None:
+        offset = query.offset_ms
+        hour_of = lambda ts: ts - (ts - offset) % HOUR_MS  # noqa: E731
+    o2, o2_max = query.o2_field, query.o2_max_pct
+    acc: dict[tuple[str, str, int], tuple[float, int]] = {}
+    for row in rows:
+        if row.device not in refs:
+            continue
+        ref = refs[row.device]
+        o2_ok = ref is None or (o2 in row.values and o2 not in row.invalid and row.values[o2] < o2_max)
+        hour = hour_of(row.ts_ms)
+        for field in query.fields:
+            value = row.values.get(field)
+            if value is None:
+                continue
+            key = (row.device, field, hour)
+            total, n = acc.get(key, (0.0, 0))
+            if o2_ok and field not in row.invalid:
+                # as core.emissions.o2_correct, operation for operation (the stores must agree to the bit)
+                corrected = value if ref is None else value * (21.0 - ref) / (21.0 - row.values[o2])
+                acc[key] = (total + corrected, n + 1)
+            else:
+                acc[key] = (total, n)
+    return [HourSum(device, field, hour, total, n) for (device, field, hour), (total, n) in sorted(acc.items())]
