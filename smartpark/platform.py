@@ -176,6 +176,9 @@ class Platform:
         self._stops.append(sim.stop)
 
     def stop(self) -> None:
+        # While clients drain and disconnect, amqtt warns about every late PUBACK of a message it has
+        # already given up on (it waits 5 s); the clients still have the data, so this is noise.
+        logging.getLogger("amqtt").setLevel(logging.ERROR)
         while self._stops:
             stop = self._stops.pop()
             try:

@@ -20,12 +20,16 @@ from smartpark.core.points import Point
 from smartpark.core.store.base import (
     DAY_MS,
     MINUTE_MS,
+    HourQuery,
+    HourSum,
     LatestValue,
     MinuteQuery,
     MinuteRow,
     Series,
     SeriesQuery,
     check_points,
+    hour_sums_from_minutes,
+    minute_query,
 )
 
 __all__ = ["EmbeddedStore"]
@@ -210,6 +214,12 @@ class EmbeddedStore:
                 invalid.add(field)
         return [MinuteRow(dev, ts, values, frozenset(invalid))
                 for (dev, ts), (values, invalid) in sorted(rows.items())]
+
+    def hour_sums(self, query: HourQuery) -> list[HourSum]:
+        """From the minute means, in Python (the reference computation; fast enough for an embedded park)."""
+        if not query.devices or not query.fields or query.end_ms <= query.start_ms:
+            return []
+        return hour_sums_from_minutes(self.minute_means(minute_query(query)), query)
 
     def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[LatestValue]:
         since = _now_ms() - lookback_ms

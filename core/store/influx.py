@@ -52,12 +52,17 @@ from smartpark.core.points import Point
 from smartpark.core.store.base import (
     AGGREGATES,
     DAY_MS,
+    HOUR_MS,
     MINUTE_MS,
+    HourQuery,
+    HourSum,
     LatestValue,
     MinuteQuery,
     MinuteRow,
     Series,
     SeriesQuery,
+    hour_sums_from_minutes,
+    minute_query,
 )
 
 __all__ = [
@@ -447,6 +452,9 @@ class InfluxStore:
         return out
 
     def _minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
+        return self._minute_rows(query, self.query("; ".join(self._minute_statements(query))))
+
+    def _minute_statements(self, query: MinuteQuery) -> list[str]:
         """One statement for the minute means of every field, one per field counting its invalid flags
         (string fields cannot be averaged, but can be filtered and counted)."""
         where = self._where(query.site, query.device, query.start_ms, query.end_ms)
@@ -454,11 +462,17 @@ class InfluxStore:
         means = ", ".join(f"mean({quote_ident(f)}) AS {quote_ident(f)}" for f in query.fields)
         statements = [f'SELECT {means} FROM {src} WHERE {where} GROUP BY time(1m), "device" fill(none)']  # noqa: S608
         for f in query.fields:
-            flag = quote_ident(f + "_flag")
-            bad = " AND ".join(f"{flag} != {quote_literal(v)}" for v in query.valid_flags) or f"{flag} =~ /./"
-            statements.append(f"SELECT count({flag}) FROM {src} WHERE {where} AND {bad} "  # noqa: S608
-                              f'GROUP BY time(1m), "device" fill(none)')
-        results = self.query("; ".join(statements))
+            statements.append(f"SELECT count({quote_ident(f + '_flag')}) FROM {src} WHERE {where} "  # noqa: S608
+                              f'AND {self._bad_flag(f, query.valid_flags)} GROUP BY time(1m), "device" fill(none)')
+        return statements
+
+    @staticmethod
+    def _bad_flag(field: str, valid_flags: Sequence[str]) -> str:
+        flag = quote_ident(field + "_flag")
+        return " AND ".join(f"{flag} != {quote_literal(v)}" for v in valid_flags) or f"{flag} =~ /./"
+
+    @staticmethod
+    def _minute_rows(query: MinuteQuery, results: list[dict[str, Any]]) -> list[MinuteRow]:
         invalid: dict[tuple[str, int], set[str]] = {}
         for f, result in zip(query.fields, results[1:], strict=True):
             for s in result.get("series", []):
@@ -472,6 +486,86 @@ class InfluxStore:
                 out.append(MinuteRow(device, int(row[0]), values, frozenset(invalid.get((device, int(row[0])), ()))))
         out.sort(key=lambda r: (r.device, r.ts_ms))
         return out
+
+    def hour_sums(self, query: HourQuery) -> list[HourSum]:
+        """InfluxDB sums the corrected minute means per hour (a subquery per reference O2, all in one request);
+        the few hours where a minute may be invalid (an invalid flag, or an O2 reading at or above the
+        maximum) are then recomputed exactly from their minute means, by the same code as the embedded store.
+
+        Hours with only valid minutes are thus summed by InfluxDB in time order, as Python would: the same
+        floats, operation for operation (checked by tests/test_store_queries.py against the embedded store).
+        """
+        if not query.devices or not query.fields or query.end_ms <= query.start_ms:
+            return []
+        if not 0 <= query.offset_ms < HOUR_MS:
+            raise ValueError(f"offset_ms must be in [0, {HOUR_MS}), got {query.offset_ms}")
+        src = self._from(query.measurement)
+        by_ref: dict[float | None, list[str]] = {}
+        for device, ref in query.devices:
+            by_ref.setdefault(ref, []).append(device)
+        hours = f"time({HOUR_MS}ms, {int(query.offset_ms)}ms)"
+        o2 = quote_ident(query.o2_field)
+        statements, groups = [], list(by_ref.items())
+        for ref, devices in groups:
+            where = f"{self._where(query.site, None, query.start_ms, query.end_ms)} AND ({self._devices(devices)})"
+            inner, outer = [], []
+            for i, f in enumerate(query.fields):
+                mean = f"mean({quote_ident(f)})"
+                if ref is None:
+                    inner.append(f'{mean} AS "c{i}"')
+                    outer.append(f'sum("c{i}") AS "s{i}", count("c{i}") AS "n{i}", count("c{i}") AS "m{i}"')
+                else:  # C x (21 - O2_ref) / (21 - O2), as core.emissions.o2_correct; null without O2
+                    inner.append(f'{mean} * {float(21.0 - ref)!r} / (21 - mean({o2})) AS "c{i}", {mean} AS "r{i}"')
+                    outer.append(f'sum("c{i}") AS "s{i}", count("c{i}") AS "n{i}", count("r{i}") AS "m{i}"')
+            statements.append(
+                f"SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)} FROM {src} WHERE {where} "  # noqa: S608
+                f'GROUP BY time(1m), "device" fill(none)) GROUP BY {hours}, "device" fill(none)')
+        # hours that may hold an invalid minute: a reading with an invalid flag or O2 at or above the maximum
+        minutes = minute_query(query)
+        bad = [self._bad_flag(f, query.valid_flags) for f in minutes.fields]
+        bad.append(f"{o2} >= {float(query.o2_max_pct)!r}")
+        counted = ", ".join(f"count({quote_ident(f + '_flag')})" for f in minutes.fields)
+        where = self._where(query.site, None, query.start_ms, query.end_ms)
+        statements.append(
+            f"SELECT {counted}, count({o2}) FROM {src} WHERE {where} "  # noqa: S608
+            f"AND ({self._devices([d for d, _ in query.devices])}) AND ({' OR '.join(f'({b})' for b in bad)}) "
+            f'GROUP BY {hours}, "device" fill(none)')
+        results = self.query("; ".join(statements))
+        suspect = {(s["tags"]["device"], int(row[0]))
+                   for s in results[-1].get("series", []) for row in s.get("values", [])}
+        out = [HourSum(s["tags"]["device"], f, int(row[0]), float(row[1 + 3 * i] or 0.0), int(row[2 + 3 * i]))
+               for result in results[:-1] for s in result.get("series", []) for row in s.get("values", [])
+               if (s["tags"]["device"], int(row[0])) not in suspect
+               for i, f in enumerate(query.fields) if row[3 + 3 * i]]
+        if suspect:
+            out += [h for h in self._exact_hours(query, {h for _, h in suspect}) if (h.device, h.ts_ms) in suspect]
+        out.sort(key=lambda h: (h.device, h.field, h.ts_ms))
+        return out
+
+    def _exact_hours(self, query: HourQuery, hours: set[int]) -> list[HourSum]:
+        """HourSums of some hours from their minute means: runs of hours, at most a day each, one request."""
+        ranges: list[list[int]] = []
+        for h in sorted(hours):
+            start, end = max(h, query.start_ms), min(h + HOUR_MS, query.end_ms)
+            if ranges and ranges[-1][1] == start and end - ranges[-1][0] <= DAY_MS:
+                ranges[-1][1] = end
+            else:
+                ranges.append([start, end])
+        chunks = [minute_query(query, start, end) for start, end in ranges]
+        statements = [s for chunk in chunks for s in self._minute_statements(chunk)]
+        results = self.query("; ".join(statements))
+        rows: list[MinuteRow] = []
+        at = 0
+        for chunk in chunks:
+            n = 1 + len(chunk.fields)
+            rows += self._minute_rows(chunk, results[at:at + n])
+            at += n
+        rows.sort(key=lambda r: (r.device, r.ts_ms))
+        return hour_sums_from_minutes(rows, query)
+
+    @staticmethod
+    def _devices(devices: Sequence[str]) -> str:
+        return " OR ".join(f'"device" = {quote_literal(d)}' for d in devices)
 
     def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[LatestValue]:
         metrics = sorted(self.catalog.metrics.values(), key=lambda m: (m.domain, m.name))
