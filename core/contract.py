@@ -160,6 +160,13 @@ class ReadingDecoder:
         self._bounds = {m.name: (m.min, m.max) for m in catalog.metrics.values()}  # hot loop: no attribute loads
 
     def decode(self, site: str, device: str, payload: bytes, now_ms: int) -> Decoded:
+        """Readings and rejections; never raises for anything a device can send."""
+        try:
+            return self._decode(site, device, payload, now_ms)
+        except (RecursionError, ValueError) as exc:  # deep nesting; invalid UTF-8 inside a JSON string
+            return _reject(Reason.BAD_JSON, f"undecodable: {type(exc).__name__}: {str(exc)[:200]}")
+
+    def _decode(self, site: str, device: str, payload: bytes, now_ms: int) -> Decoded:
         if len(payload) > MAX_PAYLOAD:
             return _reject(Reason.TOO_LARGE, f"payload is {len(payload)} bytes, limit {MAX_PAYLOAD}")
         try:

@@ -40,10 +40,16 @@ class Batch:
 
 
 class Batcher:
-    """Collects messages until ``max_points`` or ``max_age_s``; `take()` blocks until a batch is due."""
+    """Collects messages until ``max_points`` or ``max_age_s``; `take()` blocks until a batch is due.
+
+    `add()` blocks while the open batch holds 4 x ``max_points`` (the writer is behind): Receive Maximum
+    bounds messages, not points, and one message may carry 1,000 readings. A blocked reader stops reading
+    the socket, which is backpressure the broker understands.
+    """
 
     def __init__(self, max_points: int, max_age_s: float) -> None:
         self.max_points = max_points
+        self.high_water = 4 * max_points
         self.max_age_s = max_age_s
         self._batch = Batch()
         self._cond = threading.Condition()
@@ -51,6 +57,8 @@ class Batcher:
 
     def add(self, msg: DecodedMessage, ack: tuple[int, int]) -> None:
         with self._cond:
+            while len(self._batch.points) >= self.high_water:
+                self._cond.wait(0.5)
             self._batch.add(msg, ack)
             self.received += 1
             if len(self._batch.points) >= self.max_points:
@@ -73,9 +81,11 @@ class Batcher:
                     return None
                 self._cond.wait(max(wait, 0.001))
             batch, self._batch = self._batch, Batch()
+            self._cond.notify_all()  # a reader waiting at the high-water mark
             return batch
 
     def drain(self) -> Batch:
         with self._cond:
             batch, self._batch = self._batch, Batch()
+            self._cond.notify_all()
             return batch

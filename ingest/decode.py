@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,9 @@ from smartpark.ingest.deadletter import DeadLetter
 
 __all__ = ["Bindings", "DecodedMessage", "MessageDecoder", "StatusUpdate"]
 
-BINDING_RELOAD_S = 5.0
+log = logging.getLogger("smartpark.ingest")
+BINDING_RELOAD_S = 5.0  # an unknown device triggers a reload at most this often
+BINDING_REFRESH_S = 60.0  # and the whole map is reloaded this often anyway
 
 
 class StatusUpdate(NamedTuple):
@@ -38,7 +41,7 @@ class _Status(msgspec.Struct):
 
 
 class Bindings:
-    """device -> site from the registry, reloaded when an unknown device shows up (at most every 5 s)."""
+    """device -> site from the registry: reloaded every minute, and when an unknown device shows up."""
 
     def __init__(self, load: Callable[[], dict[str, str]]) -> None:
         self._load = load
@@ -47,12 +50,23 @@ class Bindings:
         self._lock = threading.Lock()
 
     def site_of(self, device: str) -> str | None:
+        age = time.monotonic() - self._loaded
+        if age > BINDING_REFRESH_S:  # devices deleted or moved in the registry stop being accepted
+            self._reload()
+            age = 0.0
         site = self._map.get(device)
-        if site is None and time.monotonic() - self._loaded > BINDING_RELOAD_S:
-            with self._lock:
-                self._map, self._loaded = self._load(), time.monotonic()
+        if site is None and age > BINDING_RELOAD_S:
+            self._reload()
             site = self._map.get(device)
         return site
+
+    def _reload(self) -> None:
+        with self._lock:
+            try:
+                self._map = self._load()
+            except Exception as exc:  # the metadata DB away: keep the last good map rather than reject data
+                log.warning("could not reload device bindings (%s); keeping the last ones", exc)
+            self._loaded = time.monotonic()
 
 
 class MessageDecoder:
@@ -62,6 +76,14 @@ class MessageDecoder:
         self.readings = ReadingDecoder(catalog, retention_ms=retention_ms)
 
     def decode(self, topic: str, payload: bytes, now_ms: int) -> DecodedMessage:
+        """Points, dead letters or a status update; whatever the payload, this returns (never raises)."""
+        try:
+            return self._decode(topic, payload, now_ms)
+        except Exception as exc:  # a bug must cost one dead letter, not the consumer (redelivered forever)
+            log.exception("decoding a message on %s failed; dead-lettered", topic)
+            return _dead(topic, payload, now_ms, Rejection(Reason.BAD_JSON, f"undecodable: {exc!r}"[:300]))
+
+    def _decode(self, topic: str, payload: bytes, now_ms: int) -> DecodedMessage:
         parsed = parse_topic(topic)
         if parsed is None:
             return _dead(topic, payload, now_ms, Rejection(Reason.TOPIC_MISMATCH, "not a smartpark/v1 topic"))
@@ -82,12 +104,20 @@ class MessageDecoder:
     def _status(self, topic: str, device: str, payload: bytes, now_ms: int) -> DecodedMessage:
         try:
             status = msgspec.json.decode(payload, type=_Status)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError, ValueError) as exc:
             reason = Reason.BAD_SCHEMA if isinstance(exc, msgspec.ValidationError) else Reason.BAD_JSON
             return _dead(topic, payload, now_ms, Rejection(reason, str(exc)))
         if status.state not in ("online", "offline"):
             return _dead(topic, payload, now_ms, Rejection(Reason.BAD_SCHEMA, f"state {status.state!r}"))
-        return DecodedMessage([], 0, [], StatusUpdate(device, status.state == "online", now_ms))
+        return DecodedMessage([], 0, [], StatusUpdate(device, status.state == "online", self._seen(status, now_ms)))
+
+    def _seen(self, status: _Status, now_ms: int) -> int:
+        """The device's own time when it is plausible (a retained status replayed on every reconnect must not
+        move last-seen), else the receive time."""
+        ts = status.ts
+        if isinstance(ts, int) and now_ms - self.readings.retention_ms <= ts <= now_ms + 300_000:
+            return ts
+        return now_ms
 
 
 def _dead(topic: str, payload: bytes, now_ms: int, rejection: Rejection) -> DecodedMessage:

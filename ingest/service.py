@@ -13,9 +13,11 @@ import logging
 import random
 import threading
 import time
+from datetime import UTC, datetime
 
 from smartpark.core.catalog import Catalog
 from smartpark.core.errors import StoreError
+from smartpark.core.points import Point
 from smartpark.core.registry import Registry
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import TimeSeriesStore
@@ -61,7 +63,13 @@ class IngestService:
     # --- lifecycle
     def start(self, wait_s: float = 30.0) -> None:
         self._writer.start()
-        self.source.start()
+        try:
+            self.source.start()
+        except Exception:
+            self._stop.set()
+            self._writer.join(timeout=10)
+            self.dead_letters.close()
+            raise
         if not self.source.subscribed.wait(wait_s):
             self.stop()
             raise BrokerUnreachable(self.source.host, self.source.port,
@@ -83,16 +91,33 @@ class IngestService:
     def _write_loop(self) -> None:
         every = self.settings.ingest_stats_interval_s
         next_stats = time.monotonic() + every
+        pending: Batch | None = None  # a batch whose commit failed: retried, never acked before it succeeds
+        delay = REPLAY_MIN_S
         while not self._stop.is_set():
-            batch = self.batcher.take(timeout=min(0.5, every))
-            if batch is not None:
-                self._commit(batch)
-            if self.spool and time.monotonic() >= self._next_replay:
-                self._replay()
-            if time.monotonic() >= next_stats:
-                next_stats = time.monotonic() + every
-                self._write_own_stats()
-        self._commit(self.batcher.drain())
+            try:
+                pending = pending or self.batcher.take(timeout=min(0.5, every))
+                if pending is not None:
+                    self._commit(pending)
+                    pending, delay = None, REPLAY_MIN_S
+                if self.spool and time.monotonic() >= self._next_replay:
+                    self._replay()
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + every
+                    self._write_own_stats()
+            except Exception:  # the metadata DB restarting, a driver error: retry, don't die silently
+                log.exception("ingest writer failed; retrying in %.1f s (nothing of that batch is acked)", delay)
+                self.stats.add("writer_errors")
+                self._stop.wait(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, REPLAY_MAX_S)
+        self._final_commit(pending)
+
+    def _final_commit(self, pending: Batch | None) -> None:
+        try:
+            for batch in (pending, self.batcher.drain()):
+                if batch is not None:
+                    self._commit(batch)
+        except Exception:
+            log.exception("final commit failed; its messages stay unacked and the broker redelivers them")
 
     def _commit(self, batch: Batch) -> None:
         if not batch.messages:
@@ -103,7 +128,7 @@ class IngestService:
             return
         self.dead_letters.add(batch.dead)
         for s in batch.status.values():
-            self.registry.set_device_status(s.device, s.online)
+            self.registry.set_device_status(s.device, s.online, datetime.fromtimestamp(s.ts_ms / 1000, UTC))
         self.source.ack(batch.acks)
         self._count(batch, time.perf_counter() - started)
 
@@ -128,18 +153,48 @@ class IngestService:
         return True
 
     def _try_store(self, batch: Batch) -> bool:
-        """Write to the store; False when it is unavailable (the caller spools)."""
+        """Write to the store; False when it is unavailable (the caller spools the batch)."""
         try:
             self.store.write(batch.points)
             return True
         except StoreError as exc:
-            if not exc.retryable:
-                self._write_one_by_one(batch, exc)
+            if not exc.retryable and self._write_accepted(batch, exc):
                 return True
             log.warning("store unavailable (%s); spooling %d points", exc, len(batch.points))
             self.stats.add("write_failures")
             self._next_replay = time.monotonic() + self._replay_delay
             return False
+
+    def _write_accepted(self, batch: Batch, first: StoreError) -> bool:
+        """A batch the store refused: write what it accepts, dead-letter only what it refuses itself.
+
+        False when the store became unavailable meanwhile: the caller then spools the whole batch (points
+        already written overwrite themselves on replay).
+        """
+        log.error("store refused a batch (%s); finding the points it refuses", first)
+        try:
+            refused = self._refused_points(batch.points)
+        except StoreError as exc:  # only retryable errors escape
+            log.warning("store unavailable while isolating refused points: %s", exc)
+            return False
+        batch.dead += [DeadLetter(p.ts_ms, "bad_schema", f"{p.site}/{p.device}", None, f"store refused: {why}",
+                                  repr(p.fields).encode()) for p, why in refused]
+        gone = {id(p) for p, _ in refused}
+        batch.points = [p for p in batch.points if id(p) not in gone]
+        return True
+
+    def _refused_points(self, points: list[Point]) -> list[tuple[Point, str]]:
+        """Bisect: a few writes find the refused points among thousands. Retryable errors propagate."""
+        try:
+            self.store.write(points)
+            return []
+        except StoreError as exc:
+            if exc.retryable:
+                raise
+            if len(points) == 1:
+                return [(points[0], str(exc))]
+            half = len(points) // 2
+            return self._refused_points(points[:half]) + self._refused_points(points[half:])
 
     def _replay(self) -> None:
         """Move spooled batches into the store, oldest first, for at most REPLAY_SLICE_S."""
@@ -148,30 +203,16 @@ class IngestService:
             try:
                 self.store.write(points)
             except StoreError as exc:
-                if exc.retryable:
+                refused = Batch(points=points)
+                if exc.retryable or not self._write_accepted(refused, exc):
                     self._replay_delay = min(self._replay_delay * 2, REPLAY_MAX_S)
                     self._next_replay = time.monotonic() + self._replay_delay * random.uniform(0.8, 1.2)
                     return
-                refused = Batch(points=points)
-                self._write_one_by_one(refused, exc)
                 self.dead_letters.add(refused.dead)
             self.spool.pop()
             self.stats.add("points_replayed", len(points))
             self.stats.gauge("spool_bytes", self.spool.bytes)
         self._replay_delay = REPLAY_MIN_S
-
-    def _write_one_by_one(self, batch: Batch, first: StoreError) -> None:
-        """A batch the store refused: keep every point it accepts, dead-letter the ones it refuses."""
-        log.error("store refused a batch (%s); writing its points one by one", first)
-        kept = []
-        for point in batch.points:
-            try:
-                self.store.write([point])
-                kept.append(point)
-            except StoreError as exc:
-                batch.dead.append(DeadLetter(point.ts_ms, "bad_schema", f"{point.site}/{point.device}", None,
-                                             f"store refused: {exc}", repr(point.fields).encode()))
-        batch.points = kept
 
     def _count(self, batch: Batch, seconds: float) -> None:
         self.stats.add("readings_stored", batch.readings)

@@ -166,3 +166,19 @@ def test_batch_with_a_nan_literal_keeps_the_other_readings(decoder: ReadingDecod
     out = decoder.decode("s", "d", body, now)
     assert [r.ts_ms for r in out.readings] == [now]
     assert [(r.reason.value, r.index) for r in out.rejections] == [("non_finite", 1)]
+
+
+HOSTILE = [
+    b'{"metrics": {"\xff": 1}}',  # invalid UTF-8 inside a JSON string
+    b'{"readings": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",  # deep nesting inside a batch
+    b'{"x": NaN, "y": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",  # deep nesting on the NaN slow path
+    b'{"metrics": {"power_kw": 1}, "deep": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",  # in an ignored key
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_payloads_are_rejected_not_raised(decoder: ReadingDecoder, body: bytes) -> None:
+    out = decoder.decode("s", "d", body, now_ms())
+    assert out.readings == []
+    assert len(out.rejections) == 1
+    assert out.rejections[0].reason.value in {"bad_json", "bad_schema"}

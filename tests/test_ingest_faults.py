@@ -19,8 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from smartpark.core.catalog import default_catalog
+from smartpark.core.points import Point
 from smartpark.core.registry import Registry, parse_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store.influx import InfluxStore
@@ -208,6 +210,9 @@ MALFORMED: list[tuple[str, str, bytes, str]] = [
     ("load", "m001", b'{"readings": [' + b",".join([b'{"metrics": {"power_kw": 1}}'] * 1001) + b"]}", "too_large"),
     ("load", "m001", b'{"metrics": {"power_kw": 1}, "flags": {"power_kw": "X"}}', "bad_schema"),
     ("load", "m001", b'{"metrics": {"power_kw": true}}', "bad_schema"),
+    ("load", "m001", b'{"metrics": {"\xff": 1}}', "bad_json"),  # invalid UTF-8 inside a string
+    ("load", "m001", b'{"readings": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", "bad_json"),  # deep nesting
+    ("load", "m001", b'{"x": NaN, "y": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", "bad_json"),
 ]
 
 
@@ -258,4 +263,47 @@ def test_two_ingests_on_a_shared_subscription_split_the_stream(
     for s in services:
         s.stop()
         forget_session(mosquitto.host, mosquitto.port, s.settings.ingest_client_id)
+    registry.close()
+
+
+def test_points_the_store_refuses_are_dead_lettered_and_the_rest_stored(
+        tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
+    t0 = now_ms() - 3600_000
+    # power_kw already holds a string in this shard: InfluxDB refuses every float power_kw (a type conflict)
+    influx_store.write([Point("energy", "load", "m199", t0 - 1000, {"power_kw": "oops"})])
+    registry = Registry(registry_url)
+    service = _service(tmp_path, mosquitto, influx_store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
+    messages = [(f"smartpark/v1/load/m{d:03d}/telemetry",
+                 b'{"ts": %d, "metrics": {"power_kw": 1.5, "o2_pct": 18.0}}' % (t0 + d)) for d in range(40)]
+    publish_many(mosquitto.host, mosquitto.port, messages)
+    wait_for(lambda: service.stats.counters["messages_committed"] >= len(messages), timeout=60)
+    o2 = influx_store.query('SELECT count("o2_pct") FROM "emissions"')[0]["series"][0]["values"][0][1]
+    assert o2 == 40  # the emissions half of every reading was stored
+    assert service.dead_letters.counts() == {"bad_schema": 40}  # the energy half, refused, dead-lettered
+    assert all("store refused" in d.detail for d in service.dead_letters.recent())
+    service.stop()
+    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
+    registry.close()
+
+
+def test_writer_survives_a_failing_metadata_database(
+        tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
+    registry = Registry(registry_url)
+    service = _service(tmp_path, mosquitto, influx_store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
+    with registry.engine.begin() as conn:  # the metadata DB breaks under the running ingest
+        conn.execute(text("ALTER TABLE devices RENAME TO devices_away"))
+    ts = now_ms() - 60_000
+    publish_many(mosquitto.host, mosquitto.port, [
+        ("smartpark/v1/load/m007/status", b'{"state": "online"}'),
+        ("smartpark/v1/load/m007/telemetry", b'{"ts": %d, "metrics": {"power_kw": 7.5}}' % ts)])
+    wait_for(lambda: service.stats.counters["writer_errors"] >= 2, timeout=30)
+    assert service.stats.counters["messages_committed"] == 0  # nothing acked while the commit fails
+    with registry.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE devices_away RENAME TO devices"))
+    wait_for(lambda: service.stats.counters["messages_committed"] >= 2, timeout=60)
+    assert stored(influx_store) == 1
+    (device,) = [d for d in registry.devices("load") if d.id == "m007"]
+    assert device.online is True
+    service.stop()
+    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
     registry.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from smartpark.core.catalog import default_catalog
+from smartpark.core.errors import StoreUnavailable
 from smartpark.core.points import Point
 from smartpark.core.store.base import SeriesQuery, TimeSeriesStore
 from smartpark.core.store.embedded import EmbeddedStore
@@ -92,3 +93,17 @@ def test_latest_respects_lookback(store: TimeSeriesStore, t0: int) -> None:
 def test_empty_points_are_refused(store: TimeSeriesStore, t0: int) -> None:
     with pytest.raises(ValueError, match="no fields"):
         store.write([Point("energy", "s", "d", t0, {})])
+
+
+def test_embedded_series_ids_survive_a_failed_write(tmp_path: Path, t0: int) -> None:
+    """A rolled-back write must not leave a cached series id that later points at another series."""
+    s = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
+    s.init()
+    with pytest.raises(StoreUnavailable):
+        # a new series, then a value SQLite cannot bind: the transaction rolls back
+        s.write([power("site-a", "dev-a", t0, 1.0), Point("energy", "site-a", "dev-a", t0 + 1, {"x": {"not": "a number"}})])  # type: ignore[dict-item]
+    s.write([power("site-b", "dev-b", t0, 2.0)])
+    s.write([power("site-a", "dev-a", t0, 1.0)])
+    assert [(v.device, v.value) for v in s.latest("site-a", lookback_ms=10 * 3600_000)] == [("dev-a", 1.0)]
+    assert [(v.device, v.value) for v in s.latest("site-b", lookback_ms=10 * 3600_000)] == [("dev-b", 2.0)]
+    s.close()

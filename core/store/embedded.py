@@ -150,6 +150,7 @@ class EmbeddedStore:
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                self._series.clear()  # ids cached in the rolled-back transaction no longer exist
                 raise StoreUnavailable(f"embedded store write failed: {exc}") from exc
 
     def _rows(self, conn: sqlite3.Connection, points: Sequence[Point]) -> list[tuple[object, ...]]:
