@@ -99,9 +99,10 @@ def test_embedded_series_ids_survive_a_failed_write(tmp_path: Path, t0: int) -> 
     """A rolled-back write must not leave a cached series id that later points at another series."""
     s = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
     s.init()
+    # a new series, then a value SQLite cannot bind: the transaction rolls back
+    unbindable = Point("energy", "site-a", "dev-a", t0 + 1, {"x": {"not": "a number"}})  # type: ignore[dict-item]
     with pytest.raises(StoreUnavailable):
-        # a new series, then a value SQLite cannot bind: the transaction rolls back
-        s.write([power("site-a", "dev-a", t0, 1.0), Point("energy", "site-a", "dev-a", t0 + 1, {"x": {"not": "a number"}})])  # type: ignore[dict-item]
+        s.write([power("site-a", "dev-a", t0, 1.0), unbindable])
     s.write([power("site-b", "dev-b", t0, 2.0)])
     s.write([power("site-a", "dev-a", t0, 1.0)])
     assert [(v.device, v.value) for v in s.latest("site-a", lookback_ms=10 * 3600_000)] == [("dev-a", 1.0)]
