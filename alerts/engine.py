@@ -75,14 +75,19 @@ class AlertEngine:
         self.stream.seen = self.repo.seen()
         self.scheduled = ScheduledEvaluator(self.repo, store, registry, reference,
                                             valid_minutes=settings.kpi_min_valid_minutes,
-                                            no_data_s=settings.alerts_no_data_s, seen=lambda: dict(self.stream.seen))
+                                            no_data_s=settings.alerts_no_data_s, seen=self._seen)
         self.dispatcher = Dispatcher(self.repo, settings)
         self.source = source_factory(self._on_message)
         self.processed = 0  # messages evaluated and acked
         self.ticks = 0  # schedule rounds completed
+        self.failed_batches = 0  # batches whose evaluation or commit failed (not acked; redelivered)
         self._lock = threading.Lock()  # the state book: stream batches and schedule rounds take turns
         self._queue: queue.SimpleQueue[tuple[str, bytes, int, int]] = queue.SimpleQueue()
         self._stop = threading.Event()
+        self._closing = threading.Event()  # stop() began: the source is not restarted any more
+        self._source_lock = threading.Lock()  # source restarts (stream thread) and stop() take turns
+        self._void_generation = 0  # messages of this connection generation or older will be redelivered
+        self._failures = 0  # consecutive failed batches (the reconnect backoff)
         self._devices: dict[str, DeviceInfo] = {}
         self._devices_at = 0.0
         self._rules: list[RuleSpec] = []
@@ -107,7 +112,9 @@ class AlertEngine:
 
     def stop(self) -> None:
         """Stop taking messages (unacked ones stay with the broker), then the threads and the dispatcher."""
-        self.source.stop()
+        self._closing.set()
+        with self._source_lock:
+            self.source.stop()
         self._stop.set()
         for t in self._threads:
             if t.is_alive():
@@ -135,12 +142,46 @@ class AlertEngine:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            batch = [m for m in batch if m[3] > self._void_generation]  # the broker redelivers the others
+            if not batch:
+                continue
             try:
                 self._process(batch)
-            except Exception:  # not acked: the broker redelivers; memory goes back to what was committed
+                self._failures = 0
+            except Exception:  # not acked: memory goes back to what was committed, the broker redelivers
                 log.exception("alert evaluation of %d messages failed", len(batch))
-                with self._lock:
-                    self.book.states = self.repo.states()
+                self._recover(max(m[3] for m in batch))
+
+    def _recover(self, generation: int) -> None:
+        """After a failed batch: state and replay marks back to what was committed, then a new connection.
+
+        Under MQTT 5 the broker redelivers unacked messages only on a new connection (and until then their
+        Receive Maximum slots stay taken); messages already queued from this connection are dropped, since
+        evaluating them first would make the redelivered batch look like replays."""
+        self.failed_batches += 1
+        self._failures += 1
+        with self._lock:
+            self.book.states = self.repo.states()
+            self.stream.seen = self.repo.seen()
+        self._void_generation = max(self._void_generation, generation)
+        self._reconnect(min(2.0 ** (self._failures - 1), 30.0))
+
+    def _reconnect(self, delay_s: float) -> None:
+        """Restart the source (a clean DISCONNECT keeps the session) after ``delay_s``, retrying until it works."""
+        with self._source_lock:
+            if self._closing.is_set():
+                return
+            self.source.stop()
+        while not self._closing.wait(delay_s):
+            with self._source_lock:
+                if self._closing.is_set():
+                    return
+                try:
+                    self.source.start()
+                    return
+                except Exception as exc:  # broker unreachable: try again
+                    log.warning("alert engine could not reconnect (%s); retrying", exc)
+            delay_s = min(delay_s * 2, 30.0)
 
     def _process(self, batch: list[tuple[str, bytes, int, int]]) -> None:
         changes = Changes()
@@ -205,7 +246,7 @@ class AlertEngine:
             self._reload_rules()
             rules = [r for r in self._rules if r.kind in SCHEDULED_KINDS]
             devices = list(self._devices.values())
-        found = self.scheduled.gather(rules, devices, lambda r, s: self.book.get(r, s).mark, self._tz, now)
+        found = self.scheduled.gather(rules, devices, self._mark, self._tz, now)
         with self._lock:
             changes = Changes()
             for rule, subject, obs in found:
@@ -216,6 +257,15 @@ class AlertEngine:
         if self.ticks % 360 == 0:
             self.repo.prune_minutes(now - PRUNE_MINUTES_MS)
         self.ticks += 1
+
+    def _seen(self) -> dict[str, int]:
+        """The stream's last reading per device (the stream thread writes it: read under the lock)."""
+        with self._lock:
+            return dict(self.stream.seen)
+
+    def _mark(self, rule_id: str, subject_id: str) -> int:
+        with self._lock:
+            return self.book.get(rule_id, subject_id).mark
 
     def _observe_scheduled(self, rule: RuleSpec, subject: Subject, obs: Observation, changes: Changes) -> None:
         state = self.book.get(rule.id, subject.id)

@@ -16,7 +16,7 @@ from smartpark.core.contract import Reading
 from smartpark.core.emissions import is_valid_flag, o2_correct
 from smartpark.core.reference import Reference, SourceType
 
-__all__ = ["EVIDENCE_MAX", "State", "Step", "advance", "condition_bounds", "condition_value", "consumption",
+__all__ = ["EVIDENCE_MAX", "State", "Step", "advance", "condition_bounds", "condition_value",
            "day_start", "hour_start", "hourly_mean", "next_day", "threshold_active"]
 
 EVIDENCE_MAX = 20  # readings kept as the evidence of an episode
@@ -141,15 +141,3 @@ def hourly_mean(minutes: list[tuple[int, float, int]], min_valid: int) -> tuple[
     if len(means) < min_valid:
         return None, len(means)
     return sum(means) / len(means), len(means)
-
-
-def consumption(windows: list[tuple[float, float]]) -> float:
-    """A counter's use from consecutive (min, max) windows: the rise inside each window plus the rise
-    between windows; a fall between windows is a meter reset, not negative use (contract)."""
-    used, last_max = 0.0, None
-    for low, high in windows:
-        used += max(high - low, 0.0)
-        if last_max is not None and low > last_max:
-            used += low - last_max
-        last_max = high
-    return used

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, delete, func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import ColumnElement, Engine, delete, exists, func, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from smartpark.alerts.evaluate import State
 from smartpark.alerts.models import (
@@ -82,6 +82,18 @@ def event_body(event_type: str, ep: Episode) -> dict[str, Any]:
 
 def _dumps(body: dict[str, Any]) -> str:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def _first_pending() -> ColumnElement[bool]:
+    """No earlier delivery of the same episode to the same subscription is pending (in flight or waiting for a
+    retry): an episode's events reach a receiver in order. One batch may queue its firing and resolved with the
+    same created_ms: the firing is the earlier."""
+    e = aliased(Delivery)
+    earlier = (e.created_ms < Delivery.created_ms) | (
+        (e.created_ms == Delivery.created_ms) & (e.event_type == "alert.firing")
+        & (Delivery.event_type != "alert.firing"))
+    return ~exists().where(e.state == "pending", e.episode_id == Delivery.episode_id,
+                           e.subscription_id == Delivery.subscription_id, e.id != Delivery.id, earlier)
 
 
 def _matches(sub: WebhookSubscription, ep: Episode) -> bool:
@@ -302,14 +314,15 @@ class AlertRepo:
             s.add(delivery)
 
     def due(self, now: int, limit: int, exclude: set[str]) -> list[Delivery]:
+        """Pending deliveries due by ``now``, each the first pending one of its episode and subscription."""
         with self.session() as s:
-            q = select(Delivery).where(Delivery.state == "pending", Delivery.next_ms <= now).order_by(
-                Delivery.next_ms).limit(limit + len(exclude))
+            q = select(Delivery).where(Delivery.state == "pending", Delivery.next_ms <= now, _first_pending()
+                                       ).order_by(Delivery.next_ms).limit(limit + len(exclude))
             return [d for d in s.scalars(q) if d.id not in exclude][:limit]
 
     def next_due_ms(self) -> int | None:
         with self.session() as s:
-            return s.scalar(select(func.min(Delivery.next_ms)).where(Delivery.state == "pending"))
+            return s.scalar(select(func.min(Delivery.next_ms)).where(Delivery.state == "pending", _first_pending()))
 
     def record_attempt(self, attempt: DeliveryAttempt, *, state: str, next_ms: int, disable: str = "") -> None:
         """Log one attempt and move its delivery on; ``disable`` turns the subscription off (410 Gone)."""

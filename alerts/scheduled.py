@@ -12,7 +12,7 @@ from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
 from smartpark.alerts.book import Observation, Subject
-from smartpark.alerts.evaluate import consumption, day_start, hour_start, hourly_mean
+from smartpark.alerts.evaluate import day_start, hour_start, hourly_mean
 from smartpark.alerts.repo import AlertRepo, rfc3339
 from smartpark.alerts.rules import RuleSpec
 from smartpark.alerts.stream import DeviceInfo
@@ -114,14 +114,12 @@ class ScheduledEvaluator:
         return out
 
     def _tce(self, site: str, start: int, end: int) -> float:
+        """Today's use in tce: the store's reset-aware counter delta (a meter reset counts 0, not its reading)."""
         kg = 0.0
         for carrier in self.reference.energy.carriers.values():
-            lows = self.store.series(SeriesQuery("energy", carrier.metric, start, end + 1, HOUR_MS, "min", site=site))
-            highs = self.store.series(SeriesQuery("energy", carrier.metric, start, end + 1, HOUR_MS, "max", site=site))
-            high_of = {(s.device, t): v for s in highs for t, v in s.points}
-            for s in lows:
-                windows = [(v, high_of.get((s.device, t), v)) for t, v in s.points]
-                kg += consumption(windows) * carrier.kgce_per_unit
+            query = SeriesQuery("energy", carrier.metric, start, end + 1, HOUR_MS, "delta", site=site, group_by="site")
+            used = sum(v for s in self.store.series(query) for _, v in s.points)
+            kg += used * carrier.kgce_per_unit
         return kg / 1000
 
     # --- greening

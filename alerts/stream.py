@@ -8,6 +8,7 @@ The per-minute sums of valid O2-corrected pollutants that the hourly rules read 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -21,6 +22,7 @@ from smartpark.core.reference import Reference
 
 __all__ = ["DeviceInfo", "StreamEvaluator"]
 
+log = logging.getLogger("smartpark.alerts")
 MINUTE_MS = 60_000
 
 
@@ -40,6 +42,7 @@ class StreamEvaluator:
         self.decoder = ReadingDecoder(catalog, retention_ms=retention_ms)
         self.device = device
         self.seen: dict[str, int] = {}
+        self.skipped = 0  # messages that raised while evaluated (skipped, logged)
         self.rules: list[RuleSpec] = []
         self._by_device: dict[str, list[RuleSpec]] = {}
         self._minute_conds = [(p, Condition(metric=m, pollutant=p, o2_corrected=True))
@@ -57,6 +60,16 @@ class StreamEvaluator:
         return rules
 
     def handle(self, topic: str, payload: bytes, now_ms: int, changes: Changes) -> None:
+        """Evaluate one message; one that cannot be evaluated (hostile or malformed) is skipped and counted,
+        never failing its batch: the batch is still committed and acked."""
+        try:
+            self._handle(topic, payload, now_ms, changes)
+        except Exception as exc:  # RecursionError, UnicodeDecodeError, ...: whatever a payload can provoke
+            self.skipped += 1
+            log.warning("alert engine skipped a message on %.200r (%d skipped so far): %s: %.200s", topic,
+                        self.skipped, type(exc).__name__, exc)
+
+    def _handle(self, topic: str, payload: bytes, now_ms: int, changes: Changes) -> None:
         t = parse_topic(topic)
         dev = self.device(t.device) if t is not None else None
         if t is None or dev is None or dev.site != t.site:
@@ -107,7 +120,7 @@ class StreamEvaluator:
         try:
             body = json.loads(payload)
             state, ts = body["state"], body.get("ts", now_ms)
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):  # UnicodeDecodeError is a ValueError
             return
         if state not in ("online", "offline") or not isinstance(ts, int):
             return

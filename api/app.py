@@ -12,6 +12,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from smartpark.api.errors import install_error_handlers
 from smartpark.api.routes import alerts, devices, health, keys, kpis, page, series, sites
+from smartpark.api.sessions import SESSION_TTL_S, create_session_table
 from smartpark.core.catalog import Catalog
 from smartpark.core.reference import Reference, load_reference
 from smartpark.core.registry import Registry
@@ -39,10 +40,11 @@ def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore
     app = FastAPI(title="smartpark", version="1", lifespan=lifespan,
                   description="Sites, series and KPIs of an industrial park's energy, emissions and greening.")
     install_error_handlers(app)
-    # the overview page's login: a signed cookie; a random secret per process in development (settings refuse
-    # a missing or placeholder one in production)
+    # the overview page's login: a signed cookie holding a session token (api/sessions.py, never the API key);
+    # a random secret per process in development (settings refuse a missing or placeholder one in production)
+    create_session_table(registry.engine)
     app.add_middleware(SessionMiddleware, secret_key=settings.api_session_secret or secrets.token_urlsafe(32),
-                       session_cookie="smartpark_session", same_site="strict", max_age=12 * 3600,
+                       session_cookie="smartpark_session", same_site="strict", max_age=SESSION_TTL_S,
                        https_only=settings.env == "production")
     for module in (health, sites, devices, series, kpis, keys, page, alerts):
         app.include_router(module.router)

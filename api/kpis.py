@@ -3,9 +3,10 @@
 - energy: consumption per carrier from counters (the store's reset-aware `delta`), tce with the standard-coal
   factors, CO2 from electricity with the grid factor of the park's region and year, intensity per tonne of
   output, and the use of the site's quota over the period;
-- emissions: per stack and pollutant, hourly means of the valid minutes (the store's minute means with their
-  flags), O2-corrected where the source type has a reference O2, each local clock hour marked invalid (fewer
-  valid minutes than the setting), compliant or exceeding, and the compliance rate over the valid hours;
+- emissions: per stack and pollutant, hourly means of the valid minutes (the store's hourly sums and counts of
+  valid O2-corrected minute means, ``hour_sums``), O2-corrected where the source type has a reference O2,
+  each local clock hour marked invalid (fewer valid minutes than the setting), compliant or exceeding, and
+  the compliance rate over the valid hours;
 - greening: mean green area over the site's area, against its band (the reference band where none is set).
 
 Hours and days are local clock hours of the park's time zone: a regulator's hour 08:00 is 08:00 in the park.
@@ -27,10 +28,17 @@ from smartpark.api.models import (
     PollutantCompliance,
     StackCompliance,
 )
-from smartpark.core.emissions import o2_correct
-from smartpark.core.reference import Reference, SourceType
+from smartpark.core.reference import Reference
 from smartpark.core.registry import Device, Site
-from smartpark.core.store.base import DAY_MS, MinuteQuery, MinuteRow, SeriesQuery, TimeSeriesStore
+from smartpark.core.store.base import (
+    DAY_MS,
+    HourQuery,
+    HourSum,
+    SeriesQuery,
+    TimeSeriesStore,
+    hour_sums_from_minutes,
+    minute_query,
+)
 
 __all__ = ["Period", "emissions_kpi", "energy_kpi", "greening_kpi", "park_coverage", "period"]
 
@@ -53,6 +61,17 @@ class Period:
 
     def hour_of(self) -> _LocalHours:
         return _LocalHours(self.tz)
+
+    def hour_offset_ms(self) -> int | None:
+        """Where local hours start past each UTC hour over the whole period (0 for whole-hour offsets, DST
+        included; 1,800,000 for +05:30), or None if that changes within the period (a half-hour DST shift)."""
+        offsets = set()
+        for utc_hour in range(self.start_ms // HOUR_MS, -(-self.end_ms // HOUR_MS) + 1):
+            off = datetime.fromtimestamp(utc_hour * 3600, UTC).astimezone(self.tz).utcoffset()
+            offsets.add(-int(off.total_seconds() * 1000 if off else 0) % HOUR_MS)
+            if len(offsets) > 1:
+                return None
+        return offsets.pop()
 
 
 def period(tz: ZoneInfo, start: date | None, end: date | None, today: date | None = None) -> Period:
@@ -132,19 +151,15 @@ def _quota(sites: Iterable[Site], p: Period) -> float | None:
 
 def emissions_kpi(store: TimeSeriesStore, ref: Reference, site: Site, stacks: Sequence[Device], p: Period,
                   *, min_minutes: int, hours: bool = False) -> EmissionsKpi:
-    fields = (*ref.emissions.pollutants.values(), O2)
-    rows = store.minute_means(MinuteQuery("emissions", fields, site.id, p.start_ms, p.end_ms,
-                                          tuple(ref.emissions.valid_flags)))
-    by_device: dict[str, list[MinuteRow]] = {}
-    for row in rows:
-        by_device.setdefault(row.device, []).append(row)
-    hour_of = p.hour_of()
+    sources = {dev.id: ref.source_type(dev.source_type) for dev in stacks}
+    by_stack: dict[tuple[str, str], dict[int, tuple[float, int]]] = {}
+    for h in _hour_sums(store, ref, site, stacks, p):
+        by_stack.setdefault((h.device, h.field), {})[h.ts_ms] = (h.total, h.valid)
     out = []
     for dev in stacks:
-        source = ref.source_type(dev.source_type)
+        source = sources[dev.id]
         pollutants = [
-            _pollutant(name, metric, source.limits_mg_m3[name],
-                       _hourly(by_device.get(dev.id, []), metric, source, ref, hour_of),
+            _pollutant(name, metric, source.limits_mg_m3[name], by_stack.get((dev.id, metric), {}),
                        min_minutes=min_minutes, p=p, with_hours=hours)
             for name, metric in ref.emissions.pollutants.items() if name in source.limits_mg_m3]
         out.append(StackCompliance(device=dev.id, source_type=dev.source_type or "other",
@@ -158,31 +173,28 @@ def emissions_kpi(store: TimeSeriesStore, ref: Reference, site: Site, stacks: Se
                         stacks=out)
 
 
-def _hourly(rows: Iterable[MinuteRow], metric: str, source: SourceType, ref: Reference,
-            hour_of: _LocalHours) -> dict[int, tuple[float, int, int]]:
-    """local hour -> (sum of valid corrected minute means, valid minutes, minutes with data)."""
-    acc: dict[int, tuple[float, int, int]] = {}
-    needs_o2 = source.o2_ref_pct is not None
-    for row in rows:
-        value = row.values.get(metric)
-        if value is None:
-            continue
-        hour = hour_of(row.ts_ms)
-        total, n, seen = acc.get(hour, (0.0, 0, 0))
-        corrected = None
-        if metric not in row.invalid and not (needs_o2 and (O2 not in row.values or O2 in row.invalid)):
-            corrected = o2_correct(value, row.values.get(O2, 0.0), source, ref.emissions.o2_correction_max_pct)
-        if corrected is None:
-            acc[hour] = (total, n, seen + 1)
-        else:
-            acc[hour] = (total + corrected, n + 1, seen + 1)
-    return acc
+def _hour_sums(store: TimeSeriesStore, ref: Reference, site: Site, stacks: Sequence[Device],
+               p: Period) -> list[HourSum]:
+    """Per stack, pollutant and local hour: sum and count of the valid O2-corrected minute means.
+
+    The store aggregates per hour aligned to the UTC hour plus an offset: the local hours whenever the zone's
+    offset keeps its minutes over the period (whole hours, Asia/Shanghai included). Otherwise (a half-hour
+    DST shift inside the period) the same sums are made here from the store's minute means."""
+    if not stacks:
+        return []
+    offset = p.hour_offset_ms()
+    query = HourQuery("emissions", tuple(ref.emissions.pollutants.values()), site.id, p.start_ms, p.end_ms,
+                      tuple((d.id, ref.source_type(d.source_type).o2_ref_pct) for d in stacks), O2,
+                      ref.emissions.o2_correction_max_pct, tuple(ref.emissions.valid_flags), offset or 0)
+    if offset is not None:
+        return store.hour_sums(query)
+    return hour_sums_from_minutes(store.minute_means(minute_query(query)), query, p.hour_of())
 
 
-def _pollutant(name: str, metric: str, limit: float, acc: dict[int, tuple[float, int, int]], *,
+def _pollutant(name: str, metric: str, limit: float, acc: dict[int, tuple[float, int]], *,
                min_minutes: int, p: Period, with_hours: bool) -> PollutantCompliance:
     hours = []
-    for hour, (total, n, _seen) in sorted(acc.items()):
+    for hour, (total, n) in sorted(acc.items()):
         mean = total / n if n else None
         status = "invalid" if n < min_minutes or mean is None else "exceeding" if mean > limit else "compliant"
         hours.append(HourMean(start=p.dt(hour), mean_mg_m3=mean, valid_minutes=n, status=status))

@@ -4,16 +4,18 @@ last 24 h as sparklines. Gathered here from the store and the registry; the page
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import inspect, text
+from sqlalchemy import bindparam, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from smartpark.core.registry import Registry, Site
 from smartpark.core.store.base import DAY_MS, SeriesQuery, TimeSeriesStore
 
-__all__ = ["ActiveAlert", "SiteCard", "active_alerts", "site_card", "sparkline"]
+__all__ = ["ActiveAlert", "SiteCard", "active_alerts", "site_card", "site_cards", "sparkline"]
 
 HOUR_MS = 3_600_000
 # key figures: (metric, label, how the site's devices combine)
@@ -46,16 +48,31 @@ class SiteCard:
 def active_alerts(registry: Registry, sites: set[str]) -> list[ActiveAlert]:
     """Firing alert episodes of ``sites``, newest first; [] while the alert tables do not exist yet (they are
     the alert engine's: read by table name, so the API never imports the alerts service)."""
+    if not sites:
+        return []
+    query = text(
+        'SELECT site, device, metric, severity, started_ms, value, "limit", message FROM alert_episodes '
+        "WHERE state = 'firing' AND site IN :sites ORDER BY started_ms DESC LIMIT 200"
+    ).bindparams(bindparam("sites", expanding=True))  # scope before LIMIT: others' alerts never crowd out
     try:
         if not inspect(registry.engine).has_table("alert_episodes"):
             return []
         with registry.engine.connect() as conn:
-            rows = conn.execute(text(
-                'SELECT site, device, metric, severity, started_ms, value, "limit", message FROM alert_episodes '
-                "WHERE state = 'firing' ORDER BY started_ms DESC LIMIT 200")).all()
+            rows = conn.execute(query, {"sites": sorted(sites)}).all()
     except SQLAlchemyError:
         return []
-    return [ActiveAlert(*row) for row in rows if row[0] in sites]
+    return [ActiveAlert(*row) for row in rows]
+
+
+# the cards' store queries wait on the store, not the CPU: a few sites at a time (threads kept, so an embedded
+# store's per-thread SQLite connections are reused)
+_CARDS = ThreadPoolExecutor(4, thread_name_prefix="overview")
+
+
+def site_cards(store: TimeSeriesStore, registry: Registry, sites: Sequence[Site], catalog: Any,
+               stale_s: float) -> list[SiteCard]:
+    """The cards of ``sites`` in their order, gathered concurrently."""
+    return list(_CARDS.map(lambda s: site_card(store, registry, s, catalog, stale_s), sites))
 
 
 def site_card(store: TimeSeriesStore, registry: Registry, site: Site, catalog: Any, stale_s: float) -> SiteCard:

@@ -10,7 +10,8 @@ points). Calls, through the real served app (uvicorn, httpx keep-alive):
   series      24 h of 1-minute means of one meter's power        goal p95 < 100 ms
   overview    the overview page at / for an admin (every site)  goal p95 < 300 ms
   compliance  the month's emission compliance of the steel works goal p95 < 500 ms
-Baseline: the same store call without the API (series, minute means), i.e. what the API adds on top.
+Baseline: the same store call without the API (series; hour_sums with no hour cached, i.e. what a cold
+compliance call costs), and "first": the first call of each, before any hour of the month is cached.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from pathlib import Path
 
 from smartpark.api.app import create_app
 from smartpark.core.catalog import default_catalog
+from smartpark.core.reference import default_reference
 from smartpark.core.registry import Registry, read_park_file
 from smartpark.core.settings import Settings
-from smartpark.core.store.base import MinuteQuery, SeriesQuery
+from smartpark.core.store.base import HourQuery, SeriesQuery
 from smartpark.core.store.influx import InfluxStore
 from smartpark.simulators.models import ParkModel
 
@@ -52,15 +54,18 @@ def backfill(store: InfluxStore, model: ParkModel, start: int, end: int, step_ms
     return total + len(batch)
 
 
-def timed(fn: Callable[[], object], runs: int) -> tuple[float, float]:
-    fn()  # warm
+def timed(fn: Callable[[], object], runs: int) -> tuple[float, float, float]:
+    """(p50, p95, first call) in ms; the first call (cold caches) is not among the samples."""
+    t = time.perf_counter()
+    fn()
+    first = (time.perf_counter() - t) * 1000
     samples = []
     for _ in range(runs):
         t = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t) * 1000)
     samples.sort()
-    return statistics.median(samples), samples[min(len(samples) - 1, round(0.95 * (len(samples) - 1)))]
+    return statistics.median(samples), samples[min(len(samples) - 1, round(0.95 * (len(samples) - 1)))], first
 
 
 def main() -> None:
@@ -113,6 +118,13 @@ def run(url: str, tmp: Path, args: argparse.Namespace) -> None:
     iso = lambda ms: datetime.fromtimestamp(ms / 1000, UTC).isoformat()  # noqa: E731
     day0 = (datetime.fromtimestamp(now / 1000, UTC) + timedelta(hours=8)).date()
     month = {"start": (day0 - timedelta(days=args.days - 1)).isoformat(), "end": (day0 + timedelta(days=1)).isoformat()}
+    # the compliance KPI's store call, with no hour kept between calls (what every call cost before the cache)
+    ref = default_reference()
+    stacks = [d for d in registry.devices(SITE) if d.kind == "cems"]
+    hours = HourQuery("emissions", tuple(ref.emissions.pollutants.values()), SITE, start, now,
+                      tuple((d.id, ref.source_type(d.source_type).o2_ref_pct) for d in stacks),
+                      o2_max_pct=ref.emissions.o2_correction_max_pct, valid_flags=tuple(ref.emissions.valid_flags))
+    fresh_store = InfluxStore(url, "bench", default_catalog(), hour_cache_s=0)
     calls = {
         "series": (lambda: _ok(client.get("/v1/series", params={
             "site": SITE, "device": DEVICE, "metric": "power_kw", "every": "1m",
@@ -121,14 +133,15 @@ def run(url: str, tmp: Path, args: argparse.Namespace) -> None:
                                              DEVICE))),
         "overview": (lambda: _ok(client.get("/")), 300, None),
         "compliance": (lambda: _ok(client.get(f"/v1/sites/{SITE}/kpis/emissions", params=month)), 500,
-                       lambda: store.minute_means(MinuteQuery("emissions", ("pm_mg_m3", "so2_mg_m3", "nox_mg_m3",
-                                                                            "o2_pct"), SITE, start, now))),
+                       lambda: fresh_store.hour_sums(hours)),
     }
-    print(f"{'call':<12}{'p50 ms':>9}{'p95 ms':>9}{'goal':>8}   baseline (store call alone) p50/p95 ms")
+    print(f"{'call':<12}{'p50 ms':>9}{'p95 ms':>9}{'goal':>8}{'first':>9}   baseline (store call alone, uncached) "
+          "p50/p95 ms")
     for name, (call, goal, base) in calls.items():
-        p50, p95 = timed(call, args.runs)
-        b = "{:.1f} / {:.1f}".format(*timed(base, args.runs)) if base else "-"
-        print(f"{name:<12}{p50:>9.1f}{p95:>9.1f}{'<' + str(goal):>8}   {b}")
+        p50, p95, first = timed(call, args.runs)
+        b = "{:.1f} / {:.1f}".format(*timed(base, args.runs)[:2]) if base else "-"
+        print(f"{name:<12}{p50:>9.1f}{p95:>9.1f}{'<' + str(goal):>8}{first:>9.0f}   {b}")
+    fresh_store.close()
     served.close()
     store.close()
     registry.close()

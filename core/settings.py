@@ -153,6 +153,8 @@ class Settings(BaseSettings):
         target = MqttTarget(self.mqtt_url)
         if (target.password or "") in PLACEHOLDER_SECRETS:
             raise ValueError("SMARTPARK_MQTT_URL carries a placeholder password; set a real one")
+        if self.influx_token and _placeholder_token(self.influx_token):
+            raise ValueError("SMARTPARK_INFLUX_TOKEN is a placeholder; set a real token in production")
         if not self.influx_token and self.influx_password in PLACEHOLDER_SECRETS:
             raise ValueError("set SMARTPARK_INFLUX_TOKEN or a real SMARTPARK_INFLUX_PASSWORD in production")
         if self.api_session_secret in PLACEHOLDER_SECRETS or len(self.api_session_secret) < 32:
@@ -170,6 +172,12 @@ class Settings(BaseSettings):
     @property
     def retention_ms(self) -> int:
         return self.retention_days * 86_400_000
+
+
+def _placeholder_token(token: str) -> bool:
+    """A placeholder token, or a v1 ``user:password`` token whose password is one."""
+    token = token.strip()
+    return token.lower() in PLACEHOLDER_SECRETS or token.partition(":")[2].lower() in PLACEHOLDER_SECRETS - {""}
 
 
 def load_settings(**overrides: object) -> Settings:

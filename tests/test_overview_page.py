@@ -3,6 +3,9 @@ park's sites, a stale device in the warning colour and an active alert; a screen
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import subprocess
 from collections.abc import Iterator
 from importlib import resources
@@ -11,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.responses import HTMLResponse
+from sqlalchemy import update
 
 from smartpark.api.app import create_app
 from smartpark.core.catalog import default_catalog
@@ -104,3 +108,89 @@ def test_page_login_refuses_a_bad_key(page: tuple[ServedApp, Registry]) -> None:
                            headers={"Content-Type": "application/x-www-form-urlencoded"})
         assert "That key is not valid" in resp.text
         assert "site-steel-works" not in resp.text
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def cookie_session(client: httpx.Client) -> dict[str, object]:
+    """The session cookie's content (Starlette: base64 JSON, then timestamp and signature: signed, not secret)."""
+    data = client.cookies["smartpark_session"].split(".")[0]
+    return json.loads(base64.b64decode(data + "=" * (-len(data) % 4)))
+
+
+def log_in(client: httpx.Client, key: str) -> None:
+    assert client.post("/login", content=f"api_key={key}", headers=FORM).status_code == 303
+    assert "site-steel-works" in client.get("/").text
+
+
+def test_page_cookie_holds_a_session_token_not_the_key_and_logout_revokes_its_copies(
+        page: tuple[ServedApp, Registry]) -> None:
+    served, registry = page
+    key = registry.create_api_key("admin", [])
+    with httpx.Client(base_url=served.base_url) as client, httpx.Client(base_url=served.base_url) as thief:
+        log_in(client, key)
+        content = cookie_session(client)
+        assert key not in json.dumps(content)
+        assert key.split("_")[2] not in client.cookies["smartpark_session"]
+        assert set(content) == {"sid"}
+        bearer = {"Authorization": f"Bearer {content['sid']}"}
+        assert served.client.get("/v1/sites", headers=bearer).status_code == 401  # not an API key
+        thief.cookies.set("smartpark_session", client.cookies["smartpark_session"])
+        assert "site-steel-works" in thief.get("/").text  # a copy works while the session lives...
+        assert client.post("/logout").status_code == 303
+        assert "site-steel-works" not in client.get("/").text
+        copied = thief.get("/").text
+        assert "site-steel-works" not in copied  # ...and not after the logout
+        assert 'name="api_key"' in copied
+
+
+def test_page_refuses_expired_sessions_and_those_of_revoked_keys(page: tuple[ServedApp, Registry]) -> None:
+    from smartpark.api.sessions import PageSession
+
+    served, registry = page
+    key = registry.create_api_key("admin", [])
+    with httpx.Client(base_url=served.base_url) as expired, httpx.Client(base_url=served.base_url) as revoked:
+        log_in(expired, key)
+        log_in(revoked, key)
+        with registry.session() as s:
+            s.execute(update(PageSession).where(PageSession.token_hash == hashlib.sha256(
+                str(cookie_session(expired)["sid"]).encode()).hexdigest()).values(expires_ms=now_ms() - 1))
+        assert "site-steel-works" not in expired.get("/").text
+        assert "site-steel-works" in revoked.get("/").text
+        assert registry.revoke_api_key(key.split("_")[1])
+        assert "site-steel-works" not in revoked.get("/").text
+
+
+def test_page_login_refuses_a_body_over_4_kib_before_reading_it_all(page: tuple[ServedApp, Registry]) -> None:
+    served, registry = page
+    key = registry.create_api_key("admin", [])
+    big = f"api_key={key}&pad=".encode() + b"x" * 5000
+    with httpx.Client(base_url=served.base_url) as client:
+        resp = client.post("/login", content=big, headers=FORM)
+        assert resp.status_code == 413
+        assert resp.json()["error"]["code"] == "http_413"
+        streamed = client.post("/login", content=iter([big[:3000], big[3000:]]), headers=FORM)  # chunked
+        assert streamed.status_code == 413
+        assert "smartpark_session" not in client.cookies
+        assert "site-steel-works" not in client.get("/").text
+
+
+def test_active_alerts_are_scoped_before_the_limit(tmp_path: Path) -> None:
+    """Hundreds of firing episodes elsewhere in the park must not crowd a site key's own out of the page."""
+    from smartpark.alerts.models import Episode, create_tables
+    from smartpark.api.overview import active_alerts
+    from smartpark.core.registry import Registry
+
+    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
+    registry.init()
+    create_tables(registry.engine)
+    with registry.session() as s:
+        for i in range(250):
+            s.add(Episode(id=f"other-{i}", rule_id="r", subject=f"x{i}", site="other", severity="high",
+                          state="firing", started_ms=2_000_000 + i))
+        s.add(Episode(id="mine", rule_id="r", subject="m", site="mine", severity="high", state="firing",
+                      started_ms=1_000_000))
+    assert [a.site for a in active_alerts(registry, {"mine"})] == ["mine"]
+    assert len(active_alerts(registry, {"other", "mine"})) == 200
+    registry.close()

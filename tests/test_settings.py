@@ -60,3 +60,16 @@ def test_production_refuses_placeholders_and_embedded_defaults(monkeypatch: pyte
         load_settings(_env_file=None)
     monkeypatch.setenv("SMARTPARK_API_SESSION_SECRET", "k" * 40)
     assert load_settings(_env_file=None).env == "production"
+
+
+@pytest.mark.parametrize("token", ["changeme", "CHANGEME", "password", "secret", " admin ", "admin:changeme"])
+def test_production_refuses_a_placeholder_influx_token(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
+    monkeypatch.setenv("SMARTPARK_ENV", "production")
+    monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtt://ingest:Xk3-long-secret@mosquitto:1883")
+    monkeypatch.setenv("SMARTPARK_INFLUX_URL", "http://influxdb:8086")
+    monkeypatch.setenv("SMARTPARK_API_SESSION_SECRET", "k" * 40)
+    monkeypatch.setenv("SMARTPARK_INFLUX_TOKEN", token)
+    with pytest.raises(ConfigError, match="SMARTPARK_INFLUX_TOKEN is a placeholder"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("SMARTPARK_INFLUX_TOKEN", "smartpark:Xk3-long-secret")
+    assert load_settings(_env_file=None).influx_token == "smartpark:Xk3-long-secret"

@@ -1,7 +1,9 @@
-"""The store queries behind the KPIs (counter deltas, minute means with flags), run against both backends."""
+"""The store queries behind the KPIs (counter deltas, minute means with flags, hourly sums of valid corrected
+minute means), run against both backends."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +11,14 @@ import pytest
 
 from smartpark.core.catalog import default_catalog
 from smartpark.core.points import Point
-from smartpark.core.store.base import MinuteQuery, SeriesQuery, TimeSeriesStore
+from smartpark.core.store.base import (
+    HourQuery,
+    MinuteQuery,
+    SeriesQuery,
+    TimeSeriesStore,
+    hour_sums_from_minutes,
+    minute_query,
+)
 from smartpark.core.store.embedded import EmbeddedStore
 
 from factories import now_ms
@@ -76,3 +85,78 @@ def test_minute_means_with_flags(store: TimeSeriesStore, t0: int) -> None:
         ("stack", 2 * MIN, {"nox_mg_m3": 45.0, "o2_pct": 16.0}, ["nox_mg_m3"]),
         ("stack", 3 * MIN, {"nox_mg_m3": 60.0, "o2_pct": 16.0}, ["o2_pct"]),
     ]
+
+
+def cems(device: str, ts: int, nox: float, o2: float | None = None, **flags: str) -> Point:
+    fields: dict[str, float | str] = {"nox_mg_m3": nox, **flags}
+    if o2 is not None:
+        fields["o2_pct"] = o2
+    return Point("emissions", "s", device, ts, fields)
+
+
+def hour_query(start: int, end: int, **kw: object) -> HourQuery:
+    devices = (("sinter", 16.0), ("stove", None))
+    return HourQuery("emissions", ("nox_mg_m3", "so2_mg_m3"), "s", start, end, devices, **kw)  # type: ignore[arg-type]
+
+
+def test_hour_sums_of_valid_corrected_minutes(store: TimeSeriesStore, t0: int) -> None:
+    h = 3600_000
+    store.write([
+        # hour 0, sinter: clean minutes only (summed by the store itself on InfluxDB); two readings in minute 0
+        cems("sinter", t0, 30.0, 16.0), cems("sinter", t0 + 30_000, 50.0, 16.0),  # mean 40 at O2 16 -> 40
+        cems("sinter", t0 + MIN, 30.0, 18.5),  # 30 x 5 / 2.5 = 60
+        cems("sinter", t0 + 2 * MIN, 20.0),  # no O2 in the minute: not valid
+        # hour 1, sinter: each way a minute can be invalid
+        cems("sinter", t0 + h, 40.0, 16.0),  # valid: 40
+        cems("sinter", t0 + h + MIN, 40.0, 16.0, nox_mg_m3_flag="C"),  # flagged pollutant
+        cems("sinter", t0 + h + 2 * MIN, 40.0, 16.0, o2_pct_flag="M"),  # flagged O2
+        cems("sinter", t0 + h + 3 * MIN, 40.0, 20.5),  # O2 at or above the maximum: cannot be corrected
+        cems("sinter", t0 + h + 4 * MIN, 40.0, 16.0, nox_mg_m3_flag="S"),  # S is valid: 40
+        # hour 2, sinter: a minute with data, none valid -> the hour is listed with 0 valid minutes
+        cems("sinter", t0 + 2 * h, 40.0, 16.0, nox_mg_m3_flag="D"),
+        # the stove has no reference O2: measured values, whatever O2 does
+        cems("stove", t0, 100.0), cems("stove", t0 + MIN, 200.0, 20.5),
+        cems("stove", t0 + h, 7.0, 16.0, o2_pct_flag="C"),
+        cems("other", t0, 1.0, 16.0),  # not asked for
+        Point("emissions", "elsewhere", "sinter", t0, {"nox_mg_m3": 1.0, "o2_pct": 16.0}),  # another site
+    ])
+    got = store.hour_sums(hour_query(t0, t0 + 3 * h))
+    assert [(x.device, x.field, x.ts_ms - t0, x.total, x.valid) for x in got] == [
+        ("sinter", "nox_mg_m3", 0, 100.0, 2), ("sinter", "nox_mg_m3", h, 80.0, 2),
+        ("sinter", "nox_mg_m3", 2 * h, 0.0, 0),
+        ("stove", "nox_mg_m3", 0, 300.0, 2), ("stove", "nox_mg_m3", h, 7.0, 1),
+    ]
+
+
+def test_hour_sums_agree_to_the_bit_with_the_minute_means(store: TimeSeriesStore, t0: int) -> None:
+    """The store's own hourly sums equal the reference computation from its minute means exactly."""
+    rng = random.Random(4)
+    points = [cems(dev, t0 + i * 20_000, rng.uniform(0.1, 90.0), rng.uniform(5.0, 19.9))
+              for i in range(3 * 180) for dev in ("sinter", "stove")]
+    points[100] = cems("sinter", points[100].ts_ms, 3.3, 16.1, nox_mg_m3_flag="F")  # minute 16: one suspect hour
+    store.write(points)
+    query = hour_query(t0 + 7 * MIN, t0 + 3 * 3600_000 - 5 * MIN)  # partial first and last hours
+    got = store.hour_sums(query)
+    assert got == hour_sums_from_minutes(store.minute_means(minute_query(query)), query)
+    assert [(x.device, x.ts_ms - t0, x.valid) for x in got] == [
+        ("sinter", 0, 52), ("sinter", 3600_000, 60), ("sinter", 7200_000, 55),
+        ("stove", 0, 53), ("stove", 3600_000, 60), ("stove", 7200_000, 55)]
+
+
+def test_hour_sums_with_an_hour_offset(store: TimeSeriesStore, t0: int) -> None:
+    """Local hours of a +05:30 zone start half past each UTC hour."""
+    store.write([cems("stove", t0 + m * MIN, 1.0) for m in range(90)])
+    got = store.hour_sums(hour_query(t0, t0 + 90 * MIN, offset_ms=30 * MIN))
+    assert [(x.ts_ms - t0, x.total, x.valid) for x in got] == [(-30 * MIN, 30.0, 30), (30 * MIN, 60.0, 60)]
+
+
+def test_hour_sums_see_late_readings_and_flags(store: TimeSeriesStore, t0: int) -> None:
+    """What InfluxStore keeps of earlier calls never hides a reading or a flag written since."""
+    query = hour_query(t0, t0 + 2 * 3600_000)
+    store.write([cems("stove", t0 + m * MIN, 10.0) for m in range(60)])
+    assert [(x.total, x.valid) for x in store.hour_sums(query)] == [(600.0, 60)]
+    assert [(x.total, x.valid) for x in store.hour_sums(query)] == [(600.0, 60)]  # again (kept on InfluxDB)
+    store.write([cems("stove", t0 + 30_000, 40.0)])  # late: minute 0's mean becomes 25
+    assert [(x.total, x.valid) for x in store.hour_sums(query)] == [(615.0, 60)]
+    store.write([Point("emissions", "s", "stove", t0 + MIN, {"nox_mg_m3_flag": "C"})])  # flagged afterwards
+    assert [(x.total, x.valid) for x in store.hour_sums(query)] == [(605.0, 59)]

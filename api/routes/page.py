@@ -1,5 +1,6 @@
-"""The overview page at /: server-rendered (Jinja2, no build step), refreshing itself; an API key typed into
-its login form is kept in the signed session cookie and checked on every view like a Bearer key."""
+"""The overview page at /: server-rendered (Jinja2, no build step), refreshing itself. Its login form takes an
+API key, verifies it and puts a short-lived, revocable session token (``api/sessions.py``) in the signed
+cookie, never the key; logout revokes the token."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from pathlib import Path
 from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from smartpark.api.deps import CatalogDep, RegistryDep, SettingsDep, StoreDep, principal_for_key
-from smartpark.api.overview import active_alerts, site_card
+from smartpark.api.overview import active_alerts, site_cards
+from smartpark.api.sessions import mint_session, revoke_session, session_principal
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
@@ -27,15 +29,16 @@ def overview(request: Request, registry: RegistryDep, store: StoreDep, catalog: 
              settings: SettingsDep) -> Response:
     park = registry.park()
     context: dict[str, object] = {"park_name": park.name if park else "smartpark"}
-    who = principal_for_key(registry, request.session.get("api_key", ""))
+    who = session_principal(registry, request.session.get("sid"))
     if who is None:
-        request.session.pop("api_key", None)
+        request.session.pop("sid", None)
+        request.session.pop("api_key", None)  # a cookie of older versions carried the key itself: never honoured
         context["error"] = request.session.pop("login_error", None)
         return templates.TemplateResponse(request, "overview.html", context)
     sites = [s for s in registry.sites() if who.can_see(s.id)]
     tz = ZoneInfo(park.timezone if park else "Asia/Shanghai")
     context.update(
-        cards=[site_card(store, registry, s, catalog, settings.api_stale_after_s) for s in sites],
+        cards=site_cards(store, registry, sites, catalog, settings.api_stale_after_s),
         alerts=active_alerts(registry, {s.id for s in sites}), refresh_s=REFRESH_S,
         now=datetime.fromtimestamp(time.time(), tz).strftime("%Y-%m-%d %H:%M:%S %Z"))
     return templates.TemplateResponse(request, "overview.html", context)
@@ -43,17 +46,35 @@ def overview(request: Request, registry: RegistryDep, store: StoreDep, catalog: 
 
 @router.post("/login")
 async def login(request: Request) -> RedirectResponse:
-    """Form post (urlencoded, parsed here: no multipart dependency for one field)."""
-    body = (await request.body())[:MAX_FORM_BYTES].decode("utf-8", "replace")
+    """Form post (urlencoded, parsed here: no multipart dependency for one field); 413 past 4 KiB."""
+    body = (await _read_form(request)).decode("utf-8", "replace")
     key = (parse_qs(body).get("api_key") or [""])[0].strip()
-    if principal_for_key(request.app.state.registry, key) is None:
+    registry = request.app.state.registry
+    who = principal_for_key(registry, key)
+    revoke_session(registry, request.session.pop("sid", None))  # a new login never reuses a session
+    if who is None:
         request.session["login_error"] = "That key is not valid (or was revoked)."
     else:
-        request.session["api_key"] = key
+        request.session["sid"] = mint_session(registry, who.key_id)
     return RedirectResponse("/", status_code=303)
+
+
+async def _read_form(request: Request) -> bytes:
+    """The body, refused with 413 past MAX_FORM_BYTES: by its Content-Length, or while streaming it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        raise HTTPException(413, f"the login form is limited to {MAX_FORM_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise HTTPException(413, f"the login form is limited to {MAX_FORM_BYTES} bytes")
+    return bytes(body)
 
 
 @router.post("/logout")
 def logout(request: Request) -> RedirectResponse:
+    """Revoke the session token (copies of the cookie stop working too) and clear the cookie."""
+    revoke_session(request.app.state.registry, request.session.get("sid"))
     request.session.clear()
     return RedirectResponse("/", status_code=303)
