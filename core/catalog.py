@@ -6,16 +6,17 @@ Loaded from a data file so a park can extend it without code (contract "Metric c
 from __future__ import annotations
 
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 import msgspec
-import yaml
 
+from smartpark.core.datafiles import convert_yaml, read_data_file
 from smartpark.core.errors import ConfigError
 
 __all__ = ["DOMAINS", "Catalog", "Metric", "default_catalog", "load_catalog"]
+
+WHAT = "metric catalog"
 
 DOMAINS = ("energy", "emissions", "greening")
 Domain = Literal["energy", "emissions", "greening"]
@@ -73,29 +74,20 @@ class Catalog:
 
 
 def _parse(text: str, source: str) -> Catalog:
-    try:
-        raw = msgspec.convert(yaml.safe_load(text), _CatalogFile, strict=False)  # YAML 1.1 reads 1.0e6 as str
-    except (yaml.YAMLError, msgspec.ValidationError) as exc:
-        raise ConfigError(f"metric catalog {source}: {exc}") from exc
+    raw = convert_yaml(text, source, WHAT, _CatalogFile)
     metrics = {}
     for name, spec in raw.metrics.items():
         if spec.min > spec.max:
-            raise ConfigError(f"metric catalog {source}: {name}: min {spec.min} > max {spec.max}")
+            raise ConfigError(f"{WHAT} {source}: {name}: min {spec.min} > max {spec.max}")
         metrics[name] = Metric(name=name, **msgspec.structs.asdict(spec))
     return Catalog(metrics, raw.version)
 
 
 def load_catalog(path: Path | None = None) -> Catalog:
     """Load a catalog file; ``None`` loads the catalog shipped with smartpark."""
-    if path is None:
-        return default_catalog()
-    try:
-        return _parse(Path(path).read_text(encoding="utf-8"), str(path))
-    except OSError as exc:
-        raise ConfigError(f"metric catalog {path}: {exc}") from exc
+    return default_catalog() if path is None else _parse(*read_data_file(path, "catalog.yaml", WHAT))
 
 
 @cache
 def default_catalog() -> Catalog:
-    text = resources.files("smartpark.core").joinpath("data/catalog.yaml").read_text(encoding="utf-8")
-    return _parse(text, "catalog.yaml (built in)")
+    return _parse(*read_data_file(None, "catalog.yaml", WHAT))

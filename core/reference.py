@@ -7,16 +7,17 @@ not code. Loaded and validated once at start-up.
 from __future__ import annotations
 
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 import msgspec
-import yaml
 
+from smartpark.core.datafiles import convert_yaml, read_data_file
 from smartpark.core.errors import ConfigError
 
 __all__ = ["Carrier", "Reference", "SourceType", "default_reference", "load_reference"]
+
+WHAT = "reference data"
 
 Confidence = Literal["C", "S", "U"]
 Pollutant = Literal["pm", "so2", "nox"]
@@ -86,25 +87,17 @@ class Reference(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def _parse(text: str, source: str) -> Reference:
-    try:
-        ref = msgspec.convert(yaml.safe_load(text), Reference, strict=False)
-    except (yaml.YAMLError, msgspec.ValidationError) as exc:
-        raise ConfigError(f"reference data {source}: {exc}") from exc
+    ref = convert_yaml(text, source, WHAT, Reference)
     if "other" not in ref.emissions.source_types:
-        raise ConfigError(f"reference data {source}: emissions.source_types needs an `other` entry")
+        raise ConfigError(f"{WHAT} {source}: emissions.source_types needs an `other` entry")
     return ref
 
 
 def load_reference(path: Path | None = None) -> Reference:
-    if path is None:
-        return default_reference()
-    try:
-        return _parse(Path(path).read_text(encoding="utf-8"), str(path))
-    except OSError as exc:
-        raise ConfigError(f"reference data {path}: {exc}") from exc
+    """Load a reference data file; ``None`` loads the one shipped with smartpark."""
+    return default_reference() if path is None else _parse(*read_data_file(path, "reference.yaml", WHAT))
 
 
 @cache
 def default_reference() -> Reference:
-    text = resources.files("smartpark.core").joinpath("data/reference.yaml").read_text(encoding="utf-8")
-    return _parse(text, "reference.yaml (built in)")
+    return _parse(*read_data_file(None, "reference.yaml", WHAT))

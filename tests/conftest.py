@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from smartpark.core.catalog import default_catalog
+from smartpark.core.store.base import TimeSeriesStore
+from smartpark.core.store.embedded import EmbeddedStore
 from smartpark.core.store.influx import InfluxStore, quote_ident
 
 from servers import InfluxServer, MosquittoServer, start_influxd, start_mosquitto
@@ -47,3 +50,16 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoSer
     server = start_mosquitto(MOSQUITTO_CONFIG, tmp_path_factory.mktemp("mosquitto"))
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["embedded", "influx"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TimeSeriesStore]:
+    """Each time-series backend in turn, so store behaviour is written once and run against both."""
+    if request.param == "influx":
+        yield request.getfixturevalue("influx_store")
+        return
+    s = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
+    s.init()
+    s.init()  # idempotent
+    yield s
+    s.close()

@@ -17,24 +17,12 @@ from smartpark.core.points import Point
 from smartpark.core.registry import Registry, parse_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import TimeSeriesStore
-from smartpark.core.store.embedded import EmbeddedStore
 
 from factories import PARK_YAML, ServedApp
 
 MIN = 60_000
 DAY = "2025-03-01"  # local day in the park's zone (Asia/Shanghai)
 T0 = int(datetime(2025, 3, 1, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp() * 1000)
-
-
-@pytest.fixture(params=["embedded", "influx"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TimeSeriesStore]:
-    if request.param == "influx":
-        yield request.getfixturevalue("influx_store")
-        return
-    s = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
-    s.init()
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,6 @@ from smartpark.core.store.embedded import EmbeddedStore
 from factories import now_ms
 
 MIN = 60_000
-
-
-@pytest.fixture(params=["embedded", "influx"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TimeSeriesStore]:
-    if request.param == "influx":
-        yield request.getfixturevalue("influx_store")
-        return
-    s = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
-    s.init()
-    s.init()  # idempotent
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -4,12 +4,9 @@ minute means), run against both backends."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from smartpark.core.catalog import default_catalog
 from smartpark.core.points import Point
 from smartpark.core.store.base import (
     HourQuery,
@@ -19,22 +16,10 @@ from smartpark.core.store.base import (
     hour_sums_from_minutes,
     minute_query,
 )
-from smartpark.core.store.embedded import EmbeddedStore
 
 from factories import now_ms
 
 MIN = 60_000
-
-
-@pytest.fixture(params=["embedded", "influx"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TimeSeriesStore]:
-    if request.param == "influx":
-        yield request.getfixturevalue("influx_store")
-        return
-    s = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
-    s.init()
-    yield s
-    s.close()
 
 
 @pytest.fixture
