@@ -107,7 +107,7 @@ def run_batches(args: argparse.Namespace, tmp: Path, mosq: object, influx: Influ
 
     db = "bench_batches"
     influx.reset(db)
-    proc = start_pipeline("smartpark", tmp, mosq, influx.url, db, reg, {})
+    proc = start_pipeline("smartpark", tmp, mosq, influx.url, db, reg, json.loads(os.environ.get("BENCH_ENV", "{}")))
     t0_ms = (int(time.time()) // 3600 - 24) * 3600_000
     per_msg, msgs = 100, args.n // 100
     messages = []
@@ -120,6 +120,7 @@ def run_batches(args: argparse.Namespace, tmp: Path, mosq: object, influx: Influ
                          ('{"readings":[%s]}' % readings).encode()))
     cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
     publish_many(mosq.host, mosq.port, messages, window=200)
+    publish_s = time.monotonic() - t0
     readings = msgs * per_msg
     while (count := influx.count(db, "energy", "power_kw")) < readings and time.monotonic() - t0 < 300:
         time.sleep(0.25)
@@ -127,7 +128,8 @@ def run_batches(args: argparse.Namespace, tmp: Path, mosq: object, influx: Influ
     proc.terminate()
     proc.wait(timeout=60)
     return {"pipeline": "smartpark (batches of 100)", "n": readings, "stored": count, "loss": readings - count,
-            "readings_s": round(count / wall), "cpu_s_per_100k_readings": round(cpu * 1e5 / readings, 3)}
+            "readings_s": round(count / wall), "cpu_s_per_100k_readings": round(cpu * 1e5 / readings, 3),
+            "publisher_s": round(publish_s, 2), "wall_s": round(wall, 2)}
 
 
 def main() -> None:
@@ -149,7 +151,8 @@ def main() -> None:
                     row = run_one(name, args, tmp, mosq, influx, reg, lines_dir, rep)
                     print(json.dumps(row), flush=True)
                     rows.append(row)
-            report(rows, args)
+            if rows:
+                report(rows, args)
             if args.batch:
                 print(json.dumps(run_batches(args, tmp, mosq, influx, reg)), flush=True)
         finally:

@@ -95,3 +95,14 @@ def test_embedded_series_ids_survive_a_failed_write(tmp_path: Path, t0: int) -> 
     assert [(v.device, v.value) for v in s.latest("site-a", lookback_ms=10 * 3600_000)] == [("dev-a", 1.0)]
     assert [(v.device, v.value) for v in s.latest("site-b", lookback_ms=10 * 3600_000)] == [("dev-b", 2.0)]
     s.close()
+
+
+def test_a_large_batch_is_written_whole(store: TimeSeriesStore, t0: int) -> None:
+    """Large batches go to InfluxDB as several requests in parallel: every point must land."""
+    n = 6001
+    store.write([power("s", f"d{i % 7}", t0 + i, float(i)) for i in range(n)])
+    found = store.series(SeriesQuery("energy", "power_kw", t0, t0 + n, 3600_000, "count", site="s",
+                                     group_by="site"))
+    assert [p[1] for s in found for p in s.points] == [float(n)]
+    total = store.series(SeriesQuery("energy", "power_kw", t0, t0 + n, 3600_000, "sum", site="s", group_by="site"))
+    assert total[0].points[0][1] == sum(range(n))

@@ -83,6 +83,7 @@ __all__ = [
 ]
 
 RAW_RP = "raw"
+WRITE_CHUNK = 2500  # points per /write request of a large batch
 # (retention policy, GROUP BY interval, CQ name suffix, duration as a multiple of raw; None = infinite)
 ROLLUPS: tuple[tuple[str, str, str, int | None], ...] = (
     ("rp_1m", "1m", "1m", 2),
@@ -262,6 +263,7 @@ class InfluxStore:
             headers["Authorization"] = f"Token {token}"
         elif username:
             auth = httpx.BasicAuth(username, password)
+        self._writers = ThreadPoolExecutor(2, thread_name_prefix="influx-write")
         self._client = httpx.Client(
             base_url=self.url, headers=headers, auth=auth, timeout=timeout_s, transport=transport
         )
@@ -385,9 +387,16 @@ class InfluxStore:
         return out
 
     def write(self, points: Sequence[Point]) -> None:
+        """Write points; large batches go as WRITE_CHUNK-point requests, two at a time, so InfluxDB parses one
+        while the next is being encoded (a write is idempotent: a failed batch is simply written again)."""
         if not points:  # line() refuses empty field sets, as check_points does for the embedded store
             return
-        self.write_lines(lines(points))
+        if len(points) <= WRITE_CHUNK:
+            self.write_lines(lines(points))
+            return
+        chunks = [points[i:i + WRITE_CHUNK] for i in range(0, len(points), WRITE_CHUNK)]
+        for future in [self._writers.submit(lambda c: self.write_lines(lines(c)), c) for c in chunks]:
+            future.result()  # re-raises the first failure, typed as the store's errors
 
     def write_lines(self, body: bytes, *, compress: bool = True) -> None:
         """Write ready line protocol (ms timestamps), for bulk writers that build it themselves (backfill).
@@ -645,6 +654,7 @@ class InfluxStore:
         return out
 
     def close(self) -> None:
+        self._writers.shutdown(wait=True)
         self._client.close()
 
     def __enter__(self) -> Self:
