@@ -15,12 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import threading
 import time
-import uuid
 from pathlib import Path
-
-import paho.mqtt.client as mqtt
 
 from smartpark.core.contract import telemetry_topic
 from smartpark.simulators.loadgen import run_load
@@ -32,32 +28,16 @@ DEVICES = [(f"site-{d // 20:02d}", f"dev-{d:03d}") for d in range(200)]
 
 
 def paho_baseline(host: str, port: int, n: int, window: int = 1000) -> float:
-    """msg/s for ``n`` QoS-1 publishes from one paho client, every PUBACK received."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"paho-{uuid.uuid4().hex[:8]}")
-    slots = threading.BoundedSemaphore(window)
-    client.max_inflight_messages_set(window)
-    client.max_queued_messages_set(0)
-    client.on_publish = lambda *_: slots.release()
-    connected = threading.Event()
-    client.on_connect = lambda *_: connected.set()
-    client.connect(host, port)
-    client.loop_start()
+    """msg/s for ``n`` QoS-1 publishes from one paho client (tests/factories.publish_many), every PUBACK in."""
+    from factories import publish_many  # tests/ is on sys.path once harness is imported
+
     topics = [telemetry_topic(s, d) for s, d in DEVICES]
     t0 = time.time_ns() // 1_000_000 - 3_600_000
-    try:
-        connected.wait(10)
-        started = time.perf_counter()
-        for i in range(n):
-            slots.acquire()
-            payload = b'{"ts":%d,"seq":%d,"metrics":{"power_kw":%d.25,"energy_kwh":%d.5}}' % (
-                t0 + 1000 * (i // 200), i // 200, 100 + i % 200, i // 200)
-            client.publish(topics[i % 200], payload, qos=1)
-        for _ in range(window):
-            slots.acquire()
-        return n / (time.perf_counter() - started)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    messages = [(topics[i % 200], b'{"ts":%d,"seq":%d,"metrics":{"power_kw":%d.25,"energy_kwh":%d.5}}' % (
+        t0 + 1000 * (i // 200), i // 200, 100 + i % 200, i // 200)) for i in range(n)]
+    started = time.perf_counter()
+    publish_many(host, port, messages, window=window)
+    return n / (time.perf_counter() - started)
 
 
 def main() -> None:
