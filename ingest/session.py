@@ -90,7 +90,9 @@ class Mqtt5Session:
             if sock is not None:
                 try:
                     sock.sendall(mqtt5.DisconnectPacket().write())
-                    sock.shutdown(socket.SHUT_RDWR)  # wakes the reader, which closes the socket
+                    # Half-close: the broker reads our last acks and the DISCONNECT, then closes, which wakes
+                    # the reader. Dropping the read side too could reset the connection and lose those acks.
+                    sock.shutdown(socket.SHUT_WR)
                 except OSError:
                     pass
         if self._thread is not None:

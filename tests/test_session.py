@@ -134,9 +134,9 @@ class Proxy:
         with suppress(OSError):
             while data := src.recv(65536):
                 dst.sendall(data)
-        for s in (src, dst):
-            with suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+        # Half-close only: the other direction may still carry the last bytes (acks, then DISCONNECT).
+        with suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
 
     def cut(self) -> None:
         with self.lock:
