@@ -18,12 +18,11 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from harness import PEERS, Influx, cpu_seconds, peak_rss_mib, start_servers, wait_line
+from harness import PEERS, Influx, bench_servers, cpu_seconds, peak_rss_mib, wait_line
 
 PY = sys.executable
 
@@ -139,25 +138,18 @@ def main() -> None:
     parser.add_argument("--pipelines", default="smartpark,peer")
     parser.add_argument("--batch", action="store_true", help="also run smartpark on batch payloads")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        mosq, influxd = start_servers(tmp)
-        influx = Influx(influxd.url)
-        try:
-            reg, lines_dir = registry_url(tmp), gen_lines(tmp, args.n)
-            rows = []
-            for rep in range(1, args.reps + 1):
-                for name in args.pipelines.split(","):
-                    row = run_one(name, args, tmp, mosq, influx, reg, lines_dir, rep)
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
-            if rows:
-                report(rows, args)
-            if args.batch:
-                print(json.dumps(run_batches(args, tmp, mosq, influx, reg)), flush=True)
-        finally:
-            mosq.stop()
-            influxd.stop()
+    with bench_servers() as (tmp, mosq, influx):
+        reg, lines_dir = registry_url(tmp), gen_lines(tmp, args.n)
+        rows = []
+        for rep in range(1, args.reps + 1):
+            for name in args.pipelines.split(","):
+                row = run_one(name, args, tmp, mosq, influx, reg, lines_dir, rep)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        if rows:
+            report(rows, args)
+        if args.batch:
+            print(json.dumps(run_batches(args, tmp, mosq, influx, reg)), flush=True)
 
 
 def report(rows: list[dict[str, object]], args: argparse.Namespace) -> None:

@@ -14,7 +14,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -23,7 +22,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from bench_ingest import registry_url, start_pipeline
 
-from harness import Influx, start_servers
+from harness import Influx, bench_servers
 
 PROBE = ("site-09", "dev-199")
 
@@ -115,16 +114,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--pipelines", default="smartpark,peer")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        mosq, influxd = start_servers(tmp)
-        influx = Influx(influxd.url)
-        try:
-            reg = registry_url(tmp)
-            rows = [run(name, args, tmp, mosq, influx, reg) for name in args.pipelines.split(",")]
-        finally:
-            mosq.stop()
-            influxd.stop()
+    with bench_servers() as (tmp, mosq, influx):
+        reg = registry_url(tmp)
+        rows = [run(name, args, tmp, mosq, influx, reg) for name in args.pipelines.split(",")]
     for row in rows:
         print(json.dumps(row))
     print(f"\npublish -> queryable at {args.rate:,} msg/s for {args.seconds:.0f} s (probe every 100 ms, 20 ms polls)")

@@ -8,7 +8,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -21,8 +24,8 @@ from servers import MosquittoServer, start_influxd, start_mosquitto
 PEERS = Path(os.environ.get("SMARTPARK_PEERS_DIR", ROOT.parent / "shared" / "bench" / "peers"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-__all__ = ["PEERS", "ROOT", "Influx", "cpu_seconds", "peak_rss_mib", "start_influxd", "start_mosquitto",
-           "start_servers", "wait_line"]
+__all__ = ["PEERS", "ROOT", "Influx", "bench_servers", "cpu_seconds", "peak_rss_mib", "start_influxd",
+           "start_mosquitto", "start_servers", "wait_line"]
 
 MOSQUITTO_CONF = """allow_anonymous true
 persistence false
@@ -35,6 +38,19 @@ def start_servers(tmp: Path, inflight: int = 1000) -> tuple[MosquittoServer, obj
     mosq = start_mosquitto(MOSQUITTO_CONF.format(inflight=inflight), tmp / "mosquitto")
     influx = start_influxd(tmp / "influxd")
     return mosq, influx
+
+
+@contextmanager
+def bench_servers() -> Iterator[tuple[Path, MosquittoServer, Influx]]:
+    """A temp dir with a private Mosquitto and InfluxDB, stopped whatever happens."""
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        mosq, influxd = start_servers(tmp)
+        try:
+            yield tmp, mosq, Influx(influxd.url)  # type: ignore[attr-defined]
+        finally:
+            mosq.stop()
+            influxd.stop()  # type: ignore[attr-defined]
 
 
 def cpu_seconds(pid: int) -> float:

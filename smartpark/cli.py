@@ -103,10 +103,11 @@ def ingest(verbose: Verbose = False) -> None:
                                 mqtt_port=settings.mqtt.port, username=settings.mqtt.username,
                                 password=settings.mqtt.password, mqtt5=settings.mqtt_v5)
         service.start()
-        if settings.ingest_metrics_port:
-            start_http_server(settings.ingest_metrics_port, registry=service.stats.registry)
     except SmartparkError as exc:
         _fail(str(exc))
+    try:
+        if settings.ingest_metrics_port:
+            start_http_server(settings.ingest_metrics_port, registry=service.stats.registry)
     except OSError as exc:
         service.stop()
         _fail(f"metrics port {settings.ingest_metrics_port}: {exc}; set SMARTPARK_INGEST_METRICS_PORT (0: off)")
