@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,7 +47,7 @@ def bench_servers() -> Iterator[tuple[Path, MosquittoServer, Influx]]:
         tmp = Path(d)
         mosq, influxd = start_servers(tmp)
         try:
-            yield tmp, mosq, Influx(influxd.url)  # type: ignore[attr-defined]
+            yield tmp, mosq, Influx(influxd.url, influxd.proc.pid)  # type: ignore[attr-defined]
         finally:
             mosq.stop()
             influxd.stop()  # type: ignore[attr-defined]
@@ -79,8 +79,8 @@ def wait_line(path: Path, needle: str, proc: subprocess.Popen[bytes], timeout: f
 class Influx:
     """Minimal InfluxDB 1.x client for the harness (count, reset)."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, pid: int | None = None) -> None:
+        self.url, self.pid = url, pid  # pid: the server's process, for its CPU figures
         self.http = httpx.Client(timeout=30)
 
     def q(self, query: str, db: str | None = None) -> dict:
@@ -90,6 +90,33 @@ class Influx:
     def reset(self, db: str) -> None:
         self.q(f'DROP DATABASE "{db}"')
         self.q(f'CREATE DATABASE "{db}"')
+
+    def points_written(self, db: str) -> int:
+        """Points InfluxDB accepted into ``db`` since it started (its shard counters): cheap to poll, unlike a
+        count() that scans everything written so far and would load the server the benchmark measures."""
+        series = self.q("SHOW STATS FOR 'shard'")["results"][0].get("series", [])
+        return sum(int(dict(zip(s["columns"], s["values"][0], strict=True))["writePointsOk"])
+                   for s in series if s.get("tags", {}).get("database") == db)
+
+    def wait_stored(self, db: str, measurement: str, field: str, n: int, points: int, done: Callable[[], bool],
+                    stall_s: float = 15.0) -> tuple[int, float]:
+        """Wait until ``n`` values of ``field`` are stored: (count, monotonic time they were all in).
+
+        Polls the shard counters until ``points`` points have arrived, then counts exactly (the count's own
+        duration is not part of the time returned); gives up when nothing arrives for ``stall_s`` after
+        ``done()``."""
+        last, last_change, arrived = -1, time.monotonic(), 0.0
+        while True:
+            written = self.points_written(db)
+            if written != last:
+                last, last_change = written, time.monotonic()
+            if written >= points:
+                arrived = arrived or last_change
+                if (count := self.count(db, measurement, field)) >= n:
+                    return count, arrived
+            elif done() and time.monotonic() - last_change > stall_s:
+                return self.count(db, measurement, field), last_change
+            time.sleep(0.02 if written < points else 0.25)
 
     def count(self, db: str, measurement: str, field: str) -> int:
         res = self.q(f'SELECT count("{field}") FROM "{measurement}"', db)["results"][0]

@@ -53,12 +53,26 @@ class _CatalogFile(msgspec.Struct, forbid_unknown_fields=True):
 class Catalog:
     """An immutable lookup of metrics by name."""
 
-    __slots__ = ("domain_of", "metrics", "version")
+    __slots__ = ("_splits", "domain_of", "metrics", "version")
 
     def __init__(self, metrics: dict[str, Metric], version: int = 1) -> None:
         self.metrics = dict(metrics)
         self.version = version
         self.domain_of = {name: m.domain for name, m in self.metrics.items()}  # the ingest's hot lookup
+        self._splits: dict[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]] = {}
+
+    def split(self, names: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """``names`` (known metrics) grouped by domain: ((domain, names), ...) in first-seen order. Cached: a
+        park's devices send a few dozen distinct metric sets, over and over."""
+        plan = self._splits.get(names)
+        if plan is None:
+            groups: dict[str, list[str]] = {}
+            for n in names:
+                groups.setdefault(self.domain_of[n], []).append(n)
+            plan = tuple((domain, tuple(members)) for domain, members in groups.items())
+            if len(self._splits) < 4096:
+                self._splits[names] = plan
+        return plan
 
     def get(self, name: str) -> Metric | None:
         return self.metrics.get(name)

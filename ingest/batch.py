@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from smartpark.core.points import Point
@@ -26,6 +27,8 @@ class Batch:
     readings: int = 0
     messages: int = 0
     opened: float = 0.0  # monotonic time of the first message
+    written: bool = False  # points durable (store or spool): a retried commit must not write them again
+    recorded: bool = False  # dead letters recorded: a retried commit must not record them twice
 
     def add(self, msg: DecodedMessage, ack: tuple[int, int]) -> None:
         if not self.messages:
@@ -52,11 +55,12 @@ class Batcher:
         self.high_water = 4 * max_points
         self.max_age_s = max_age_s
         self._batch = Batch()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # add() takes it directly: a Condition's with-block costs two Python calls
+        self._cond = threading.Condition(self._lock)
         self.received = 0  # messages ever added
 
     def add(self, msg: DecodedMessage, ack: tuple[int, int]) -> None:
-        with self._cond:
+        with self._lock:
             while len(self._batch.points) >= self.high_water:
                 self._cond.wait(0.5)
             self._batch.add(msg, ack)
@@ -69,11 +73,19 @@ class Batcher:
         return len(b.points) >= self.max_points or (
             b.messages > 0 and time.monotonic() - b.opened >= self.max_age_s)
 
-    def take(self, timeout: float) -> Batch | None:
-        """The due batch, or None when nothing became due within ``timeout`` seconds."""
+    def wake(self) -> None:
+        """Make a waiting take() look at its ``until`` again (the writer has something else to do)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def take(self, timeout: float, until: Callable[[], bool] | None = None) -> Batch | None:
+        """The due batch, or None when nothing became due within ``timeout`` seconds or ``until()`` became
+        true first (checked on each wake())."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while not self._due():
+                if until is not None and until():
+                    return None
                 wait = deadline - time.monotonic()
                 if self._batch.messages:
                     wait = min(wait, self._batch.opened + self.max_age_s - time.monotonic())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,9 @@ OnMessage = Callable[[str, bytes, int, int], None]  # topic, payload, packet id 
 
 BUFFER_BYTES = 1 << 20  # one recv fills up to this; grows only for a bigger packet
 CONNECT_TIMEOUT_S = 10.0
+# A PUBACK with reason Success and no properties is 4 bytes (MQTT 5 3.4.2.1): 0x40, remaining length 2, packet
+# id. Packed as big-endian u32s in one call: a quarter of the codec's cost per ack, on the hot path.
+PUBACK = 0x40020000
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 30.0
 JOIN_TIMEOUT_S = 10.0
 
@@ -104,17 +108,17 @@ class Mqtt5Session:
         """PUBACK the (generation, packet id) pairs of the current connection in one write; returns how many."""
         with self._wlock:
             generation, sock = self.generation, self._sock
-            data = [mqtt5.PubAckPacket(pid).write() for gen, pid in acks if gen == generation and pid]
-            if not data or sock is None:
+            pids = [PUBACK | pid for gen, pid in acks if gen == generation and pid]
+            if not pids or sock is None:
                 return 0
             try:
-                sock.sendall(b"".join(data))
+                sock.sendall(struct.pack(f">{len(pids)}I", *pids))
             except OSError as exc:  # a partial write breaks the stream: let the reader reconnect
                 log.warning("MQTT ack write failed (%s); the broker will redeliver", exc)
                 _shutdown(sock)
                 return 0
             self._last_send = time.monotonic()
-            return len(data)
+            return len(pids)
 
     # ------------------------------------------------------------------------------------ connection
     def _connect(self) -> None:

@@ -295,15 +295,63 @@ def test_writer_survives_a_failing_metadata_database(
     ts = now_ms() - 60_000
     publish_many(mosquitto.host, mosquitto.port, [
         ("smartpark/v1/load/m007/status", b'{"state": "online"}'),
-        ("smartpark/v1/load/m007/telemetry", b'{"ts": %d, "metrics": {"power_kw": 7.5}}' % ts)])
+        ("smartpark/v1/load/m007/telemetry", b'{"ts": %d, "metrics": {"power_kw": 7.5}}' % ts),
+        ("smartpark/v1/load/m007/telemetry", b"{not json")])
     wait_for(lambda: service.stats.counters["writer_errors"] >= 2, timeout=30)
     assert service.stats.counters["messages_committed"] == 0  # nothing acked while the commit fails
     with registry.engine.begin() as conn:
         conn.execute(text("ALTER TABLE devices_away RENAME TO devices"))
-    wait_for(lambda: service.stats.counters["messages_committed"] >= 2, timeout=60)
+    wait_for(lambda: service.stats.counters["messages_committed"] >= 3, timeout=60)
     assert stored(influx_store) == 1
+    assert service.dead_letters.counts() == {"bad_json": 1}  # recorded once, however often the commit ran
     (device,) = [d for d in registry.devices("load") if d.id == "m007"]
     assert device.online is True
+    service.stop()
+    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
+    registry.close()
+
+
+class _SlowFirstWrite:
+    """The real store, with its first write held until released: a later batch's write finishes first."""
+
+    def __init__(self, store: InfluxStore) -> None:
+        self.store, self.release, self.first = store, threading.Event(), True
+
+    def write(self, points: list[Point]) -> None:
+        if self.first:
+            self.first = False
+            assert self.release.wait(30)
+        self.store.write(points)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+
+def test_a_slow_write_holds_back_the_acks_of_later_batches(
+        tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
+    """Two batches are in the store's hands at once; the second must not be acked before the first."""
+    registry = Registry(registry_url)
+    service = _service(tmp_path, mosquitto, influx_store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
+    slow = _SlowFirstWrite(influx_store)
+    service.store = slow  # type: ignore[assignment]
+    acked: list[list[tuple[int, int]]] = []
+    ack = service.source.ack
+    service.source.ack = lambda acks: (acked.append(list(acks)), ack(acks))[1]  # type: ignore[method-assign]
+    t0 = now_ms() - 3600_000
+    publish_many(mosquitto.host, mosquitto.port, [("smartpark/v1/load/m001/telemetry",
+                                                   b'{"ts": %d, "metrics": {"power_kw": 1.0}}' % t0)])
+    wait_for(lambda: not slow.first)  # batch 1 is being written, slowly
+    publish_many(mosquitto.host, mosquitto.port, [("smartpark/v1/load/m002/telemetry",
+                                                   b'{"ts": %d, "metrics": {"power_kw": 2.0}}' % t0)])
+    wait_for(lambda: stored(influx_store) == 1)  # batch 2 is in InfluxDB before batch 1...
+    time.sleep(0.5)
+    assert acked == []  # ...but not acked
+    slow.release.set()
+    wait_for(lambda: service.stats.counters["messages_committed"] >= 2)
+    assert stored(influx_store) == 2
+    order = [mid for batch in acked for _, mid in batch]
+    assert len(order) == 2
+    assert order[0] < order[1]  # receive order
     service.stop()
     forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
     registry.close()

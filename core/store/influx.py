@@ -84,6 +84,9 @@ __all__ = [
 
 RAW_RP = "raw"
 WRITE_CHUNK = 2500  # points per /write request of a large batch
+# /write requests in flight at once: InfluxDB answers each after its WAL write, so with two the server idled
+# between requests; four (two ingest batches of two chunks) took batch payloads from ~240k to ~270k readings/s
+WRITE_REQUESTS = 4
 # (retention policy, GROUP BY interval, CQ name suffix, duration as a multiple of raw; None = infinite)
 ROLLUPS: tuple[tuple[str, str, str, int | None], ...] = (
     ("rp_1m", "1m", "1m", 2),
@@ -186,8 +189,30 @@ def line(point: Point) -> str:
 
 
 def lines(points: Iterable[Point]) -> bytes:
-    """Points as a line-protocol body (UTF-8, one line each). The ingest's hot path: about 1 µs a point."""
-    return "\n".join([line(p) for p in points]).encode("utf-8")
+    """Points as a line-protocol body (UTF-8, one line each). The ingest's hot path, so line() inlined for
+    the plain point (float fields, int timestamp): about 1 µs a point. (Formatting all floats in one msgspec
+    call and laying out fields by template was measured no faster on typical sensor values.)"""
+    out: list[str] = []
+    append = out.append
+    keys = _FIELD_KEYS
+    for p in points:
+        fields = p.fields
+        if not fields or type(p.ts_ms) is not int:
+            append(line(p))  # raises the precise error
+            continue
+        parts = []
+        for k, v in fields.items():
+            key = keys.get(k)
+            if key is None:
+                key = _field_key(k)
+                if len(keys) < 4096:
+                    keys[k] = key
+            parts.append(key + (repr(v) if type(v) is float and isfinite(v) else _field_value(k, v)))
+        append(f"{_series_prefix(p.measurement, p.site, p.device)}{','.join(parts)} {p.ts_ms}")
+    return "\n".join(out).encode("utf-8")
+
+
+_FIELD_KEYS: dict[str, str] = {}  # _field_key's results by key, for lines(): a dict lookup beats a call
 
 
 # ------------------------------------------------------------------------------------------------ InfluxQL
@@ -263,7 +288,7 @@ class InfluxStore:
             headers["Authorization"] = f"Token {token}"
         elif username:
             auth = httpx.BasicAuth(username, password)
-        self._writers = ThreadPoolExecutor(2, thread_name_prefix="influx-write")
+        self._writers = ThreadPoolExecutor(WRITE_REQUESTS, thread_name_prefix="influx-write")
         self._client = httpx.Client(
             base_url=self.url, headers=headers, auth=auth, timeout=timeout_s, transport=transport
         )
@@ -387,7 +412,7 @@ class InfluxStore:
         return out
 
     def write(self, points: Sequence[Point]) -> None:
-        """Write points; large batches go as WRITE_CHUNK-point requests, two at a time, so InfluxDB parses one
+        """Write points; large batches go as WRITE_CHUNK-point requests, several at a time, so InfluxDB parses one
         while the next is being encoded (a write is idempotent: a failed batch is simply written again)."""
         if not points:  # line() refuses empty field sets, as check_points does for the embedded store
             return
