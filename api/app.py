@@ -13,6 +13,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from smartpark.api.errors import install_error_handlers
 from smartpark.api.routes import alerts, devices, health, keys, kpis, page, series, sites
 from smartpark.api.sessions import SESSION_TTL_S, create_session_table
+from smartpark.api.warm import KpiWarmer
 from smartpark.core.catalog import Catalog
 from smartpark.core.reference import Reference, load_reference
 from smartpark.core.registry import Registry
@@ -35,7 +36,14 @@ def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore
         app.state.store, app.state.catalog = store, catalog
         app.state.metrics_registries = list(metrics)
         app.state.reference = reference or load_reference(settings.reference_file)
+        ttl_s = getattr(store, "hour_cache_s", 0.0)  # only a store that keeps computed hours is worth warming
+        warmer = KpiWarmer(registry, store, app.state.reference, ttl_s) if settings.api_warm_kpis and ttl_s else None
+        if warmer:
+            warmer.start()
+        app.state.kpi_warmer = warmer
         yield
+        if warmer:
+            warmer.stop()
 
     app = FastAPI(title="smartpark", version="1", lifespan=lifespan,
                   description="Sites, series and KPIs of an industrial park's energy, emissions and greening.")

@@ -40,7 +40,7 @@ from smartpark.core.store.base import (
     minute_query,
 )
 
-__all__ = ["Period", "emissions_kpi", "energy_kpi", "greening_kpi", "park_coverage", "period"]
+__all__ = ["Period", "emissions_kpi", "energy_kpi", "greening_kpi", "hour_sums", "park_coverage", "period"]
 
 HOUR_MS = 3_600_000
 O2 = "o2_pct"
@@ -153,7 +153,7 @@ def emissions_kpi(store: TimeSeriesStore, ref: Reference, site: Site, stacks: Se
                   *, min_minutes: int, hours: bool = False) -> EmissionsKpi:
     sources = {dev.id: ref.source_type(dev.source_type) for dev in stacks}
     by_stack: dict[tuple[str, str], dict[int, tuple[float, int]]] = {}
-    for h in _hour_sums(store, ref, site, stacks, p):
+    for h in hour_sums(store, ref, site, stacks, p):
         by_stack.setdefault((h.device, h.field), {})[h.ts_ms] = (h.total, h.valid)
     out = []
     for dev in stacks:
@@ -173,8 +173,8 @@ def emissions_kpi(store: TimeSeriesStore, ref: Reference, site: Site, stacks: Se
                         stacks=out)
 
 
-def _hour_sums(store: TimeSeriesStore, ref: Reference, site: Site, stacks: Sequence[Device],
-               p: Period) -> list[HourSum]:
+def hour_sums(store: TimeSeriesStore, ref: Reference, site: Site, stacks: Sequence[Device],
+              p: Period, *, renew_within_s: float = 0.0) -> list[HourSum]:
     """Per stack, pollutant and local hour: sum and count of the valid O2-corrected minute means.
 
     The store aggregates per hour aligned to the UTC hour plus an offset: the local hours whenever the zone's
@@ -187,7 +187,7 @@ def _hour_sums(store: TimeSeriesStore, ref: Reference, site: Site, stacks: Seque
                       tuple((d.id, ref.source_type(d.source_type).o2_ref_pct) for d in stacks), O2,
                       ref.emissions.o2_correction_max_pct, tuple(ref.emissions.valid_flags), offset or 0)
     if offset is not None:
-        return store.hour_sums(query)
+        return store.hour_sums(query, renew_within_s=renew_within_s)
     return hour_sums_from_minutes(store.minute_means(minute_query(query)), query, p.hour_of())
 
 

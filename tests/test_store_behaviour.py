@@ -15,6 +15,7 @@ from smartpark.core.store.embedded import EmbeddedStore
 from factories import now_ms
 
 MIN = 60_000
+DAY = 86_400_000
 
 
 @pytest.fixture
@@ -69,6 +70,16 @@ def test_latest_value_and_its_flag(store: TimeSeriesStore, t0: int) -> None:
     assert (nox.ts_ms, nox.value, nox.flag, nox.measurement) == (t0 + MIN, 42.0, None, "emissions")
     assert (o2.ts_ms, o2.value, o2.flag) == (t0 + 2 * MIN, 16.5, "M")
     assert latest["meter", "power_kw"].site == "s"
+
+
+def test_latest_many_answers_by_site_and_only_the_sites_asked(store: TimeSeriesStore, t0: int) -> None:
+    store.write([power("a", "d1", t0, 1.0), power("a", "d2", t0 + MIN, 2.0), power("b", "d3", t0, 3.0),
+                 power("c", "d4", t0, 4.0)])
+    out = store.latest_many(["a", "b", "nowhere"], lookback_ms=DAY)
+    assert {site: [(v.device, v.value) for v in values] for site, values in out.items()} == {
+        "a": [("d1", 1.0), ("d2", 2.0)], "b": [("d3", 3.0)], "nowhere": []}  # c not asked: not there
+    assert out["a"] == store.latest("a", lookback_ms=DAY)
+    assert store.latest_many([], lookback_ms=DAY) == {}
 
 
 def test_latest_respects_lookback(store: TimeSeriesStore, t0: int) -> None:

@@ -4,6 +4,10 @@ minute means), run against both backends."""
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -16,8 +20,9 @@ from smartpark.core.store.base import (
     hour_sums_from_minutes,
     minute_query,
 )
+from smartpark.core.store.influx import InfluxStore
 
-from factories import now_ms
+from factories import PARK_YAML, now_ms, wait_for
 
 MIN = 60_000
 
@@ -145,3 +150,52 @@ def test_hour_sums_see_late_readings_and_flags(store: TimeSeriesStore, t0: int) 
     assert [(x.total, x.valid) for x in store.hour_sums(query)] == [(615.0, 60)]
     store.write([Point("emissions", "s", "stove", t0 + MIN, {"nox_mg_m3_flag": "C"})])  # flagged afterwards
     assert [(x.total, x.valid) for x in store.hour_sums(query)] == [(605.0, 59)]
+
+
+def test_hour_sums_renewal_and_one_computation_at_a_time(influx_store: InfluxStore, t0: int) -> None:
+    """What the KPI warmer relies on: renew_within_s recomputes kept hours before they expire, and callers
+    asking for the same hours at once wait for one computation instead of each asking InfluxDB."""
+    query = hour_query(t0, t0 + 2 * 3600_000)
+    influx_store.write([cems("stove", t0 + m * MIN, 10.0) for m in range(60)])
+    computed: list[set[int]] = []
+    exact = influx_store._exact_hours
+    influx_store._exact_hours = lambda q, hours: (computed.append(set(hours)), exact(q, hours))[1]  # type: ignore[method-assign]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: influx_store.hour_sums(query), range(4)))
+    assert all([(x.total, x.valid) for x in a] == [(600.0, 60)] for a in answers)
+    assert computed == [{t0}]  # once, for four callers
+    influx_store.hour_sums(query)
+    assert computed == [{t0}]  # kept
+    influx_store.hour_sums(query, renew_within_s=influx_store.hour_cache_s)
+    assert computed == [{t0}, {t0}]  # renewed ahead of its expiry
+
+
+def test_kpi_warmer_computes_the_stacked_sites_hours_ahead(influx_store: InfluxStore, t0: int,
+                                                           tmp_path: Path) -> None:
+    from smartpark.api import kpis
+    from smartpark.api.warm import WARM_DAYS, KpiWarmer
+    from smartpark.core.reference import default_reference
+    from smartpark.core.registry import Registry, parse_park_file
+
+    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
+    registry.init()
+    registry.load_park(parse_park_file(PARK_YAML))
+    (site,) = [s for s in registry.sites() if s.id == "steel"]
+    stacks = [d for d in registry.devices("steel") if d.kind == "cems"]
+    influx_store.write([Point("emissions", "steel", stacks[0].id, t0 + m * MIN, {"nox_mg_m3": 20.0, "o2_pct": 16.0})
+                        for m in range(60)])
+    warmer = KpiWarmer(registry, influx_store, default_reference(), ttl_s=influx_store.hour_cache_s)
+    warmer.start()
+    wait_for(lambda: warmer.rounds >= 1)
+    warmer.stop()
+    computed: list[set[int]] = []
+    exact = influx_store._exact_hours
+    influx_store._exact_hours = lambda q, hours: (computed.append(set(hours)), exact(q, hours))[1]  # type: ignore[method-assign]
+    park = registry.park()
+    tz = ZoneInfo(park.timezone if park else "Asia/Shanghai")
+    today = datetime.now(tz).date()  # any period within the warmed days, here the last week
+    week = kpis.period(tz, today - timedelta(days=min(6, WARM_DAYS - 1)), today + timedelta(days=1))
+    sums = kpis.hour_sums(influx_store, default_reference(), site, stacks, week)
+    assert computed == []  # the month's hours were there already
+    assert {(h.device, h.field, h.valid) for h in sums} == {(stacks[0].id, "nox_mg_m3", 60)}
+    registry.close()

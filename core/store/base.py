@@ -134,11 +134,17 @@ class TimeSeriesStore(Protocol):
     def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[LatestValue]:
         """The latest value of each metric of each device of ``site`` within the lookback."""
 
+    def latest_many(self, sites: Sequence[str], *, lookback_ms: int = 7 * DAY_MS) -> dict[str, list[LatestValue]]:
+        """latest() of several sites, by site (every site a key), in as few store round trips as it can."""
+
     def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
         """Minute rows (device, minute) ordered by device and time, computed by the store."""
 
-    def hour_sums(self, query: HourQuery) -> list[HourSum]:
-        """Hourly sums and counts of valid corrected minute means, ordered by device, field and hour."""
+    def hour_sums(self, query: HourQuery, *, renew_within_s: float = 0.0) -> list[HourSum]:
+        """Hourly sums and counts of valid corrected minute means, ordered by device, field and hour.
+
+        A store that keeps computed hours recomputes those whose entry expires within ``renew_within_s``
+        (a warmer's call: users then never meet an expired hour)."""
 
     def close(self) -> None:
         """Release connections."""

@@ -216,8 +216,9 @@ class EmbeddedStore:
         return [MinuteRow(dev, ts, values, frozenset(invalid))
                 for (dev, ts), (values, invalid) in sorted(rows.items())]
 
-    def hour_sums(self, query: HourQuery) -> list[HourSum]:
-        """From the minute means, in Python (the reference computation; fast enough for an embedded park)."""
+    def hour_sums(self, query: HourQuery, *, renew_within_s: float = 0.0) -> list[HourSum]:
+        """From the minute means, in Python (the reference computation; fast enough for an embedded park, so
+        nothing is kept and ``renew_within_s`` has nothing to renew)."""
         if not query.devices or not query.fields or query.end_ms <= query.start_ms:
             return []
         return hour_sums_from_minutes(self.minute_means(minute_query(query)), query)
@@ -227,6 +228,9 @@ class EmbeddedStore:
         rows = self._conn().execute(LATEST_SQL, (site, since))
         return [LatestValue(site, dev, m, field, ts, value, flag) for dev, m, field, ts, value, flag in rows
                 if field in self.catalog]
+
+    def latest_many(self, sites: Sequence[str], *, lookback_ms: int = 7 * DAY_MS) -> dict[str, list[LatestValue]]:
+        return {site: self.latest(site, lookback_ms=lookback_ms) for site in sites}  # an index seek each
 
 
 def _now_ms() -> int:

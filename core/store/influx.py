@@ -49,7 +49,7 @@ from typing import Any, Self
 import httpx
 import msgspec
 
-from smartpark.core.catalog import Catalog
+from smartpark.core.catalog import Catalog, Metric
 from smartpark.core.errors import StoreRejected, StoreUnavailable
 from smartpark.core.points import Point
 from smartpark.core.store.base import (
@@ -100,6 +100,9 @@ RESAMPLE_FOR = {"rp_1m": "10m", "rp_1h": "2h"}
 # hour_sums: hourly results kept per query (LRU) and how many requests compute uncached hours concurrently
 HOUR_CACHE_QUERIES = 64
 EXACT_REQUESTS = 2
+# latest_many's statements go as this many concurrent requests: InfluxDB runs the statements of one request
+# one after the other, on one core (the park's overview: p50 212 ms in one request, see bench/bench_api.py)
+LATEST_REQUESTS = 3
 
 _NO_NEWLINES = ("\n", "\r")
 _MEASUREMENT_SPECIALS = {",": "\\,", " ": "\\ "}
@@ -278,6 +281,7 @@ class InfluxStore:
         self.token = token
         self.hour_cache_s = hour_cache_s
         self._hour_lock = threading.Lock()
+        self._computing: dict[HourQuery, threading.Lock] = {}  # per cache key (a site's stacks): see hour_sums
         self._hour_cache: dict[HourQuery, dict[tuple[str, int], tuple[tuple[int, ...], float, list[HourSum]]]] = {}
         # Retention policy named in writes and FROM clauses; None = the database's DEFAULT policy, which
         # init() makes "raw" on 1.x, so a process that did not run init() reads where the writers write.
@@ -289,6 +293,7 @@ class InfluxStore:
         elif username:
             auth = httpx.BasicAuth(username, password)
         self._writers = ThreadPoolExecutor(WRITE_REQUESTS, thread_name_prefix="influx-write")
+        self._readers = ThreadPoolExecutor(LATEST_REQUESTS, thread_name_prefix="influx-read")
         self._client = httpx.Client(
             base_url=self.url, headers=headers, auth=auth, timeout=timeout_s, transport=transport
         )
@@ -533,7 +538,7 @@ class InfluxStore:
         out.sort(key=lambda r: (r.device, r.ts_ms))
         return out
 
-    def hour_sums(self, query: HourQuery) -> list[HourSum]:
+    def hour_sums(self, query: HourQuery, *, renew_within_s: float = 0.0) -> list[HourSum]:
         """From the minute means (the reference computation), with the results of whole hours kept in memory
         for ``hour_cache_s`` and revalidated on every call.
 
@@ -548,16 +553,24 @@ class InfluxStore:
             return []
         if not 0 <= query.offset_ms < HOUR_MS:
             raise ValueError(f"offset_ms must be in [0, {HOUR_MS}), got {query.offset_ms}")
-        counts = self._hour_counts(query)
         key = msgspec.structs.replace(query, start_ms=0, end_ms=0)
+        with self._hour_lock:
+            computing = self._computing.setdefault(key, threading.Lock())
+        # one computation per key at a time: a request arriving while the warmer (or another request) computes
+        # the same site's hours waits for it and then finds them, instead of asking InfluxDB for them again
+        with computing:
+            return self._cached_hour_sums(query, key, renew_within_s)
+
+    def _cached_hour_sums(self, query: HourQuery, key: HourQuery, renew_within_s: float) -> list[HourSum]:
+        counts = self._hour_counts(query)
         now = time.monotonic()
         with self._hour_lock:
             cached = self._hour_cache.pop(key, {})
             self._hour_cache[key] = cached  # most recently used last
             while len(self._hour_cache) > HOUR_CACHE_QUERIES:
                 self._hour_cache.pop(next(iter(self._hour_cache)))
-            for k in [k for k, entry in cached.items() if entry[1] <= now]:
-                del cached[k]  # expired
+            for k in [k for k, entry in cached.items() if entry[1] <= now + renew_within_s]:
+                del cached[k]  # expired, or due for renewal
             todo = {k[1] for k, fingerprint in counts.items() if k not in cached or cached[k][0] != fingerprint}
             out = [h for k in counts if k[1] not in todo for h in cached[k][2]]
         if todo:
@@ -635,17 +648,36 @@ class InfluxStore:
         return " OR ".join(f'"device" = {quote_literal(d)}' for d in devices)
 
     def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[LatestValue]:
+        return self.latest_many([site], lookback_ms=lookback_ms)[site]
+
+    def latest_many(self, sites: Sequence[str], *, lookback_ms: int = 7 * DAY_MS) -> dict[str, list[LatestValue]]:
+        """One statement per catalog metric for all ``sites`` at once (the overview's whole park in one
+        request, not one per site: a tenth of the statements)."""
+        out: dict[str, list[LatestValue]] = {site: [] for site in sites}
         metrics = sorted(self.catalog.metrics.values(), key=lambda m: (m.domain, m.name))
-        if not metrics:
-            return []
+        if not metrics or not sites:
+            return out
+        where = " OR ".join(f'"site" = {quote_literal(site)}' for site in out)
         statements = [
             f"SELECT {quote_ident(m.name)}, {quote_ident(m.name + '_flag')} FROM {self._from(m.domain)} "  # noqa: S608 (InfluxQL; names and values quoted)
-            f'WHERE "site" = {quote_literal(site)} AND time > now() - {int(lookback_ms)}ms '
-            f'GROUP BY "device" ORDER BY time DESC LIMIT 1'
+            f'WHERE ({where}) AND time > now() - {int(lookback_ms)}ms '
+            f'GROUP BY "site", "device" ORDER BY time DESC LIMIT 1'
             for m in metrics
         ]
+        parts = [list(range(k, len(statements), LATEST_REQUESTS)) for k in range(LATEST_REQUESTS)]
+        answers = list(self._readers.map(lambda part: self._statements([statements[i] for i in part]),
+                                         [p for p in parts if p]))
+        for part, results in zip([p for p in parts if p], answers, strict=True):
+            for i, result in zip(part, results, strict=True):
+                self._add_latest(out, metrics[i], result)
+        for values in out.values():
+            values.sort(key=lambda v: (v.device, v.measurement, v.metric))
+        return out
+
+    def _statements(self, statements: list[str]) -> list[dict[str, Any]]:
+        """query() for several statements, with the real message when the first one fails."""
         try:
-            results = self.query("; ".join(statements))
+            return self.query("; ".join(statements))
         except StoreRejected as exc:
             if not str(exc).endswith("not executed"):
                 raise
@@ -653,33 +685,29 @@ class InfluxStore:
             # "not executed": run it alone for the real message
             self.query(statements[0])
             raise
-        out = []
-        for i, result in enumerate(results):
-            metric = metrics[result.get("statement_id", i)]
-            for s in result.get("series", []):
-                columns: list[str] = s.get("columns", [])
-                for row in s.get("values", []):
-                    record = dict(zip(columns, row, strict=False))
-                    value = record.get(metric.name)
-                    if value is None:
-                        continue
-                    flag = record.get(metric.name + "_flag")
-                    out.append(
-                        LatestValue(
-                            site=site,
-                            device=s.get("tags", {}).get("device", ""),
-                            measurement=metric.domain,
-                            metric=metric.name,
-                            ts_ms=int(record["time"]),
-                            value=float(value),
-                            flag=flag if isinstance(flag, str) and flag else None,
-                        )
-                    )
-        out.sort(key=lambda v: (v.device, v.measurement, v.metric))
-        return out
+
+    @staticmethod
+    def _add_latest(out: dict[str, list[LatestValue]], metric: Metric, result: dict[str, Any]) -> None:
+        for s in result.get("series", []):
+            tags = s.get("tags", {})
+            values = out.get(tags.get("site", ""))
+            if values is None:
+                continue
+            columns: list[str] = s.get("columns", [])
+            for row in s.get("values", []):
+                record = dict(zip(columns, row, strict=False))
+                value = record.get(metric.name)
+                if value is None:
+                    continue
+                flag = record.get(metric.name + "_flag")
+                values.append(LatestValue(
+                    site=tags["site"], device=tags.get("device", ""), measurement=metric.domain,
+                    metric=metric.name, ts_ms=int(record["time"]), value=float(value),
+                    flag=flag if isinstance(flag, str) and flag else None))
 
     def close(self) -> None:
         self._writers.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
         self._client.close()
 
     def __enter__(self) -> Self:
