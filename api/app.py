@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -41,9 +42,11 @@ def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore
         if warmer:
             warmer.start()
         app.state.kpi_warmer = warmer
-        yield
-        if warmer:
-            warmer.stop()
+        try:
+            yield
+        finally:
+            if warmer:
+                await asyncio.to_thread(warmer.stop)  # joins the thread: not on the event loop
 
     app = FastAPI(title="smartpark", version="1", lifespan=lifespan,
                   description="Sites, series and KPIs of an industrial park's energy, emissions and greening.")

@@ -61,6 +61,9 @@ class KpiWarmer:
             if self._stop.is_set():
                 return
             stacks = [d for d in self.registry.devices(site.id) if d.kind == "cems"]
-            if stacks:
-                kpis.hour_sums(self.store, self.ref, site, stacks, p, renew_within_s=self.renew_within_s)
+            try:
+                if stacks:
+                    kpis.hour_sums(self.store, self.ref, site, stacks, p, renew_within_s=self.renew_within_s)
+            except Exception:  # one site's failure (a refused query, bad reference data) spares the others
+                log.exception("warming the emission KPIs of %s failed", site.id)
         self.rounds += 1

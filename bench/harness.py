@@ -102,20 +102,24 @@ class Influx:
                     stall_s: float = 15.0) -> tuple[int, float]:
         """Wait until ``n`` values of ``field`` are stored: (count, monotonic time they were all in).
 
-        Polls the shard counters until ``points`` points have arrived, then counts exactly (the count's own
-        duration is not part of the time returned); gives up when nothing arrives for ``stall_s`` after
-        ``done()``."""
-        last, last_change, arrived = -1, time.monotonic(), 0.0
+        Polls the shard counters until ``points`` points have arrived, then counts exactly. The time is when
+        the counter reached ``points``, if the first exact count confirms it (the count's own duration is not
+        part of it); if other points (the ingest's own figures, a retried write) made the counter run ahead,
+        it is when a later count confirmed. Gives up when nothing arrives for ``stall_s`` after ``done()``."""
+        last, last_change, first_count = -1, time.monotonic(), True
+        count = 0
         while True:
             written = self.points_written(db)
+            now = time.monotonic()
             if written != last:
-                last, last_change = written, time.monotonic()
+                last, last_change = written, now
             if written >= points:
-                arrived = arrived or last_change
-                if (count := self.count(db, measurement, field)) >= n:
-                    return count, arrived
-            elif done() and time.monotonic() - last_change > stall_s:
-                return self.count(db, measurement, field), last_change
+                count = self.count(db, measurement, field)
+                if count >= n:
+                    return count, last_change if first_count else now
+                first_count = False
+            if done() and now - last_change > stall_s:
+                return (count if written >= points else self.count(db, measurement, field)), last_change
             time.sleep(0.02 if written < points else 0.25)
 
     def count(self, db: str, measurement: str, field: str) -> int:

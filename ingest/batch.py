@@ -28,6 +28,9 @@ class Batch:
     messages: int = 0
     opened: float = 0.0  # monotonic time of the first message
     written: bool = False  # points durable (store or spool): a retried commit must not write them again
+    spooled: bool = False  # its points went to the spool
+    awaited: bool = False  # the outcome of its background store write was taken
+    rewrite: bool = False  # written to the store while an earlier batch went to the spool: write again after it
     recorded: bool = False  # dead letters recorded: a retried commit must not record them twice
 
     def add(self, msg: DecodedMessage, ack: tuple[int, int]) -> None:

@@ -5,8 +5,10 @@ socket); the writer thread takes due batches and hands their points to the store
 when the store is down or slow, writes dead letters and device status, and only then acks the batch's
 messages. Two batches are in the store at once (PIPELINE): the next one is encoded and sent while InfluxDB
 still writes the last, and acks stay in receive order (the oldest batch always completes first). While the
-spool holds data, new batches queue behind it so replay stays in order. A full spool stops the acks: the
-broker holds the rest (bounded by Receive Maximum), so nothing is ever dropped.
+spool holds data, new batches queue behind it so replay stays in order; a batch the store took while an
+earlier one went to the spool is spooled again behind it, so a replay never puts older values over newer
+ones. A full spool stops the acks: the broker holds the rest (bounded by Receive Maximum), so nothing is ever
+dropped.
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ class IngestService:
     def start(self, wait_s: float = 30.0) -> None:
         # Everything built so far (modules, registry, settings) lives as long as the process: kept out of the
         # collector's scans, and young collections made rarer. Decoding allocates a dict or two per reading,
-        # and the collector's passes over a large heap cost ~1 µs a reading (bench/bench_ingest.py).
+        # and the collector's passes over a large heap cost ~1 µs a reading (bench/bench_ingest.py). Process-wide:
+        # under `smartpark up` the other services' objects are frozen and collected less often too.
+        gc.collect()  # what is garbage now would never be freed once frozen
         gc.freeze()
         gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         self._writer.start()
@@ -137,8 +141,8 @@ class IngestService:
                     return
         if self._in_flight:
             batch, future, started = self._in_flight[0]
-            self._complete(batch, future, started)
-            self._in_flight.popleft()
+            if self._complete(batch, future, started):
+                self._in_flight.popleft()
 
     def _head_done(self) -> bool:
         return bool(self._in_flight) and (self._in_flight[0][1] is None or self._in_flight[0][1].done())
@@ -152,33 +156,44 @@ class IngestService:
         future.add_done_callback(lambda _: self.batcher.wake())
         return future
 
-    def _complete(self, batch: Batch, future: Future[None] | None, started: float) -> None:
+    def _complete(self, batch: Batch, future: Future[None] | None, started: float) -> bool:
         """Wait for the batch's write; when it failed (or never started), the synchronous path decides:
-        store again, spool, or dead-letter what the store refuses. Then dead letters, status, ack."""
-        if future is not None:
+        store again, spool, or dead-letter what the store refuses. Then dead letters, status, ack.
+
+        A write that succeeded after an earlier batch went to the spool is done again behind it (rewrite),
+        so the replay cannot put the earlier batch's values over this one's (a corrected reading)."""
+        if future is not None and not batch.awaited:
+            batch.awaited = True  # a retry of this commit writes synchronously, never re-reads this future
             try:
                 future.result()
-                batch.written = True
+                batch.written = not batch.rewrite
             except StoreError:
                 pass  # _commit retries it: spools it if the store is down, bisects if it refuses points
-        self._commit(batch, started)
+            except Exception:  # anything else (a driver bug, MemoryError): _commit writes again
+                log.exception("store write failed unexpectedly; writing the batch again")
+        return self._commit(batch, started)
 
     def _final_commit(self) -> None:
         try:
             while self._in_flight:
                 batch, future, started = self._in_flight[0]
-                self._complete(batch, future, started)
+                if not self._complete(batch, future, started):
+                    return  # left unacked: so are the batches behind it (acks stay in receive order)
                 self._in_flight.popleft()
             self._commit(self.batcher.drain(), time.perf_counter())
         except Exception:
             log.exception("final commit failed; its messages stay unacked and the broker redelivers them")
 
-    def _commit(self, batch: Batch, started: float) -> None:
+    def _commit(self, batch: Batch, started: float) -> bool:
+        """Make the batch durable, record its dead letters and status, ack it; False if it stays unacked."""
         if not batch.messages:
-            return
+            return True
         if not batch.written and not self._write_points(batch):
             log.warning("stopping with the store down: %d messages left unacked for redelivery", batch.messages)
-            return
+            return False
+        if batch.spooled:  # later batches already written to the store must follow it into the spool
+            for later, _, _ in self._in_flight:
+                later.rewrite = later is not batch
         batch.written = True  # a retry after a failure below must not write (or spool) the points again
         if not batch.recorded:
             self.dead_letters.add(batch.dead)
@@ -187,6 +202,7 @@ class IngestService:
             self.registry.set_device_status(s.device, s.online, datetime.fromtimestamp(s.ts_ms / 1000, UTC))
         self.source.ack(batch.acks)
         self._count(batch, time.perf_counter() - started)
+        return True
 
     def _write_points(self, batch: Batch) -> bool:
         """Hand the points off durably (store or spool); False if stopped before that was possible."""
@@ -196,6 +212,7 @@ class IngestService:
                 return True
             try:
                 self.spool.append(batch.points)
+                batch.spooled = True
                 self.stats.add("points_spooled", len(batch.points))
                 self.stats.gauge("spool_bytes", self.spool.bytes)
                 return True

@@ -182,3 +182,22 @@ def test_hostile_payloads_are_rejected_not_raised(decoder: ReadingDecoder, body:
     assert out.readings == []
     assert len(out.rejections) == 1
     assert out.rejections[0].reason.value in {"bad_json", "bad_schema"}
+
+
+def test_a_batch_decides_each_reading_as_a_single_message_would(decoder: ReadingDecoder) -> None:
+    """Batches take a fast path for plain readings; its verdicts must be the single-message path's, at the
+    time window's edges included."""
+    now = now_ms()
+    cases = [reading(ts=now + 300_000, power_kw=1), reading(ts=now + 300_001, power_kw=1),
+             reading(ts=now - 30 * DAY, power_kw=1), reading(ts=now - 30 * DAY - 1, power_kw=1),
+             reading(ts=now, power_kw=-1e9), reading(ts=now, nox_mg_m3=5, flags={"nox_mg_m3": "C"}),
+             reading(ts=now, power_kw=2, flags={"power_kw": "N"}), reading(ts=now, unknown=1),
+             reading(ts="2026-11-28T15:59:59.999Z", power_kw=1), reading(power_kw=3),
+             reading(ts=now, power_kw=1, o2_pct=21.5)]
+    batch = decoder.decode("s", "d", payload({"readings": cases}), now)
+    singles = [decoder.decode("s", "d", payload(c), now) for c in cases]
+    assert batch.readings == [r for s in singles for r in s.readings]
+    assert [(r.reason, r.index) for r in batch.rejections] == [
+        (s.rejections[0].reason, i) for i, s in enumerate(singles) if s.rejections]
+    assert len(batch.readings) >= 5
+    assert len(batch.rejections) >= 4

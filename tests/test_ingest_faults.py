@@ -355,3 +355,67 @@ def test_a_slow_write_holds_back_the_acks_of_later_batches(
     service.stop()
     forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
     registry.close()
+
+
+class _ScriptedStore:
+    """The real store, with chosen write calls (1-based) failing with a chosen exception after an optional
+    hold: the faults the writer pipeline must survive without losing, wedging or reordering."""
+
+    def __init__(self, store: InfluxStore, fail: dict[int, BaseException], hold: int = 0) -> None:
+        self.store, self.fail, self.hold = store, fail, hold
+        self.calls, self.release, self._lock = 0, threading.Event(), threading.Lock()
+
+    def write(self, points: list[Point]) -> None:
+        with self._lock:
+            self.calls += 1
+            call = self.calls
+        if call == self.hold:
+            assert self.release.wait(30)
+        if call in self.fail:
+            raise self.fail[call]
+        self.store.write(points)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+
+def test_a_write_failing_with_an_unexpected_error_is_written_again(
+        tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
+    registry = Registry(registry_url)
+    service = _service(tmp_path, mosquitto, influx_store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
+    service.store = _ScriptedStore(influx_store, {1: RuntimeError("a driver bug")})  # type: ignore[assignment]
+    t0 = now_ms() - 3600_000
+    body = b'{"ts": %d, "metrics": {"power_kw": 1.0}}' % t0
+    publish_many(mosquitto.host, mosquitto.port, [(f"smartpark/v1/load/m{d:03d}/telemetry", body) for d in range(50)])
+    wait_for(lambda: service.stats.counters["messages_committed"] >= 50, timeout=30)
+    assert stored(influx_store) == 50
+    service.stop()
+    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
+    registry.close()
+
+
+def test_a_batch_written_while_an_earlier_one_was_spooled_keeps_the_newer_value(
+        tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
+    """Batch 1 (value 1.0) fails and is spooled while batch 2 (a correction: same device and time, value
+    2.0) is already in the store: after the replay the store must hold 2.0, not batch 1's older value."""
+    from smartpark.core.errors import StoreUnavailable
+
+    registry = Registry(registry_url)
+    service = _service(tmp_path, mosquitto, influx_store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
+    down = StoreUnavailable("influxdb down (injected)")
+    scripted = _ScriptedStore(influx_store, {1: down, 3: down}, hold=1)  # 3: batch 1's synchronous retry
+    service.store = scripted  # type: ignore[assignment]
+    t0 = now_ms() - 3600_000
+    topic, body = "smartpark/v1/load/m001/telemetry", b'{"ts": %d, "metrics": {"power_kw": %s}}'
+    publish_many(mosquitto.host, mosquitto.port, [(topic, body % (t0, b"1.0"))])
+    wait_for(lambda: scripted.calls >= 1)  # batch 1 is being written
+    publish_many(mosquitto.host, mosquitto.port, [(topic, body % (t0, b"2.0"))])
+    wait_for(lambda: scripted.calls >= 2)  # batch 2 written meanwhile
+    scripted.release.set()
+    wait_for(lambda: service.stats.counters["messages_committed"] >= 2, timeout=30)
+    wait_for(lambda: not service.spool, timeout=30)  # replayed
+    (value,) = [v for v in influx_store.latest("load") if v.device == "m001"]
+    assert value.value == 2.0
+    service.stop()
+    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
+    registry.close()

@@ -20,7 +20,7 @@ from smartpark.core.store.base import (
     hour_sums_from_minutes,
     minute_query,
 )
-from smartpark.core.store.influx import InfluxStore
+from smartpark.core.store.influx import SINGLE_FLIGHT_HOURS, InfluxStore
 
 from factories import PARK_YAML, now_ms, wait_for
 
@@ -154,20 +154,23 @@ def test_hour_sums_see_late_readings_and_flags(store: TimeSeriesStore, t0: int) 
 
 def test_hour_sums_renewal_and_one_computation_at_a_time(influx_store: InfluxStore, t0: int) -> None:
     """What the KPI warmer relies on: renew_within_s recomputes kept hours before they expire, and callers
-    asking for the same hours at once wait for one computation instead of each asking InfluxDB."""
-    query = hour_query(t0, t0 + 2 * 3600_000)
-    influx_store.write([cems("stove", t0 + m * MIN, 10.0) for m in range(60)])
-    computed: list[set[int]] = []
+    asking at once for many hours (a cold month) wait for one computation instead of each asking InfluxDB."""
+    hours = SINGLE_FLIGHT_HOURS + 6
+    base = t0 - (hours + 10) * 3600_000
+    query = hour_query(base, base + hours * 3600_000)
+    influx_store.write([cems("stove", base + h * 3600_000 + m * MIN, 10.0) for h in range(hours) for m in range(2)])
+    computed: list[int] = []
     exact = influx_store._exact_hours
-    influx_store._exact_hours = lambda q, hours: (computed.append(set(hours)), exact(q, hours))[1]  # type: ignore[method-assign]
+    influx_store._exact_hours = lambda q, todo: (computed.append(len(todo)), exact(q, todo))[1]  # type: ignore[method-assign]
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: influx_store.hour_sums(query), range(4)))
-    assert all([(x.total, x.valid) for x in a] == [(600.0, 60)] for a in answers)
-    assert computed == [{t0}]  # once, for four callers
-    influx_store.hour_sums(query)
-    assert computed == [{t0}]  # kept
-    influx_store.hour_sums(query, renew_within_s=influx_store.hour_cache_s)
-    assert computed == [{t0}, {t0}]  # renewed ahead of its expiry
+    assert all([(x.total, x.valid) for x in a] == [(20.0, 2)] * hours for a in answers)
+    assert computed == [hours]  # once, for four callers
+    assert len(influx_store.hour_sums(query)) == hours
+    assert computed == [hours]  # kept
+    renewed = influx_store.hour_sums(query, renew_within_s=influx_store.hour_cache_s)
+    assert computed == [hours, hours]  # renewed ahead of expiry
+    assert renewed == answers[0]
 
 
 def test_kpi_warmer_computes_the_stacked_sites_hours_ahead(influx_store: InfluxStore, t0: int,

@@ -98,7 +98,8 @@ ROLLUPS: tuple[tuple[str, str, str, int | None], ...] = (
 RESAMPLE_FOR = {"rp_1m": "10m", "rp_1h": "2h"}
 
 # hour_sums: hourly results kept per query (LRU) and how many requests compute uncached hours concurrently
-HOUR_CACHE_QUERIES = 64
+HOUR_CACHE_QUERIES = 256  # kept HourQuery keys (about one per site with stacks)
+SINGLE_FLIGHT_HOURS = 24  # more hours to compute than this: one computation per key at a time (hour_sums)
 EXACT_REQUESTS = 2
 # latest_many's statements go as this many concurrent requests: InfluxDB runs the statements of one request
 # one after the other, on one core (the park's overview: p50 212 ms in one request, see bench/bench_api.py)
@@ -554,31 +555,47 @@ class InfluxStore:
         if not 0 <= query.offset_ms < HOUR_MS:
             raise ValueError(f"offset_ms must be in [0, {HOUR_MS}), got {query.offset_ms}")
         key = msgspec.structs.replace(query, start_ms=0, end_ms=0)
+        counts = self._hour_counts(query)
+        out, todo = self._kept_hours(key, counts, renew_within_s)
+        if len(todo) <= SINGLE_FLIGHT_HOURS:  # the usual call: the current hour and a few late ones
+            return self._computed_hours(query, key, counts, out, todo)
+        # a big computation (a cold month, the warmer's renewal) runs once per key at a time: a request arriving
+        # meanwhile waits for it and then finds the hours kept, instead of asking InfluxDB for them again
         with self._hour_lock:
             computing = self._computing.setdefault(key, threading.Lock())
-        # one computation per key at a time: a request arriving while the warmer (or another request) computes
-        # the same site's hours waits for it and then finds them, instead of asking InfluxDB for them again
         with computing:
-            return self._cached_hour_sums(query, key, renew_within_s)
+            out, todo = self._kept_hours(key, counts, renew_within_s)
+            return self._computed_hours(query, key, counts, out, todo)
 
-    def _cached_hour_sums(self, query: HourQuery, key: HourQuery, renew_within_s: float) -> list[HourSum]:
-        counts = self._hour_counts(query)
+    def _kept_hours(self, key: HourQuery, counts: dict[tuple[str, int], tuple[int, ...]],
+                    renew_within_s: float) -> tuple[list[HourSum], set[int]]:
+        """(the kept sums still valid for ``counts``, the hours to compute). Hours due for renewal (expiring
+        within ``renew_within_s``) are to compute, but stay kept for other callers until replaced."""
         now = time.monotonic()
         with self._hour_lock:
             cached = self._hour_cache.pop(key, {})
             self._hour_cache[key] = cached  # most recently used last
             while len(self._hour_cache) > HOUR_CACHE_QUERIES:
-                self._hour_cache.pop(next(iter(self._hour_cache)))
-            for k in [k for k, entry in cached.items() if entry[1] <= now + renew_within_s]:
-                del cached[k]  # expired, or due for renewal
-            todo = {k[1] for k, fingerprint in counts.items() if k not in cached or cached[k][0] != fingerprint}
+                old = next(iter(self._hour_cache))
+                self._hour_cache.pop(old)
+                self._computing.pop(old, None)  # a caller holding it still finishes; the next makes a new one
+            for k in [k for k, entry in cached.items() if entry[1] <= now]:
+                del cached[k]  # expired
+            todo = {k[1] for k, fingerprint in counts.items()
+                    if k not in cached or cached[k][0] != fingerprint or cached[k][1] <= now + renew_within_s}
             out = [h for k in counts if k[1] not in todo for h in cached[k][2]]
+        return out, todo
+
+    def _computed_hours(self, query: HourQuery, key: HourQuery, counts: dict[tuple[str, int], tuple[int, ...]],
+                        out: list[HourSum], todo: set[int]) -> list[HourSum]:
+        """``out`` plus the hours of ``todo`` computed from their minutes; whole hours kept."""
         if todo:
             fresh: dict[tuple[str, int], list[HourSum]] = {}
             for h in self._exact_hours(query, todo):
                 fresh.setdefault((h.device, h.ts_ms), []).append(h)
-            expires = now + self.hour_cache_s
+            expires = time.monotonic() + self.hour_cache_s
             with self._hour_lock:
+                cached = self._hour_cache.setdefault(key, {})
                 for (device, hour), fingerprint in counts.items():
                     if hour not in todo:
                         continue
@@ -664,10 +681,13 @@ class InfluxStore:
             f'GROUP BY "site", "device" ORDER BY time DESC LIMIT 1'
             for m in metrics
         ]
-        parts = [list(range(k, len(statements), LATEST_REQUESTS)) for k in range(LATEST_REQUESTS)]
-        answers = list(self._readers.map(lambda part: self._statements([statements[i] for i in part]),
-                                         [p for p in parts if p]))
-        for part, results in zip([p for p in parts if p], answers, strict=True):
+        requests = LATEST_REQUESTS if len(out) > 1 else 1  # one site (/latest): one request, this thread
+        parts = [p for p in (list(range(k, len(statements), requests)) for k in range(requests)) if p]
+        if len(parts) == 1:
+            answers = [self._statements(statements)]
+        else:
+            answers = list(self._readers.map(lambda part: self._statements([statements[i] for i in part]), parts))
+        for part, results in zip(parts, answers, strict=True):
             for i, result in zip(part, results, strict=True):
                 self._add_latest(out, metrics[i], result)
         for values in out.values():
