@@ -199,7 +199,7 @@ class ReadingDecoder:
         if env.readings is None:
             if env.metrics is None:
                 return _reject(Reason.BAD_SCHEMA, "a reading needs `metrics`; a batch needs `readings`")
-            return self._one(site, device, env, now_ms, None)  # the envelope is the reading: no copy
+            return self._single(site, device, env, now_ms)
         if env.metrics is not None:
             return _reject(Reason.BAD_SCHEMA, "a message is a reading or a batch, not both")
         if not env.readings:
@@ -226,6 +226,24 @@ class ReadingDecoder:
             readings += one.readings
             rejections += one.rejections
         return Decoded(readings, rejections)
+
+    def _single(self, site: str, device: str, env: _Envelope, now_ms: int) -> Decoded:
+        """A one-reading message (the envelope is the reading: no copy). The plain reading is checked inline,
+        as in _typed_batch; anything else goes through _one, which finds the exact reason."""
+        ts = env.ts
+        if (type(ts) is int and now_ms - self.retention_ms <= ts <= now_ms + FUTURE_TOLERANCE_MS
+                and not env.flags and self._in_bounds(env.metrics)):  # type: ignore[arg-type]
+            return Decoded([Reading(site, device, ts, env.metrics, {}, env.seq)], [])  # type: ignore[arg-type]
+        return self._one(site, device, env, now_ms, None)
+
+    def _in_bounds(self, metrics: dict[str, float]) -> bool:
+        """All known metrics within their bounds (NaN and infinities are not)."""
+        bounds = self._bounds
+        for name, value in metrics.items():
+            bound = bounds.get(name)
+            if bound is None or not bound[0] <= value <= bound[1]:
+                return False
+        return True
 
     def _typed_batch(self, site: str, device: str, raws: list[_RawReading], now_ms: int) -> Decoded:
         """The hot path of store-and-forward batches, readings already typed: the plain reading (device

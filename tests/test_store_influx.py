@@ -146,14 +146,16 @@ def _mock_store(handler: httpx.MockTransport, **kwargs: str) -> InfluxStore:
     return InfluxStore("http://influx.invalid:8086", "smartpark", default_catalog(), transport=handler, **kwargs)
 
 
-def test_write_sends_gzipped_line_protocol_with_token() -> None:
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_write_sends_line_protocol_with_token(gzipped: bool) -> None:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         return httpx.Response(204)
 
-    with _mock_store(httpx.MockTransport(handler), token="tok") as store:
+    with InfluxStore("http://influx.invalid:8086", "smartpark", default_catalog(), token="tok",
+                     transport=httpx.MockTransport(handler), gzip_writes=gzipped) as store:
         p = Point("energy", "s", "d", 5, {"power_kw": 1.5})
         store.write([p])
         store.write([])  # nothing to send
@@ -161,8 +163,14 @@ def test_write_sends_gzipped_line_protocol_with_token() -> None:
     assert req.url.path == "/write"
     assert dict(req.url.params) == {"db": "smartpark", "precision": "ms"}
     assert req.headers["Authorization"] == "Token tok"
-    assert req.headers["Content-Encoding"] == "gzip"
-    assert gzip.decompress(req.content) == lines([p])
+    assert req.headers.get("Content-Encoding") == ("gzip" if gzipped else None)
+    assert (gzip.decompress(req.content) if gzipped else req.content) == lines([p])
+
+
+def test_gzipped_writes_reach_influxdb(influx_store: InfluxStore) -> None:
+    with InfluxStore(influx_store.url, influx_store.database, default_catalog(), gzip_writes=True) as gz:
+        gz.write([Point("energy", "s", "d", time.time_ns() // 1_000_000 - 60_000, {"power_kw": 4.5})])
+    assert [v.value for v in influx_store.latest("s")] == [4.5]
 
 
 def test_basic_auth_for_1x() -> None:

@@ -268,9 +268,10 @@ class InfluxStore:
         retention_days: int = 3650,
         transport: httpx.BaseTransport | None = None,
         hour_cache_s: float = 900.0,
+        gzip_writes: bool = False,
     ) -> None:
         """``transport`` replaces the network (tests: ``httpx.MockTransport``); ``hour_cache_s`` bounds how
-        long hour_sums keeps an hour's result (0: not at all)."""
+        long hour_sums keeps an hour's result (0: not at all); ``gzip_writes`` compresses write bodies."""
         if not database:
             raise ValueError("InfluxDB database name is empty")
         if retention_days < 1:
@@ -281,6 +282,7 @@ class InfluxStore:
         self.retention_days = retention_days
         self.token = token
         self.hour_cache_s = hour_cache_s
+        self.gzip_writes = gzip_writes
         self._hour_lock = threading.Lock()
         self._computing: dict[HourQuery, threading.Lock] = {}  # per cache key (a site's stacks): see hour_sums
         self._hour_cache: dict[HourQuery, dict[tuple[str, int], tuple[tuple[int, ...], float, list[HourSum]]]] = {}
@@ -429,17 +431,18 @@ class InfluxStore:
         for future in [self._writers.submit(lambda c: self.write_lines(lines(c)), c) for c in chunks]:
             future.result()  # re-raises the first failure, typed as the store's errors
 
-    def write_lines(self, body: bytes, *, compress: bool = True) -> None:
+    def write_lines(self, body: bytes, *, compress: bool | None = None) -> None:
         """Write ready line protocol (ms timestamps), for bulk writers that build it themselves (backfill).
 
-        The body must come from this module's escaping rules; it is sent gzip'd unless ``compress`` is off.
+        The body must come from this module's escaping rules; it is sent gzip'd when ``compress`` (default:
+        the store's ``gzip_writes``).
         """
         params = {"db": self.database, "precision": "ms"}
         if self.rp:
             params["rp"] = self.rp
         headers = {"Content-Type": "text/plain; charset=utf-8"}
-        if compress:
-            body = gzip.compress(body, compresslevel=1)  # level 1: 90 % smaller for 0.16 µs a point
+        if self.gzip_writes if compress is None else compress:
+            body = gzip.compress(body, compresslevel=1)  # level 1: 90 % smaller for 0.16 µs a point (+ InfluxDB's)
             headers["Content-Encoding"] = "gzip"
         self._send("POST", "/write", params=params, content=body, headers=headers)
 
