@@ -17,7 +17,7 @@ from smartpark.alerts.evaluate import condition_value, threshold_active
 from smartpark.alerts.repo import Changes
 from smartpark.alerts.rules import Condition, RuleSpec
 from smartpark.core.catalog import Catalog
-from smartpark.core.contract import Reading, ReadingDecoder, parse_topic
+from smartpark.core.contract import FUTURE_TOLERANCE_MS, Reading, ReadingDecoder, parse_topic
 from smartpark.core.reference import Reference
 
 __all__ = ["DeviceInfo", "StreamEvaluator"]
@@ -122,8 +122,10 @@ class StreamEvaluator:
             state, ts = body["state"], body.get("ts", now_ms)
         except (ValueError, TypeError, KeyError, RecursionError):  # UnicodeDecodeError is a ValueError
             return
-        if state not in ("online", "offline") or not isinstance(ts, int):
+        if state not in ("online", "offline") or not isinstance(ts, int) or isinstance(ts, bool):
             return
+        if not now_ms - self.decoder.retention_ms <= ts <= now_ms + FUTURE_TOLERANCE_MS:
+            ts = now_ms  # a device clock far off (as the ingest does): a future ts would mute later statuses
         for rule in self._rules_for(dev):
             if rule.kind == "device_offline":
                 obs = Observation(state == "offline", ts, None, None, None, "", "status",

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -324,6 +325,21 @@ def test_status_hourly_mean_and_no_data(env: Env) -> None:
     assert hourly["window"] == "1h"
     assert hourly["readings"][0]["valid_minutes"] == 50
     assert len(env.receiver.ok()) == 4
+
+
+def test_a_status_from_a_clock_far_ahead_is_dated_when_received(env: Env) -> None:
+    """A device clock years ahead must not date the episode (nor hold back the statuses after it): the
+    engine takes the receive time for an implausible ts, as the ingest does."""
+    subscribe(env, rules=["device-offline"])
+    sent = now_ms()
+    env.publisher.publish(STATUS, {"state": "offline", "ts": sent + 10 * 365 * 86_400_000})
+    env.publisher.publish(STATUS, {"state": "online", "ts": sent + 60_000})
+    env.settle(2)
+    wait_for(lambda: env.repo.pending_count() == 0 and len(env.receiver.ok()) >= 2)
+    firing, resolved = (r.json for r in env.receiver.ok())
+    assert (firing["type"], resolved["type"]) == ("alert.firing", "alert.resolved")
+    started = datetime.fromisoformat(firing["started_at"]).timestamp() * 1000
+    assert sent - 1000 <= started <= now_ms()
 
 
 # ------------------------------------------------------------------------------------------------ API
