@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from smartpark.core.registry import Registry, Site
 from smartpark.core.store.base import DAY_MS, LatestValue, SeriesQuery, TimeSeriesStore
 
-__all__ = ["ActiveAlert", "SiteCard", "active_alerts", "site_card", "site_cards", "sparkline"]
+__all__ = ["ActiveAlert", "SiteCard", "active_alerts", "site_cards", "sparkline"]
 
 HOUR_MS = 3_600_000
 # key figures: (metric, label, how the site's devices combine)
@@ -78,11 +78,6 @@ def site_cards(store: TimeSeriesStore, registry: Registry, sites: Sequence[Site]
     power = power_future.result()
     return [_card(registry, site, latest[site.id], power.get(site.id, {}), catalog=catalog, stale_s=stale_s, now=now)
             for site in sites]
-
-
-def site_card(store: TimeSeriesStore, registry: Registry, site: Site, catalog: Any, stale_s: float) -> SiteCard:
-    (card,) = site_cards(store, registry, [site], catalog, stale_s)
-    return card
 
 
 def _hourly_power(store: TimeSeriesStore, sites: list[str], now: int) -> dict[str, dict[int, float]]:

@@ -251,18 +251,13 @@ class ReadingDecoder:
         through _one, which finds the exact reason."""
         readings: list[Reading] = []
         rejections: list[Rejection] = []
-        bounds = self._bounds
+        in_bounds = self._in_bounds
         oldest, newest = now_ms - self.retention_ms, now_ms + FUTURE_TOLERANCE_MS
         for i, raw in enumerate(raws):
             ts = raw.ts
-            if type(ts) is int and oldest <= ts <= newest and not raw.flags:
-                for name, value in raw.metrics.items():
-                    bound = bounds.get(name)
-                    if bound is None or not bound[0] <= value <= bound[1]:
-                        break
-                else:
-                    readings.append(Reading(site, device, ts, raw.metrics, {}, raw.seq))
-                    continue
+            if type(ts) is int and oldest <= ts <= newest and not raw.flags and in_bounds(raw.metrics):
+                readings.append(Reading(site, device, ts, raw.metrics, {}, raw.seq))
+                continue
             one = self._one(site, device, raw, now_ms, i)
             readings += one.readings
             rejections += one.rejections

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from smartpark.core.points import Point
@@ -27,9 +28,9 @@ class Batch:
     readings: int = 0
     messages: int = 0
     opened: float = 0.0  # monotonic time of the first message
+    taken: float = 0.0  # perf_counter time the writer took it
+    write: Future[None] | None = None  # its background store write, until the writer has its outcome
     written: bool = False  # points durable (store or spool): a retried commit must not write them again
-    spooled: bool = False  # its points went to the spool
-    awaited: bool = False  # the outcome of its background store write was taken
     rewrite: bool = False  # written to the store while an earlier batch went to the spool: write again after it
     recorded: bool = False  # dead letters recorded: a retried commit must not record them twice
 

@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from smartpark.core.catalog import Catalog
@@ -68,8 +68,7 @@ class IngestService:
         self._replay_delay = REPLAY_MIN_S
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
-        # batches in the store's hands, oldest first; a None future: written synchronously when completed
-        self._in_flight: deque[tuple[Batch, Future[None] | None, float]] = deque()
+        self._in_flight: deque[Batch] = deque()  # batches in the store's hands, oldest first
         self._store_writer = ThreadPoolExecutor(PIPELINE, thread_name_prefix="ingest-store")
 
     # --- lifecycle
@@ -133,67 +132,62 @@ class IngestService:
         (or at once when the pipeline is full or nothing else is due). A batch that fails to complete stays
         at the head and is retried: nothing behind it is acked first."""
         if len(self._in_flight) < PIPELINE:
-            wait = 0.0 if self._in_flight and self._in_flight[0][1] is None else timeout
+            wait = 0.0 if self._in_flight and self._in_flight[0].write is None else timeout
             batch = self.batcher.take(timeout=wait, until=self._head_done)
             if batch is not None and batch.messages:
-                self._in_flight.append((batch, self._start_write(batch), time.perf_counter()))
+                self._start_write(batch)
+                self._in_flight.append(batch)
                 if len(self._in_flight) < PIPELINE and not self._head_done():
                     return
-        if self._in_flight:
-            batch, future, started = self._in_flight[0]
-            if self._complete(batch, future, started):
-                self._in_flight.popleft()
+        if self._in_flight and self._complete(self._in_flight[0]):
+            self._in_flight.popleft()
 
     def _head_done(self) -> bool:
-        return bool(self._in_flight) and (self._in_flight[0][1] is None or self._in_flight[0][1].done())
+        return bool(self._in_flight) and (self._in_flight[0].write is None or self._in_flight[0].write.done())
 
-    def _start_write(self, batch: Batch) -> Future[None] | None:
-        """The batch's store write, started in the background; None while the spool holds data (the batch
-        then queues behind it) or when it has no points."""
+    def _start_write(self, batch: Batch) -> None:
+        """Start the batch's store write in the background; not while the spool holds data (the batch then
+        queues behind it, written when completed) nor without points."""
+        batch.taken = time.perf_counter()
         if self.spool or not batch.points:
-            return None
-        future = self._store_writer.submit(self.store.write, batch.points)
-        future.add_done_callback(lambda _: self.batcher.wake())
-        return future
+            return
+        batch.write = self._store_writer.submit(self.store.write, batch.points)
+        batch.write.add_done_callback(lambda _: self.batcher.wake())
 
-    def _complete(self, batch: Batch, future: Future[None] | None, started: float) -> bool:
+    def _complete(self, batch: Batch) -> bool:
         """Wait for the batch's write; when it failed (or never started), the synchronous path decides:
         store again, spool, or dead-letter what the store refuses. Then dead letters, status, ack.
 
         A write that succeeded after an earlier batch went to the spool is done again behind it (rewrite),
         so the replay cannot put the earlier batch's values over this one's (a corrected reading)."""
-        if future is not None and not batch.awaited:
-            batch.awaited = True  # a retry of this commit writes synchronously, never re-reads this future
+        if batch.write is not None:
+            write, batch.write = batch.write, None  # a retry of this commit writes synchronously
             try:
-                future.result()
+                write.result()
                 batch.written = not batch.rewrite
             except StoreError:
                 pass  # _commit retries it: spools it if the store is down, bisects if it refuses points
             except Exception:  # anything else (a driver bug, MemoryError): _commit writes again
                 log.exception("store write failed unexpectedly; writing the batch again")
-        return self._commit(batch, started)
+        return self._commit(batch)
 
     def _final_commit(self) -> None:
         try:
             while self._in_flight:
-                batch, future, started = self._in_flight[0]
-                if not self._complete(batch, future, started):
+                if not self._complete(self._in_flight[0]):
                     return  # left unacked: so are the batches behind it (acks stay in receive order)
                 self._in_flight.popleft()
-            self._commit(self.batcher.drain(), time.perf_counter())
+            self._commit(self.batcher.drain())
         except Exception:
             log.exception("final commit failed; its messages stay unacked and the broker redelivers them")
 
-    def _commit(self, batch: Batch, started: float) -> bool:
+    def _commit(self, batch: Batch) -> bool:
         """Make the batch durable, record its dead letters and status, ack it; False if it stays unacked."""
         if not batch.messages:
             return True
         if not batch.written and not self._write_points(batch):
             log.warning("stopping with the store down: %d messages left unacked for redelivery", batch.messages)
             return False
-        if batch.spooled:  # later batches already written to the store must follow it into the spool
-            for later, _, _ in self._in_flight:
-                later.rewrite = later is not batch
         batch.written = True  # a retry after a failure below must not write (or spool) the points again
         if not batch.recorded:
             self.dead_letters.add(batch.dead)
@@ -201,7 +195,7 @@ class IngestService:
         for s in batch.status.values():
             self.registry.set_device_status(s.device, s.online, datetime.fromtimestamp(s.ts_ms / 1000, UTC))
         self.source.ack(batch.acks)
-        self._count(batch, time.perf_counter() - started)
+        self._count(batch, time.perf_counter() - (batch.taken or time.perf_counter()))
         return True
 
     def _write_points(self, batch: Batch) -> bool:
@@ -212,7 +206,8 @@ class IngestService:
                 return True
             try:
                 self.spool.append(batch.points)
-                batch.spooled = True
+                for later in self._in_flight:  # batches the store already took must follow it into the spool
+                    later.rewrite = later.rewrite or later is not batch
                 self.stats.add("points_spooled", len(batch.points))
                 self.stats.gauge("spool_bytes", self.spool.bytes)
                 return True

@@ -311,52 +311,6 @@ def test_writer_survives_a_failing_metadata_database(
     registry.close()
 
 
-class _SlowFirstWrite:
-    """The real store, with its first write held until released: a later batch's write finishes first."""
-
-    def __init__(self, store: InfluxStore) -> None:
-        self.store, self.release, self.first = store, threading.Event(), True
-
-    def write(self, points: list[Point]) -> None:
-        if self.first:
-            self.first = False
-            assert self.release.wait(30)
-        self.store.write(points)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.store, name)
-
-
-def test_a_slow_write_holds_back_the_acks_of_later_batches(
-        tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
-    """Two batches are in the store's hands at once; the second must not be acked before the first."""
-    registry = Registry(registry_url)
-    service = _service(tmp_path, mosquitto, influx_store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
-    slow = _SlowFirstWrite(influx_store)
-    service.store = slow  # type: ignore[assignment]
-    acked: list[list[tuple[int, int]]] = []
-    ack = service.source.ack
-    service.source.ack = lambda acks: (acked.append(list(acks)), ack(acks))[1]  # type: ignore[method-assign]
-    t0 = now_ms() - 3600_000
-    publish_many(mosquitto.host, mosquitto.port, [("smartpark/v1/load/m001/telemetry",
-                                                   b'{"ts": %d, "metrics": {"power_kw": 1.0}}' % t0)])
-    wait_for(lambda: not slow.first)  # batch 1 is being written, slowly
-    publish_many(mosquitto.host, mosquitto.port, [("smartpark/v1/load/m002/telemetry",
-                                                   b'{"ts": %d, "metrics": {"power_kw": 2.0}}' % t0)])
-    wait_for(lambda: stored(influx_store) == 1)  # batch 2 is in InfluxDB before batch 1...
-    time.sleep(0.5)
-    assert acked == []  # ...but not acked
-    slow.release.set()
-    wait_for(lambda: service.stats.counters["messages_committed"] >= 2)
-    assert stored(influx_store) == 2
-    order = [mid for batch in acked for _, mid in batch]
-    assert len(order) == 2
-    assert order[0] < order[1]  # receive order
-    service.stop()
-    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
-    registry.close()
-
-
 class _ScriptedStore:
     """The real store, with chosen write calls (1-based) failing with a chosen exception after an optional
     hold: the faults the writer pipeline must survive without losing, wedging or reordering."""
@@ -377,6 +331,36 @@ class _ScriptedStore:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.store, name)
+
+
+def test_a_slow_write_holds_back_the_acks_of_later_batches(
+        tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
+    """Two batches are in the store's hands at once; the second must not be acked before the first."""
+    registry = Registry(registry_url)
+    service = _service(tmp_path, mosquitto, influx_store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
+    slow = _ScriptedStore(influx_store, {}, hold=1)  # its first write held until released
+    service.store = slow  # type: ignore[assignment]
+    acked: list[list[tuple[int, int]]] = []
+    ack = service.source.ack
+    service.source.ack = lambda acks: (acked.append(list(acks)), ack(acks))[1]  # type: ignore[method-assign]
+    t0 = now_ms() - 3600_000
+    publish_many(mosquitto.host, mosquitto.port, [("smartpark/v1/load/m001/telemetry",
+                                                   b'{"ts": %d, "metrics": {"power_kw": 1.0}}' % t0)])
+    wait_for(lambda: slow.calls >= 1)  # batch 1 is being written, slowly
+    publish_many(mosquitto.host, mosquitto.port, [("smartpark/v1/load/m002/telemetry",
+                                                   b'{"ts": %d, "metrics": {"power_kw": 2.0}}' % t0)])
+    wait_for(lambda: stored(influx_store) == 1)  # batch 2 is in InfluxDB before batch 1...
+    time.sleep(0.5)
+    assert acked == []  # ...but not acked
+    slow.release.set()
+    wait_for(lambda: service.stats.counters["messages_committed"] >= 2)
+    assert stored(influx_store) == 2
+    order = [mid for batch in acked for _, mid in batch]
+    assert len(order) == 2
+    assert order[0] < order[1]  # receive order
+    service.stop()
+    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
+    registry.close()
 
 
 def test_a_write_failing_with_an_unexpected_error_is_written_again(
