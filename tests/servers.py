@@ -16,7 +16,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -159,10 +161,30 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"influxd did not answer {url}/ping within {START_TIMEOUT_S:.0f} s:\n{_tail(log)}")
 
 
+T = TypeVar("T")
+PORT_ATTEMPTS = 3  # free_port() is free "a moment ago": a client's ephemeral port may take it before the server
+
+
+def _on_free_ports(start: Callable[[], T]) -> T:
+    """``start()`` again (it picks new ports) when the server lost its port to someone else meanwhile."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return start()
+        except RuntimeError as exc:
+            if attempt == PORT_ATTEMPTS or "address already in use" not in str(exc).lower():
+                raise
+    raise AssertionError("unreachable")
+
+
 def start_influxd(root: Path) -> InfluxServer:
     """Start influxd with a throwaway config and data under ``root``; returns when /ping answers 204."""
     need(INFLUXD)
     root.mkdir(parents=True, exist_ok=True)
+    return _on_free_ports(lambda: _start_influxd(root))
+
+
+def _start_influxd(root: Path) -> InfluxServer:
+    (root / "influxd.log").unlink(missing_ok=True)  # an earlier attempt's error must not decide this one's
     http_port, rpc_port = free_port(), free_port()
     conf = root / "influxdb.conf"
     conf.write_text(influxd_config(root, http_port, rpc_port), encoding="utf-8")
@@ -208,8 +230,13 @@ def start_mosquitto(config_text: str, tmp_path: Path) -> MosquittoServer:
     """
     need(MOSQUITTO)
     tmp_path.mkdir(parents=True, exist_ok=True)
+    return _on_free_ports(lambda: _start_mosquitto(config_text, tmp_path))
+
+
+def _start_mosquitto(config_text: str, tmp_path: Path) -> MosquittoServer:
     host, port = "127.0.0.1", free_port()
     log = tmp_path / "mosquitto.log"
+    log.unlink(missing_ok=True)  # an earlier attempt's error must not decide this one's
     header = "\n".join(
         [
             f"listener {port} {host}",
