@@ -26,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 from smartpark.alerts.book import Observation, StateBook, Subject
 from smartpark.alerts.delivery import Dispatcher
 from smartpark.alerts.errors import EngineError
+from smartpark.alerts.hours import judge
 from smartpark.alerts.models import Episode
 from smartpark.alerts.repo import AlertRepo, Changes, now_ms
 from smartpark.alerts.rules import SCHEDULED_KINDS, RuleSpec, default_rules
@@ -47,7 +48,7 @@ MAX_BATCH = 5000
 RECEIVE_MAXIMUM = 10_000
 SUBSCRIBE_TIMEOUT_S = 30.0
 DEVICE_REFRESH_S = 5.0
-PRUNE_MINUTES_MS = 3 * 86_400_000
+HOUR_MS = 3_600_000
 
 
 class MessageSource(Protocol):
@@ -73,9 +74,14 @@ class AlertEngine:
         self.stream = StreamEvaluator(catalog, reference, self.book, retention_ms=settings.retention_ms,
                                       device=self._device)
         self.stream.seen = self.repo.seen()
+        # Devices heard of before a restart count as heard at start: each gets a full no-data interval.
+        self.stream.heard = dict.fromkeys(self.stream.seen, now_ms())
+        self.late_window_ms = int(settings.alerts_late_window_h * 3_600_000)
         self.scheduled = ScheduledEvaluator(self.repo, store, registry, reference,
                                             valid_minutes=settings.kpi_min_valid_minutes,
-                                            no_data_s=settings.alerts_no_data_s, seen=self._seen)
+                                            no_data_s=settings.alerts_no_data_s, late_window_ms=self.late_window_ms,
+                                            heard=self._heard)
+        self._rejudge_all = True  # the first round after a start looks at every hour of the late window
         self.dispatcher = Dispatcher(self.repo, settings)
         self.source = source_factory(self._on_message)
         self.processed = 0  # messages evaluated and acked
@@ -246,37 +252,46 @@ class AlertEngine:
             self._reload_rules()
             rules = [r for r in self._rules if r.kind in SCHEDULED_KINDS]
             devices = list(self._devices.values())
-        found = self.scheduled.gather(rules, devices, self._mark, self._tz, now)
+            touched = self._take_touched(devices, now)
+        found, hours = self.scheduled.gather(rules, devices, touched, self._tz, now)
         with self._lock:
             changes = Changes()
             for rule, subject, obs in found:
                 self._observe_scheduled(rule, subject, obs, changes)
-            if changes:
-                self._commit(changes)
+            for fig in hours:
+                judge(fig, self.book.get(fig.rule.id, fig.subject.id), changes, now=now, tz=self._tz,
+                      window_ms=self.late_window_ms)
+            if changes and not self._commit(changes):
+                self._untake(touched)
         self._annotate()
         if self.ticks % 360 == 0:
-            self.repo.prune_minutes(now - PRUNE_MINUTES_MS)
+            self.repo.prune_minutes(now - self.late_window_ms - 2 * HOUR_MS)
         self.ticks += 1
 
-    def _seen(self) -> dict[str, int]:
-        """The stream's last reading per device (the stream thread writes it: read under the lock)."""
-        with self._lock:
-            return dict(self.stream.seen)
+    def _take_touched(self, devices: list[DeviceInfo], now: int) -> dict[str, int]:
+        """The stream's earliest kept reading per device since the last round (the whole late window after a
+        start, when what was touched before it is unknown); the stream starts a new record."""
+        if self._rejudge_all:
+            self._rejudge_all = False
+            return {d.id: now - self.late_window_ms for d in devices}
+        touched, self.stream.touched = self.stream.touched, {}
+        return touched
 
-    def _mark(self, rule_id: str, subject_id: str) -> int:
+    def _untake(self, touched: dict[str, int]) -> None:
+        """A round that could not commit: its hours are looked at again next round."""
+        for device, ts in touched.items():
+            self.stream.touched[device] = min(ts, self.stream.touched.get(device, ts))
+
+    def _heard(self) -> dict[str, int]:
+        """When the engine last heard from each device (the stream thread writes it: read under the lock)."""
         with self._lock:
-            return self.book.get(rule_id, subject_id).mark
+            return dict(self.stream.heard)
 
     def _observe_scheduled(self, rule: RuleSpec, subject: Subject, obs: Observation, changes: Changes) -> None:
         state = self.book.get(rule.id, subject.id)
-        mark = obs.sample.get("mark")
-        if not obs.sample.get("invalid"):
-            if state.episode and obs.value is not None and obs.limit is not None and rule.clear_ratio < 1:
-                obs = dataclasses.replace(obs, active=obs.value >= obs.limit * rule.clear_ratio)  # hysteresis
-            self.book.observe(rule, subject, obs, changes)
-        if isinstance(mark, int):
-            state.mark = mark
-            changes.states[(rule.id, subject.id)] = state
+        if state.episode and obs.value is not None and obs.limit is not None and rule.clear_ratio < 1:
+            obs = dataclasses.replace(obs, active=obs.value >= obs.limit * rule.clear_ratio)  # hysteresis
+        self.book.observe(rule, subject, obs, changes)
 
     # --- Grafana annotations
     def _annotate(self) -> None:

@@ -19,6 +19,7 @@ from smartpark.core.reference import Reference, SourceType
 __all__ = ["EVIDENCE_MAX", "State", "Step", "advance", "condition_bounds", "condition_value",
            "day_start", "hour_start", "hourly_mean", "next_day", "threshold_active"]
 
+MINUTE_MS = 60_000
 EVIDENCE_MAX = 20  # readings kept as the evidence of an episode
 Step = Literal["fire", "resolve", "peak"] | None
 
@@ -34,6 +35,9 @@ class State:
     peak: float | None = None
     evidence: list[dict[str, Any]] = field(default_factory=list)
     mark: int = 0  # scheduled rules: the last window evaluated (hour start, day start)
+    # closed-hour rules (alerts/hours.py): hour start -> [valid minutes, exceeding (None: invalid), mean, judged at]
+    hours: dict[str, list[Any]] = field(default_factory=dict)
+    runs: dict[str, list[Any]] = field(default_factory=dict)  # run start -> [episode id, end or None, peak]
 
     @classmethod
     def load(cls, data: dict[str, Any] | None) -> State:
@@ -135,9 +139,16 @@ def next_day(day_ms: int, tz: ZoneInfo) -> int:
     return day_start(int(local.timestamp() * 1000), tz)
 
 
-def hourly_mean(minutes: list[tuple[int, float, int]], min_valid: int) -> tuple[float | None, int]:
-    """(mean of the minute means, valid minutes) from (minute, total, n) rows; mean None below ``min_valid``."""
-    means = [total / n for _, total, n in minutes if n > 0]
+def hourly_mean(rows: list[tuple[int, float, int]], min_valid: int) -> tuple[float | None, int]:
+    """(mean of the minute means, valid minutes) from (time, total, n) rows in time order; mean None below
+    ``min_valid``. Rows of one minute (several readings) make one minute mean, as the KPIs' minute means do."""
+    minutes: dict[int, list[float]] = {}
+    for ts, total, n in rows:
+        if n > 0:
+            acc = minutes.setdefault(ts - ts % MINUTE_MS, [0.0, 0])
+            acc[0] += total
+            acc[1] += n
+    means = [total / n for total, n in minutes.values()]
     if len(means) < min_valid:
         return None, len(means)
     return sum(means) / len(means), len(means)

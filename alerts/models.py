@@ -113,7 +113,9 @@ class DeliveryAttempt(Base):
 
 
 class AlertMinute(Base):
-    """Mean of one pollutant's valid, O2-corrected readings of one device in one minute (sum and count)."""
+    """One pollutant's valid O2-corrected value in one reading of a device (``minute_ms`` is the reading's time;
+    ``total``/``n`` are that value and 1). Keyed by reading time, a redelivered or late reading overwrites itself;
+    the hourly rules group the rows into minute means when they judge an hour."""
 
     __tablename__ = "alert_minutes"
 

@@ -227,13 +227,21 @@ class AlertRepo:
                     n += 1
         return n
 
-    def _upsert_minutes(self, s: Session, minutes: dict[tuple[str, str, int], list[float]]) -> None:
-        for (device, pollutant, minute), (total, n) in minutes.items():
-            row = s.get(AlertMinute, (device, pollutant, minute))
-            if row is None:
-                s.add(AlertMinute(device=device, pollutant=pollutant, minute_ms=minute, total=total, n=int(n)))
-            else:
-                row.total, row.n = row.total + total, row.n + int(n)
+    def _upsert_minutes(self, s: Session, values: dict[tuple[str, str, int], list[float]]) -> None:
+        """One row per reading (device, pollutant, reading time): a redelivered or late reading overwrites
+        itself, so the hourly rules can take readings in any order without counting one twice."""
+        if not values:
+            return
+        rows = [{"device": d, "pollutant": p, "minute_ms": ts, "total": total, "n": int(n)}
+                for (d, p, ts), (total, n) in values.items()]
+        if self.engine.dialect.name in ("sqlite", "postgresql"):
+            dialect = __import__(f"sqlalchemy.dialects.{self.engine.dialect.name}", fromlist=["insert"])
+            stmt = dialect.insert(AlertMinute)
+            s.execute(stmt.on_conflict_do_update(index_elements=["device", "pollutant", "minute_ms"],
+                                                 set_={"total": stmt.excluded.total, "n": stmt.excluded.n}), rows)
+            return
+        for row in rows:
+            s.merge(AlertMinute(**row))
 
     def _upsert_seen(self, s: Session, seen: dict[str, int]) -> None:
         if not seen:

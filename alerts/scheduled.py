@@ -1,8 +1,10 @@
 """Rules evaluated on a schedule: hourly means, no data, energy quotas, greening bands.
 
 Figures are gathered without holding the engine's lock (store queries may take a while), then observed
-under it. Hourly means come from the minute table the stream fills (valid, O2-corrected minutes: the
-store cannot filter by flag); energy and greening come from the time-series store.
+under it. Hourly means come from the readings the stream keeps (valid, O2-corrected values: the store
+cannot filter by flag); closed hours are judged by alerts/hours.py, again whenever late readings change
+them; energy and greening come from the time-series store. No-data rules go by when the engine last heard
+from a device, not by the times it reports: a device replaying its past is talking, not silent.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 from smartpark.alerts.book import Observation, Subject
 from smartpark.alerts.evaluate import day_start, hour_start, hourly_mean
+from smartpark.alerts.hours import HourFigures, closed_hours, hour_figures
 from smartpark.alerts.repo import AlertRepo, rfc3339
 from smartpark.alerts.rules import RuleSpec
 from smartpark.alerts.stream import DeviceInfo
@@ -25,7 +28,6 @@ __all__ = ["ScheduledEvaluator"]
 
 log = logging.getLogger("smartpark.alerts")
 HOUR_MS = 3_600_000
-CLOSE_GRACE_MS = 90_000  # a closed hour is judged this long after it ends: late minutes are in by then
 GREEN_LOOKBACK_MS = 400 * 86_400_000  # green area is surveyed rarely
 
 Found = list[tuple[RuleSpec, Subject, Observation]]
@@ -33,19 +35,25 @@ Found = list[tuple[RuleSpec, Subject, Observation]]
 
 class ScheduledEvaluator:
     def __init__(self, repo: AlertRepo, store: TimeSeriesStore, registry: Registry, reference: Reference, *,
-                 valid_minutes: int, no_data_s: float, seen: Callable[[], dict[str, int]]) -> None:
+                 valid_minutes: int, no_data_s: float, late_window_ms: int,
+                 heard: Callable[[], dict[str, int]]) -> None:
         self.repo, self.store, self.registry, self.reference = repo, store, registry, reference
-        self.valid_minutes, self.no_data_s, self.seen = valid_minutes, no_data_s, seen
+        self.valid_minutes, self.no_data_s, self.heard = valid_minutes, no_data_s, heard
+        self.late_window_ms = late_window_ms
 
-    def gather(self, rules: list[RuleSpec], devices: list[DeviceInfo], marks: Callable[[str, str], int],
-               tz: ZoneInfo, now: int) -> Found:
-        """Observations of every scheduled rule on every subject in its scope (no state is touched)."""
+    def gather(self, rules: list[RuleSpec], devices: list[DeviceInfo], touched: dict[str, int],
+               tz: ZoneInfo, now: int) -> tuple[Found, list[HourFigures]]:
+        """Observations of every scheduled rule on every subject in its scope, and the closed hours to judge
+        (no state is touched). ``touched``: per device, its earliest reading kept since the last round."""
         out: Found = []
+        hours: list[HourFigures] = []
         sites = self.registry.sites() if any(r.kind in ("energy_quota", "greening_band") for r in rules) else []
         for rule in rules:
             try:
-                if rule.kind == "hourly_mean":
-                    out += self._hourly(rule, devices, marks, tz, now)
+                if rule.kind == "hourly_mean" and rule.mode == "closed":
+                    hours += self._closed(rule, devices, touched, tz, now)
+                elif rule.kind == "hourly_mean":
+                    out += self._running(rule, devices, now, tz)
                 elif rule.kind == "no_data":
                     out += self._no_data(rule, devices, now)
                 elif rule.kind == "energy_quota":
@@ -54,48 +62,60 @@ class ScheduledEvaluator:
                     out += self._greening(rule, sites, now)
             except StoreError as exc:
                 log.warning("rule %s not evaluated this round: %s", rule.id, exc)
-        return out
+        return out, hours
 
     # --- hourly means
-    def _hourly(self, rule: RuleSpec, devices: list[DeviceInfo], marks: Callable[[str, str], int],
-                tz: ZoneInfo, now: int) -> Found:
-        out: Found = []
-        metric = self.reference.emissions.pollutants[rule.pollutant]  # type: ignore[index]
+    def _stacks(self, rule: RuleSpec, devices: list[DeviceInfo]) -> list[tuple[DeviceInfo, float]]:
+        out = []
         for dev in devices:
             limit = self.reference.source_type(dev.source_type).limits_mg_m3.get(rule.pollutant)  # type: ignore[arg-type]
-            if limit is None or not rule.covers(dev.site, dev.id, dev.kind, dev.source_type):
+            if limit is not None and rule.covers(dev.site, dev.id, dev.kind, dev.source_type):
+                out.append((dev, limit))
+        return out
+
+    def _closed(self, rule: RuleSpec, devices: list[DeviceInfo], touched: dict[str, int], tz: ZoneInfo,
+                now: int) -> list[HourFigures]:
+        metric = self.reference.emissions.pollutants[rule.pollutant]  # type: ignore[index]
+        out = []
+        for dev, limit in self._stacks(rule, devices):
+            start, end = closed_hours(touched.get(dev.id), now, tz, self.late_window_ms)
+            if start >= end:
                 continue
-            if rule.mode == "closed":
-                end = hour_start(now - CLOSE_GRACE_MS, tz)
-                start, need = hour_start(end - 1, tz), self.valid_minutes
-                if marks(rule.id, dev.id) >= start:
-                    continue
-            else:
-                start, end, need = hour_start(now, tz), now + 1, rule.min_minutes
-            mean, n = hourly_mean(self.repo.minutes(dev.id, rule.pollutant, start, end), need)  # type: ignore[arg-type]
+            rows = self.repo.minutes(dev.id, rule.pollutant, start, end)  # type: ignore[arg-type]
+            figures = hour_figures(rows, start, end, tz, self.valid_minutes)
+            if figures:
+                out.append(HourFigures(rule, Subject(dev.site, dev.id), limit, metric, figures))
+        return out
+
+    def _running(self, rule: RuleSpec, devices: list[DeviceInfo], now: int, tz: ZoneInfo) -> Found:
+        """The running hour, as an early warning (judged on what has arrived so far)."""
+        out: Found = []
+        metric = self.reference.emissions.pollutants[rule.pollutant]  # type: ignore[index]
+        start = hour_start(now, tz)
+        for dev, limit in self._stacks(rule, devices):
+            mean, n = hourly_mean(self.repo.minutes(dev.id, rule.pollutant, start, now + 1),  # type: ignore[arg-type]
+                                  rule.min_minutes)
             if mean is None:
-                if rule.mode == "closed":  # an invalid hour is judged (not again) but changes no episode
-                    out.append((rule, Subject(dev.site, dev.id), _mark_only(start)))
                 continue
-            obs = Observation(mean > limit, start if rule.mode == "closed" else now, round(mean, 3), limit, metric,
-                              "mg/m3", "1h" if rule.mode == "closed" else "1h running",
+            obs = Observation(mean > limit, now, round(mean, 3), limit, metric, "mg/m3", "1h running",
                               f"{rule.name}: {mean:.1f} mg/m3 over {n} valid minutes (limit {limit:g})",
-                              {"hour": rfc3339(start), "value": round(mean, 3), "valid_minutes": n, "mark": start})
+                              {"hour": rfc3339(start), "value": round(mean, 3), "valid_minutes": n})
             out.append((rule, Subject(dev.site, dev.id), obs))
         return out
 
     # --- no data
     def _no_data(self, rule: RuleSpec, devices: list[DeviceInfo], now: int) -> Found:
+        """Silence by the engine's clock: how long since the device's last message (reading or status)."""
         out: Found = []
         after_ms = int((rule.after_s or self.no_data_s) * 1000)
-        seen = self.seen()
+        heard = self.heard()
         for dev in devices:
-            last = seen.get(dev.id)
+            last = heard.get(dev.id)
             if last is None or not rule.covers(dev.site, dev.id, dev.kind, dev.source_type):
-                continue  # never seen: not "stopped sending"
+                continue  # never heard: not "stopped sending"
             silent_s = max(now - last, 0) / 1000
             obs = Observation(now - last > after_ms, now, round(silent_s, 1), after_ms / 1000, None, "s", "no data",
-                              f"no data from {dev.id} for {silent_s:.0f} s", {"ts": now, "last_reading": rfc3339(last)})
+                              f"no data from {dev.id} for {silent_s:.0f} s", {"ts": now, "last_heard": rfc3339(last)})
             out.append((rule, Subject(dev.site, dev.id), obs))
         return out
 
@@ -141,7 +161,3 @@ class ScheduledEvaluator:
                 "latest", f"{site.id}: green cover {pct:.1f} % outside {low:g}..{high:g} %",
                 {"ts": now, "value": pct})))
         return out
-
-
-def _mark_only(start: int) -> Observation:
-    return Observation(False, start, None, None, sample={"mark": start, "invalid": True})

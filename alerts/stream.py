@@ -2,7 +2,9 @@
 
 Readings are decoded with the contract's decoder; a reading at or before the last one a rule took from
 that device is a replay (the broker redelivers what was not acked before a crash) and changes nothing.
-The per-minute sums of valid O2-corrected pollutants that the hourly rules read are gathered here too.
+The valid O2-corrected pollutant values that the hourly rules read are kept here too, one row per reading
+and whatever its lateness (a late or redelivered reading overwrites its own row), with the earliest time
+each device touched since the last schedule round, so the closed hours that changed are judged again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from smartpark.core.reference import Reference
 __all__ = ["DeviceInfo", "StreamEvaluator"]
 
 log = logging.getLogger("smartpark.alerts")
-MINUTE_MS = 60_000
 
 
 class DeviceInfo(NamedTuple):
@@ -42,6 +43,8 @@ class StreamEvaluator:
         self.decoder = ReadingDecoder(catalog, retention_ms=retention_ms)
         self.device = device
         self.seen: dict[str, int] = {}
+        self.touched: dict[str, int] = {}  # device -> earliest reading time bucketed since the last schedule round
+        self.heard: dict[str, int] = {}  # device -> receive time of its last message (reading or status)
         self.skipped = 0  # messages that raised while evaluated (skipped, logged)
         self.rules: list[RuleSpec] = []
         self._by_device: dict[str, list[RuleSpec]] = {}
@@ -74,6 +77,7 @@ class StreamEvaluator:
         dev = self.device(t.device) if t is not None else None
         if t is None or dev is None or dev.site != t.site:
             return  # the ingest dead-letters these; the alert engine only ignores them
+        self.heard[dev.id] = now_ms  # the device is talking, whatever the times it reports (a replay of its past)
         if t.kind == "status":
             self._status(dev, payload, now_ms, changes)
             return
@@ -84,8 +88,8 @@ class StreamEvaluator:
     def _reading(self, dev: DeviceInfo, r: Reading, changes: Changes) -> None:
         if r.ts_ms > self.seen.get(dev.id, 0):
             self.seen[dev.id] = changes.seen[dev.id] = r.ts_ms
-            if dev.kind == "cems":
-                self._bucket(dev, r, changes)
+        if dev.kind == "cems":
+            self._bucket(dev, r, changes)
         for rule in self._rules_for(dev):
             if rule.kind == "threshold":
                 self._threshold(rule, dev, r, changes)
@@ -106,15 +110,16 @@ class StreamEvaluator:
         self.book.observe(rule, Subject(dev.site, dev.id), obs, changes, duration_ms=int(rule.duration_s * 1000))
 
     def _bucket(self, dev: DeviceInfo, r: Reading, changes: Changes) -> None:
-        """Add the reading's valid O2-corrected pollutants to their minute (what hourly means are made of)."""
+        """Keep the reading's valid O2-corrected pollutants (what hourly means are made of), late ones too."""
         source = self.reference.source_type(dev.source_type)
-        minute = r.ts_ms - r.ts_ms % MINUTE_MS
+        kept = False
         for pollutant, cond in self._minute_conds:
             value = condition_value(cond, r, source, self.reference)
             if value is not None:
-                acc = changes.minutes.setdefault((dev.id, pollutant, minute), [0.0, 0])
-                acc[0] += value
-                acc[1] += 1
+                changes.minutes[(dev.id, pollutant, r.ts_ms)] = [value, 1]
+                kept = True
+        if kept and r.ts_ms < self.touched.get(dev.id, r.ts_ms + 1):
+            self.touched[dev.id] = r.ts_ms
 
     def _status(self, dev: DeviceInfo, payload: bytes, now_ms: int, changes: Changes) -> None:
         try:

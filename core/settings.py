@@ -126,7 +126,11 @@ class Settings(BaseSettings):
     alerts_eval_interval_s: float = Field(10.0, gt=0, le=3600)
     """How often window, no-data, quota and greening rules are evaluated against the store."""
     alerts_no_data_s: float = Field(900.0, gt=0)
-    """No reading from a device for this long fires a no-data rule (a rule may set its own `after_s`)."""
+    """No message from a device for this long (by the engine's clock, so a device replaying its past is not
+    silent) fires a no-data rule (a rule may set its own `after_s`)."""
+    alerts_late_window_h: float = Field(72.0, gt=0, le=24 * 31)
+    """Closed hours are judged again when late readings (a gateway's store-and-forward flush) change them, up
+    to this long after they closed; older readings no longer change an hourly alert."""
     alerts_webhook_timeout_s: float = Field(10.0, gt=0, le=120)
     """Timeout of one webhook attempt (connect, send, answer)."""
     alerts_webhook_max_attempts: int = Field(10, ge=1, le=100)

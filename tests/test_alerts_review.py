@@ -100,7 +100,7 @@ def test_a_failed_commit_is_redelivered_and_not_taken_for_replays(live: Env, cap
     fired = wait_for(lambda: live.receiver.ok("alert.firing"))  # the broker redelivered on a new connection
     assert [(r.json["value"], r.json["id"] != blocker.id) for r in fired] == [(pytest.approx(90), True)]
     minute = t0 - t0 % MINUTE
-    assert repo.minutes("sinter-cems", "nox", minute, minute + MINUTE) == [(minute, pytest.approx(90), 1)]
+    assert repo.minutes("sinter-cems", "nox", minute, minute + MINUTE) == [(t0, pytest.approx(90), 1)]
     assert repo.seen()["sinter-cems"] == t0
 
 
@@ -116,9 +116,9 @@ def test_energy_quota_ignores_a_meter_reset_within_an_hour(registry: Registry, s
     store.write([Point("energy", "steel", "steel-meter", hour + k * MINUTE, {"energy_kwh": v})
                  for k, v in enumerate(counter)])
     evaluator = ScheduledEvaluator(repo, store, registry, load_reference(settings.reference_file),
-                                   valid_minutes=45, no_data_s=600, seen=dict)
+                                   valid_minutes=45, no_data_s=600, late_window_ms=3 * 86_400_000, heard=dict)
     rule = next(r for r in default_rules(load_reference(settings.reference_file)) if r.kind == "energy_quota")
-    found = evaluator.gather([rule], [], lambda _r, _s: 0, TZ, hour + 10 * MINUTE)
+    found, _ = evaluator.gather([rule], [], {}, TZ, hour + 10 * MINUTE)
     [(_, subject, obs)] = found
     assert subject.id == "steel"
     assert obs.sample["value"] == pytest.approx(15_000 * 0.1229 / 1000)  # not (110,000 - 0) kWh
@@ -154,10 +154,9 @@ def test_firing_is_delivered_before_resolved_even_when_it_needs_a_retry(tmp_path
 
 
 def test_the_schedule_reads_stream_state_under_the_engine_lock(live: Env) -> None:
-    """The scheduled evaluator's views of `seen` and of rule marks wait while a stream batch holds the lock."""
+    """The scheduled evaluator's view of when devices were heard waits while a stream batch holds the lock."""
     got: list[object] = []
-    readers = [threading.Thread(target=lambda: got.append(live.engine.scheduled.seen())),
-               threading.Thread(target=lambda: got.append(live.engine._mark("nox-hourly-mean", "sinter-cems")))]
+    readers = [threading.Thread(target=lambda: got.append(live.engine.scheduled.heard()))]
     with live.engine._lock:
         for t in readers:
             t.start()
@@ -166,4 +165,4 @@ def test_the_schedule_reads_stream_state_under_the_engine_lock(live: Env) -> Non
         assert got == []  # both still waiting for the lock
     for t in readers:
         t.join()
-    assert sorted(map(str, got)) == ["0", "{}"]
+    assert got == [{}]
