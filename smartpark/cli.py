@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -92,7 +93,7 @@ def ingest(verbose: Verbose = False) -> None:
     from prometheus_client import start_http_server
 
     from smartpark.ingest.service import IngestService
-    from smartpark.platform import open_core
+    from smartpark.platform import open_core, rollup_repairer
 
     settings = _settings(verbose)
     if settings.mqtt is None:
@@ -113,7 +114,10 @@ def ingest(verbose: Verbose = False) -> None:
         _fail(f"metrics port {settings.ingest_metrics_port}: {exc}; set SMARTPARK_INGEST_METRICS_PORT (0: off)")
     err.print(f"ingest subscribed to {settings.mqtt.host}:{settings.mqtt.port} as {settings.ingest_client_id}; "
               "Ctrl-C stops.", highlight=False)
+    repairer = rollup_repairer(settings, store)
     _wait_for_signal()
+    if repairer is not None:
+        repairer.stop()
     service.stop()
 
 
@@ -221,6 +225,29 @@ def db_init(verbose: Verbose = False) -> None:
         _fail(str(exc))
     where = settings.influx_url or str(settings.data_dir / "timeseries.sqlite")
     err.print(f"metadata: {settings.metadata_url}\ntime series: {where}\nready.", highlight=False)
+
+
+@db_app.command("repair-rollups")
+def db_repair_rollups(
+    hours: Annotated[float, typer.Option(help="Look at the late marks of this many past hours.")] = 24.0,
+    verbose: Verbose = False,
+) -> None:
+    """Recompute now the InfluxDB rollup windows that received late points (the ingest does it every minute)."""
+    from smartpark.core.store.influx import InfluxStore
+    from smartpark.core.store.rollups import repair
+    from smartpark.platform import open_core
+
+    settings = _settings(verbose)
+    try:
+        _catalog, _registry, store = open_core(settings)
+        if not isinstance(store, InfluxStore):
+            _fail("the embedded store has no rollups (it aggregates raw points); nothing to repair")
+        now = time.time_ns() // 1_000_000
+        report = repair(store, now - int(hours * 3_600_000))
+    except SmartparkError as exc:
+        _fail(str(exc))
+    err.print(f"{report.marks} late marks, {report.spans} spans, {report.statements} SELECT ... INTO run.",
+              highlight=False)
 
 
 @park_app.command("load")

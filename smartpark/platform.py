@@ -27,8 +27,9 @@ from smartpark.ingest.service import IngestService
 
 if TYPE_CHECKING:
     from smartpark.alerts import AlertEngine
+    from smartpark.core.store.rollups import RollupRepairer
 
-__all__ = ["Platform", "admin_key", "alert_engine", "demo_park_path", "open_core"]
+__all__ = ["Platform", "admin_key", "alert_engine", "demo_park_path", "open_core", "rollup_repairer"]
 
 log = logging.getLogger("smartpark")
 INGEST_USER = "smartpark-ingest"
@@ -78,6 +79,24 @@ def alert_engine(settings: Settings, registry: Registry, store: TimeSeriesStore,
                        source_factory=source)
 
 
+def rollup_repairer(settings: Settings, store: TimeSeriesStore) -> RollupRepairer | None:
+    """The scheduled repair of rollup windows that got late points, started; None where there are no rollups
+    (the embedded store aggregates raw points, InfluxDB 2.x/3.x has no CQs) or it is switched off."""
+    from smartpark.core.store.influx import InfluxStore
+    from smartpark.core.store.rollups import RollupRepairer
+
+    if not isinstance(store, InfluxStore) or settings.rollup_repair_interval_s <= 0:
+        return None
+    try:
+        if not store.is_v1():
+            return None
+    except StoreError:
+        pass  # not reachable yet: assume 1.x (the repairer logs and retries each round)
+    repairer = RollupRepairer(store, settings.rollup_repair_interval_s)
+    repairer.start()
+    return repairer
+
+
 def admin_key(settings: Settings, registry: Registry) -> str:
     """The development admin key, created once and kept in the data dir (mode 600) for `up`."""
     path = settings.data_dir / "admin.key"
@@ -118,6 +137,9 @@ class Platform:
                                     username=user, password=password, mqtt5=mqtt5)
         self.ingest.start()
         self._stops.append(self.ingest.stop)
+        repairer = rollup_repairer(self.settings, store)
+        if repairer is not None:
+            self._stops.append(repairer.stop)
         self.alerts = alert_engine(self.settings, registry, store, catalog, host=host, port=port,
                                    username=self._alerts_login[0], password=self._alerts_login[1], mqtt5=mqtt5)
         self.alerts.start()

@@ -67,6 +67,7 @@ from smartpark.core.store.base import (
     hour_sums_from_minutes,
     minute_query,
 )
+from smartpark.core.store.rollups import RAW_RP, RESAMPLE_FOR, ROLLUPS, late_spans, marks_body, rollup_select
 
 __all__ = [
     "RAW_RP",
@@ -82,20 +83,11 @@ __all__ = [
     "quote_literal",
 ]
 
-RAW_RP = "raw"
+
 WRITE_CHUNK = 2500  # points per /write request of a large batch
 # /write requests in flight at once: InfluxDB answers each after its WAL write, so with two the server idled
 # between requests; four (two ingest batches of two chunks) took batch payloads from ~240k to ~270k readings/s
 WRITE_REQUESTS = 4
-# (retention policy, GROUP BY interval, CQ name suffix, duration as a multiple of raw; None = infinite)
-ROLLUPS: tuple[tuple[str, str, str, int | None], ...] = (
-    ("rp_1m", "1m", "1m", 2),
-    ("rp_1h", "1h", "1h", None),
-)
-# How far back each rollup CQ recomputes on every run (RESAMPLE FOR). A plain CQ computes a window once, right
-# as it closes, so readings that arrive late (batching, a device's store-and-forward, the ingest's spool
-# replay) would never reach the rollups the dashboards read; these windows catch up to that much lateness.
-RESAMPLE_FOR = {"rp_1m": "10m", "rp_1h": "2h"}
 
 # hour_sums: hourly results kept per query (LRU) and how many requests compute uncached hours concurrently
 HOUR_CACHE_QUERIES = 256  # kept HourQuery keys (about one per site with stacks)
@@ -279,6 +271,8 @@ class InfluxStore:
         self.url = url.rstrip("/")
         self.database = database
         self.catalog = catalog
+        self._rolled_up = frozenset(m.domain for m in catalog.metrics.values())  # measurements with rollups
+        self._v1: bool | None = None  # InfluxDB 1.x (rollup CQs exist), asked once
         self.retention_days = retention_days
         self.token = token
         self.hour_cache_s = hour_cache_s
@@ -364,6 +358,11 @@ class InfluxStore:
         version = self.server_version().lstrip("v")
         return version.startswith("1.") if version else not self.token
 
+    def _is_v1_cached(self) -> bool:
+        if self._v1 is None:
+            self._v1 = self.is_v1()
+        return self._v1
+
     def init(self) -> None:
         """Create the database, retention policies and continuous queries (1.x; idempotent).
 
@@ -401,20 +400,11 @@ class InfluxStore:
     def _continuous_queries(self) -> list[tuple[str, str]]:
         """(name, CREATE statement) of every rollup CQ, one per measurement of the catalog and rollup."""
         db = quote_ident(self.database)
-        by_domain: dict[str, list[str]] = {}
-        for metric in sorted(self.catalog.metrics.values(), key=lambda m: m.name):
-            agg = "last" if metric.kind == "counter" else "mean"
-            f = quote_ident(metric.name)
-            by_domain.setdefault(metric.domain, []).append(f"{agg}({f}) AS {f}")
         out = []
-        for domain, selects in sorted(by_domain.items()):
-            m = quote_ident(domain)
+        for domain in sorted({m.domain for m in self.catalog.metrics.values()}):
             for rp, every, suffix, _ in ROLLUPS:
                 name = f"cq_{domain}_{suffix}"
-                select = (
-                    f"SELECT {', '.join(selects)} INTO {db}.{quote_ident(rp)}.{m} "  # noqa: S608 (InfluxQL; names and values quoted)
-                    f"FROM {db}.{quote_ident(RAW_RP)}.{m} GROUP BY time({every}), *"
-                )
+                select = f"{rollup_select(self.catalog, self.database, domain, rp)} GROUP BY time({every}), *"
                 resample = f"RESAMPLE FOR {RESAMPLE_FOR[rp]} " if rp in RESAMPLE_FOR else ""
                 out.append((name, f"CREATE CONTINUOUS QUERY {quote_ident(name)} ON {db} {resample}BEGIN {select} END"))
         return out
@@ -424,12 +414,19 @@ class InfluxStore:
         while the next is being encoded (a write is idempotent: a failed batch is simply written again)."""
         if not points:  # line() refuses empty field sets, as check_points does for the embedded store
             return
+        now = time.time_ns() // 1_000_000
         if len(points) <= WRITE_CHUNK:
             self.write_lines(lines(points))
-            return
-        chunks = [points[i:i + WRITE_CHUNK] for i in range(0, len(points), WRITE_CHUNK)]
-        for future in [self._writers.submit(lambda c: self.write_lines(lines(c)), c) for c in chunks]:
-            future.result()  # re-raises the first failure, typed as the store's errors
+        else:
+            chunks = [points[i:i + WRITE_CHUNK] for i in range(0, len(points), WRITE_CHUNK)]
+            for future in [self._writers.submit(lambda c: self.write_lines(lines(c)), c) for c in chunks]:
+                future.result()  # re-raises the first failure, typed as the store's errors
+        self.mark_late(late_spans(points, now, self._rolled_up), now)
+
+    def mark_late(self, spans: dict[str, tuple[int, int]], now_ms: int | None = None) -> None:
+        """Record spans written too late for the rollup CQs (after the data: see core/store/rollups.py)."""
+        if spans and self._is_v1_cached():
+            self.write_lines(marks_body(spans, time.time_ns() // 1_000_000 if now_ms is None else now_ms))
 
     def write_lines(self, body: bytes, *, compress: bool | None = None) -> None:
         """Write ready line protocol (ms timestamps), for bulk writers that build it themselves (backfill).
