@@ -15,6 +15,21 @@ from smartpark.core.store.influx import InfluxStore, quote_ident
 
 from servers import InfluxServer, MosquittoServer, start_influxd, start_mosquitto
 
+# fixtures that start a real server, and the marker a test using them gets (so -m 'not influx' starts no influxd)
+SERVER_FIXTURES = {"influxd": "influx", "influx_store": "influx", "own_influxd": "influx", "mosquitto": "mosquitto"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test by the servers its fixtures start, parametrized backends included."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("store") == "influx":
+            names.add("influx_store")
+        for marker in {m for f, m in SERVER_FIXTURES.items() if f in names}:
+            item.add_marker(getattr(pytest.mark, marker))
+
+
 MOSQUITTO_CONFIG = """
 allow_anonymous true
 persistence false

@@ -176,6 +176,22 @@ def forget_session(host: str, port: int, client_id: str) -> None:
                 pass
 
 
+def clear_retained(host: str, port: int, topics: list[str]) -> None:
+    """Remove retained messages (an empty retained payload each), so a shared broker hands them to no later test."""
+    import socket
+    from contextlib import suppress
+
+    import mqtt5
+
+    packets = [mqtt5.ConnectPacket(f"clear-{uuid.uuid4().hex[:8]}", clean_start=True).write()]
+    packets += [mqtt5.PublishPacket(t, b"", qos=mqtt5.QoS.AT_MOST_ONCE, retain=True).write() for t in topics]
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"".join(packets) + mqtt5.DisconnectPacket().write())
+        with suppress(OSError):
+            while sock.recv(64):
+                pass
+
+
 def model_points(model: Any, ts_ms: int, catalog: Any, skip: frozenset[str] = frozenset()) -> list[Any]:
     """The points a ParkModel's readings at ``ts_ms`` become (one per device and domain), as the ingest writes."""
     from smartpark.core.points import Point

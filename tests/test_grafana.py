@@ -12,6 +12,7 @@ and the provisioning YAML against its documented keys.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -21,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -39,8 +41,19 @@ from servers import InfluxServer
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "grafana"
-sys.path.insert(0, str(GRAFANA))
-import build  # noqa: E402  (grafana/build.py is a script, not a package module)
+
+
+def _load_builder() -> ModuleType:
+    """grafana/build.py is a script, not a package module: loaded under a name of its own, which neither
+    shadows nor is shadowed by PyPA's `build` package."""
+    spec = importlib.util.spec_from_file_location("smartpark_grafana_build", GRAFANA / "build.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+build = _load_builder()
 
 HISTORY_H = 30
 STEP_MS = 120_000

@@ -137,8 +137,10 @@ def _store_on(server: InfluxServer) -> InfluxStore:
     return store
 
 
-def test_influxdb_down_for_60_s_mid_run_spools_and_replays(
-        tmp_path: Path, mosquitto: MosquittoServer, own_influxd: InfluxServer, registry_url: str) -> None:
+@pytest.mark.parametrize("outage_s", [3, pytest.param(60, marks=pytest.mark.slow)])
+def test_influxdb_down_mid_run_spools_and_replays(
+        tmp_path: Path, mosquitto: MosquittoServer, own_influxd: InfluxServer, registry_url: str, outage_s: int
+) -> None:
     store, registry = _store_on(own_influxd), Registry(registry_url)
     service = _service(tmp_path, mosquitto, store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
     messages = load_messages(SITE, 200, 100, now_ms() - 3600_000)
@@ -151,7 +153,7 @@ def test_influxdb_down_for_60_s_mid_run_spools_and_replays(
     # During the outage every message is acked, because it is fsynced in the spool.
     wait_for(lambda: service.stats.counters["messages_committed"] >= 2 * third, timeout=60)
     assert service.stats.counters["points_spooled"] >= third
-    time.sleep(max(0.0, 60 - (time.monotonic() - outage_started)))
+    time.sleep(max(0.0, outage_s - (time.monotonic() - outage_started)))
     own_influxd.start()
     publish_many(mosquitto.host, mosquitto.port, messages[2 * third:])
     wait_for(lambda: stored(store) >= len(messages), timeout=120, every=0.5)

@@ -31,7 +31,7 @@ from smartpark.simulators.runner import PublishRun
 from smartpark.simulators.scenario import parse_scenario
 from smartpark.simulators.truth import TruthWriter, read_truth
 
-from factories import forget_session, now_ms, wait_for
+from factories import clear_retained, forget_session, now_ms, wait_for
 from servers import InfluxServer, MosquittoServer
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.influx]
@@ -161,8 +161,12 @@ def run(tmp: Path, influxd: InfluxServer, mosquitto: MosquittoServer, start: int
 def test_an_outage_flushed_late_gives_the_same_episodes_kpis_and_rollups(
         tmp_path: Path, influxd: InfluxServer, mosquitto: MosquittoServer) -> None:
     start = (now_ms() - 10 * HOUR) // HOUR * HOUR
-    on_time = run(tmp_path / "on-time", influxd, mosquitto, start, outage=False)
-    flushed = run(tmp_path / "outage", influxd, mosquitto, start, outage=True)
+    try:
+        on_time = run(tmp_path / "on-time", influxd, mosquitto, start, outage=False)
+        flushed = run(tmp_path / "outage", influxd, mosquitto, start, outage=True)
+    finally:  # the simulated devices' retained statuses and wills must not reach later tests on this broker
+        clear_retained(mosquitto.host, mosquitto.port, [f"smartpark/v1/steel/{d.id}/status"
+                                                        for s in parse_park_file(PARK).sites for d in s.devices])
     assert flushed.truth == on_time.truth  # the same readings, only delivered later
     assert on_time.stored == flushed.stored == sum(1 for r in on_time.truth if r["device"] == "sinter-cems")
     exceeding = hourly_truth(on_time.truth, load_reference(None), 45)
