@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,13 @@ def topic(device: str, leaf: str = "telemetry", site: str = "plant-a") -> str:
     return f"smartpark/v1/{site}/{device}/{leaf}"
 
 
+def default_client_id(username: str | None) -> str:
+    """What the brokers accept: a device's own id; for a service, a client id in its namespace."""
+    if username is None or not username.startswith("smartpark-"):
+        return username or f"anon-{uuid.uuid4().hex[:8]}"
+    return f"{username}-{uuid.uuid4().hex[:8]}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,7 +54,8 @@ class Probe:
     """A paho MQTTv311 client whose CONNACK, SUBACK and messages land in queues the test can wait on."""
 
     def __init__(
-        self, port: int, username: str | None, password: str | None, will: tuple[str, str] | None = None
+        self, port: int, username: str | None, password: str | None, will: tuple[str, str] | None = None,
+        client_id: str | None = None,
     ) -> None:
         self.port = port
         self.connacks: queue.Queue[ReasonCode] = queue.Queue()
@@ -54,7 +63,7 @@ class Probe:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"probe-{username}-{id(self)}",
+            client_id=client_id if client_id is not None else default_client_id(username),
             protocol=mqtt.MQTTv311,
             reconnect_on_failure=False,
         )

@@ -47,7 +47,7 @@ class Pipeline:
 
 
 def _settings(tmp_path: Path) -> Settings:
-    return Settings(_env_file=None, data_dir=tmp_path, ingest_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
+    return Settings(_env_file=None, data_dir=tmp_path, ingest_client_id=f"smartpark-ingest-{uuid.uuid4().hex[:8]}",
                     ingest_batch_age_s=0.1, retention_days=30, ingest_stats_interval_s=0.3)  # type: ignore[call-arg]
 
 
