@@ -368,8 +368,11 @@ class EmbeddedBroker:
         service_accounts: dict[str, str],
         *,
         debug: bool = False,
+        max_connections: int = MAX_CONNECTIONS,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self.host, self.port, self.debug = host, port, debug
+        self.limits = {"max_connections": max_connections, "connect_timeout_s": connect_timeout_s}
         self.authority = Authority(registry, service_accounts)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -430,7 +433,8 @@ class EmbeddedBroker:
 
     async def _serve(self) -> None:
         try:
-            broker = _Broker(broker_config(self.host, self.port, self.authority, debug=self.debug))
+            broker = _Broker(broker_config(self.host, self.port, self.authority, debug=self.debug),
+                             **self.limits)  # type: ignore[arg-type]
             await broker.start()
         except Exception as exc:
             self._error = _start_error(exc, self.host, self.port)

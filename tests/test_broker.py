@@ -234,3 +234,52 @@ def test_taken_port_raises_port_in_use(registry: Registry, broker: EmbeddedBroke
     broker.stop()  # idempotent
     with second:  # the port is free again once stopped
         pass
+
+
+# ----------------------------------------------------------------------- hygiene: connections and logins
+
+
+def test_a_connection_without_connect_is_closed(registry: Registry) -> None:
+    with EmbeddedBroker(registry, "127.0.0.1", free_port(), {SERVICE: SERVICE_PASSWORD},
+                        connect_timeout_s=0.3) as b, socket.create_connection(("127.0.0.1", b.port)) as idle:
+        idle.settimeout(TIMEOUT_S)
+        assert idle.recv(16) == b""  # the broker closed it: it never sent CONNECT
+
+
+def test_connections_beyond_the_bound_are_closed(registry: Registry, probes: list[Probe]) -> None:
+    with EmbeddedBroker(registry, "127.0.0.1", free_port(), {SERVICE: SERVICE_PASSWORD}, max_connections=2) as b:
+        for _ in range(2):
+            probe = Probe(b.port, SERVICE, SERVICE_PASSWORD)
+            probes.append(probe)
+            assert probe.connect() == "Success"
+        with socket.create_connection(("127.0.0.1", b.port)) as third:
+            third.settimeout(TIMEOUT_S)
+            assert third.recv(16) == b""
+
+
+def _attempt(probes: list[Probe], port: int, username: str, password: str, client_id: str | None = None) -> str:
+    probe = Probe(port, username, password, client_id=client_id)
+    probes.append(probe)
+    return str(probe.connect())
+
+
+def test_failed_logins_are_throttled_per_user_and_address(broker: EmbeddedBroker, registry: Registry,
+                                                          probes: list[Probe], connect) -> None:
+    password = registry.provision_device("meter-1")
+    broker.authority.throttle.base_s = broker.authority.throttle.max_s = 60.0  # no retry window in this test
+    assert _attempt(probes, broker.port, "meter-1", "wrong") != "Success"
+    assert _attempt(probes, broker.port, "meter-1", password) != "Success"  # refused without a check
+    assert broker.authority.throttle.refused == 1
+    connect("meter-2", registry.provision_device("meter-2"))  # another user from the same address is not
+    broker.authority.throttle.record("127.0.0.1|meter-1", ok=True)  # what the delay's end does
+    connect("meter-1", password)
+
+
+def test_a_device_connects_only_with_its_own_id_as_client_id(broker: EmbeddedBroker, registry: Registry,
+                                                             probes: list[Probe]) -> None:
+    password = registry.provision_device("meter-1")
+    broker.authority.throttle.base_s = broker.authority.throttle.max_s = 0.0  # each refusal for its own reason
+    for client_id in ("meter-2", "smartpark-ingest", "meter-1x"):
+        assert _attempt(probes, broker.port, "meter-1", password, client_id) != "Success", client_id
+    assert _attempt(probes, broker.port, SERVICE, SERVICE_PASSWORD, "meter-1") != "Success"
+    assert _attempt(probes, broker.port, "meter-1", password, "meter-1") == "Success"
