@@ -16,7 +16,7 @@ from smartpark.core.errors import RegistryError
 from smartpark.core.ids import SERVICE_PREFIX, reserved_device_id
 from smartpark.core.registry.models import ApiKey, Base, Device, Park, Site
 from smartpark.core.registry.parkfile import ParkFile
-from smartpark.core.registry.secrets import hash_password, new_api_key, new_password
+from smartpark.core.registry.secrets import DEVICE_PBKDF2_ITERATIONS, hash_password, new_api_key, new_password
 
 __all__ = ["Registry"]
 
@@ -114,7 +114,7 @@ class Registry:
             device = s.get(Device, device_id)
             if device is None:
                 raise RegistryError(f"unknown device {device_id!r}")
-            device.mqtt_password_hash = hash_password(password)
+            device.mqtt_password_hash = hash_password(password, iterations=DEVICE_PBKDF2_ITERATIONS)
         return password
 
     def set_device_status(self, device_id: str, online: bool, seen: datetime | None = None) -> bool:
