@@ -1,8 +1,10 @@
 """The embedded MQTT broker of `smartpark up` (no SMARTPARK_MQTT_URL): amqtt on its own thread and event loop.
 
-It enforces the contract's MQTT rules like the production Mosquitto does: every client authenticates (devices
-with their registry credentials, platform services with in-memory accounts) and a device may publish only
-under its own ``smartpark/v1/{site}/{device}/``.
+It enforces the contract's MQTT rules like the production Mosquitto does (README, "Trusted MQTT"): every client
+authenticates (devices with their registry credentials, platform services with in-memory accounts); a device
+connects only with its own id as client id, publishes only under its own ``smartpark/v1/{site}/{device}/`` and
+subscribes to nothing; services take client ids in the reserved ``smartpark-`` namespace. Connections are
+bounded, a CONNECT must come within seconds, and failed logins are throttled.
 """
 
 from __future__ import annotations
