@@ -140,6 +140,8 @@ def write_export(registry: Registry, directory: Path, services: Mapping[str, str
                  broker_dir: Path | None = None, plugin: str | None = None) -> Export:
     """Write ``passwd``, ``acl``, the dynamic-security config and ``smartpark.conf`` (all mode 600)."""
     check_services(registry, services)
+    if broker_dir is not None and not broker_dir.is_absolute():
+        raise ConfigError(f"--broker-dir must be an absolute path (Mosquitto resolves none), got {broker_dir}")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
