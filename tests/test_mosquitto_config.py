@@ -210,3 +210,23 @@ def _truth_readings(path: Path) -> dict[str, int]:
         if row.get("type") == "reading":
             seen.setdefault(row["device"], set()).add(row["sent_ts"])
     return {d: len(ts) for d, ts in seen.items()}
+
+
+def test_export_apply_command_binds_a_new_device_on_the_running_broker(target: Target) -> None:
+    target.registry.create_device("steel", {"id": "late-meter", "kind": "energy_meter"})
+    services = target.tmp_path / "services"
+    services.write_text("".join(f"{name}:{pw}\n" for name, pw in target.services.items()))
+    env = _env(target.tmp_path / "cli", f"mqtt://{INGEST_USER}:{target.services[INGEST_USER]}@{target.host}:"
+                                        f"{target.port}")
+    env["SMARTPARK_DATABASE_URL"] = f"sqlite:///{target.tmp_path / 'meta.sqlite'}"
+    result = _run(["broker", "export", str(target.tmp_path / "smartpark"), "--services-file", str(services),
+                   "--apply"], env)
+    assert result.returncode == 0, result.stderr
+    assert "1 identities added, 0 disabled" in result.stderr
+    # bound before it even has a password: once it gets one, no other client id will do
+    password = target.passwords["late-meter"] = target.registry.provision_device("late-meter")
+    write_export(target.registry, target.tmp_path / "smartpark", target.services)
+    assert target.server is not None
+    target.server.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: _connected(target, "late-meter"))
+    assert target.probe("late-meter", password, "smartpark-alerts").connect().is_failure
