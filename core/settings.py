@@ -104,8 +104,7 @@ class Settings(BaseSettings):
 
     # --- ingest
     ingest_client_id: str = "smartpark-ingest"
-    """MQTT client id of the ingest: fixed, so its persistent session survives restarts. Must begin with
-    `smartpark-` (no device may take it); each ingest instance needs its own (e.g. smartpark-ingest-2)."""
+    """MQTT client id of the ingest, fixed (its session survives restarts), one per instance, `smartpark-...`."""
     ingest_mqtt_client: Literal["session", "paho"] = "session"
     """MQTT 5 client of the ingest: `session` (thin layer on the mqtt5 codec, the fast one) or `paho`.
     MQTT 3.1.1 (the embedded broker, SMARTPARK_MQTT_V5=false) always uses paho."""
@@ -124,8 +123,7 @@ class Settings(BaseSettings):
 
     # --- alerts (alerts/: the engine, `smartpark alerts`, and inside `smartpark up`)
     alerts_client_id: str = "smartpark-alerts"
-    """MQTT client id of the alert engine's own subscription: fixed, so its persistent session survives restarts.
-    Must begin with `smartpark-`."""
+    """MQTT client id of the alert engine's own subscription, fixed (its session survives restarts), `smartpark-...`."""
     alerts_eval_interval_s: float = Field(10.0, gt=0, le=3600)
     """How often window, no-data, quota and greening rules are evaluated against the store."""
     alerts_no_data_s: float = Field(900.0, gt=0)
