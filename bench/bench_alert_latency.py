@@ -89,7 +89,7 @@ def start_engine(tmp: Path, mosq: object, influx_url: str, db: str, reg: str) ->
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTPARK_")} | {
         "SMARTPARK_MQTT_URL": f"mqtt://{mosq.host}:{mosq.port}", "SMARTPARK_INFLUX_URL": influx_url,  # type: ignore[attr-defined]
         "SMARTPARK_INFLUX_DB": db, "SMARTPARK_DATA_DIR": str(tmp / "alerts-data"), "SMARTPARK_DATABASE_URL": reg,
-        "SMARTPARK_ALERTS_CLIENT_ID": f"bench-alerts-{uuid.uuid4().hex[:6]}",
+        "SMARTPARK_ALERTS_CLIENT_ID": f"smartpark-bench-alerts-{uuid.uuid4().hex[:6]}",
         "SMARTPARK_ALERTS_WEBHOOK_ALLOW_PRIVATE": "true"}
     log = tmp / "alerts.log"
     with log.open("wb") as out:

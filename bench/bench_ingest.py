@@ -62,7 +62,7 @@ def start_pipeline(name: str, tmp: Path, mosq: object, influx_url: str, db: str,
     if name == "smartpark":
         env |= {"SMARTPARK_MQTT_URL": f"mqtt://{mosq.host}:{mosq.port}", "SMARTPARK_INFLUX_URL": influx_url,
                 "SMARTPARK_INFLUX_DB": db, "SMARTPARK_DATA_DIR": str(tmp / f"data-{db}"),
-                "SMARTPARK_DATABASE_URL": reg, "SMARTPARK_INGEST_CLIENT_ID": f"bench-{uuid.uuid4().hex[:6]}",
+                "SMARTPARK_DATABASE_URL": reg, "SMARTPARK_INGEST_CLIENT_ID": f"smartpark-bench-{uuid.uuid4().hex[:6]}",
                 **extra_env}
         cmd, ready = [PY, "-m", "smartpark", "ingest"], "ingest subscribed"
     else:

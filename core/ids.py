@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ID_PATTERN", "is_valid_id", "valid_device_id", "valid_site_id"]
+__all__ = ["ID_PATTERN", "SERVICE_PREFIX", "is_service_id", "is_valid_id", "reserved_device_id", "valid_device_id",
+           "valid_site_id"]
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _ID = re.compile(ID_PATTERN)
+SERVICE_PREFIX = "smartpark-"
+"""MQTT client ids and broker users of the platform's own services begin with this; no device id may, so no
+device can take a service's client id (the brokers bind a device's client id to its device id)."""
 
 
 def is_valid_id(value: object) -> bool:
@@ -26,6 +30,19 @@ def valid_site_id(value: str) -> str:
     return _valid("site", value)
 
 
+def is_service_id(value: object) -> bool:
+    """True for a client id or broker user of a platform service (``smartpark-...``, otherwise a valid id)."""
+    return is_valid_id(value) and str(value).startswith(SERVICE_PREFIX) and len(str(value)) > len(SERVICE_PREFIX)
+
+
+def reserved_device_id(value: str) -> bool:
+    """True when ``value`` would be a device id in the services' reserved namespace (refused by the registry)."""
+    return value.startswith(SERVICE_PREFIX)
+
+
 def valid_device_id(value: str) -> str:
     """Return ``value`` if it is a valid device id, else raise ValueError naming the rule."""
+    if reserved_device_id(value):
+        raise ValueError(f"invalid device id {value!r}: ids beginning with {SERVICE_PREFIX!r} are reserved "
+                         "for the platform's services")
     return _valid("device", value)

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from smartpark.core.errors import ConfigError
+from smartpark.core.ids import SERVICE_PREFIX, is_service_id
 
 __all__ = ["MqttTarget", "Settings", "env_example", "load_settings"]
 
@@ -103,7 +104,7 @@ class Settings(BaseSettings):
 
     # --- ingest
     ingest_client_id: str = "smartpark-ingest"
-    """MQTT client id of the ingest: fixed, so its persistent session survives restarts."""
+    """MQTT client id of the ingest, fixed (its session survives restarts), one per instance, `smartpark-...`."""
     ingest_mqtt_client: Literal["session", "paho"] = "session"
     """MQTT 5 client of the ingest: `session` (thin layer on the mqtt5 codec, the fast one) or `paho`.
     MQTT 3.1.1 (the embedded broker, SMARTPARK_MQTT_V5=false) always uses paho."""
@@ -125,7 +126,7 @@ class Settings(BaseSettings):
 
     # --- alerts (alerts/: the engine, `smartpark alerts`, and inside `smartpark up`)
     alerts_client_id: str = "smartpark-alerts"
-    """MQTT client id of the alert engine's own subscription: fixed, so its persistent session survives restarts."""
+    """MQTT client id of the alert engine's own subscription, fixed (its session survives restarts), `smartpark-...`."""
     alerts_eval_interval_s: float = Field(10.0, gt=0, le=3600)
     """How often window, no-data, quota and greening rules are evaluated against the store."""
     alerts_no_data_s: float = Field(900.0, gt=0)
@@ -150,6 +151,14 @@ class Settings(BaseSettings):
     def _mqtt_url(cls, v: str) -> str:
         if v:
             MqttTarget(v)
+        return v
+
+    @field_validator("ingest_client_id", "alerts_client_id")
+    @classmethod
+    def _service_client_id(cls, v: str) -> str:
+        if not is_service_id(v):
+            raise ValueError(f"must begin with {SERVICE_PREFIX!r} followed by lower-case letters, digits, - or _ "
+                             f"(64 characters at most; device ids cannot take that prefix), got {v!r}")
         return v
 
     @field_validator("influx_url")

@@ -1,8 +1,10 @@
 """The embedded MQTT broker of `smartpark up` (no SMARTPARK_MQTT_URL): amqtt on its own thread and event loop.
 
-It enforces the contract's MQTT rules like the production Mosquitto does: every client authenticates (devices
-with their registry credentials, platform services with in-memory accounts) and a device may publish only
-under its own ``smartpark/v1/{site}/{device}/``.
+It enforces the contract's MQTT rules like the production Mosquitto does (README, "Trusted MQTT"): every client
+authenticates (devices with their registry credentials, platform services with in-memory accounts); a device
+connects only with its own id as client id, publishes only under its own ``smartpark/v1/{site}/{device}/`` and
+subscribes to nothing; services take client ids in the reserved ``smartpark-`` namespace. Connections are
+bounded, a CONNECT must come within seconds, and failed logins are throttled.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
+from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action, BrokerConfig, ListenerConfig, ListenerType
-from amqtt.errors import BrokerError
+from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
+from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from smartpark.core.errors import SmartparkError
+from smartpark.core.ids import SERVICE_PREFIX, is_service_id
 from smartpark.core.registry import Registry
 from smartpark.core.registry.secrets import verify_password
 
@@ -36,6 +42,11 @@ TOPIC_ROOT = "smartpark/"
 SERVICE_FILTER_ROOT = "smartpark/v1/"
 DEVICE_TOPICS = ("telemetry", "status")
 HASH_TTL_S = 5.0  # how long a re-provisioned device's old password keeps working; a miss reloads at once
+THROTTLE_BASE_S = 0.5  # a first failed login refuses that user from that address this long; each failure doubles it
+THROTTLE_MAX_S = 30.0
+THROTTLE_MAX_KEYS = 100_000
+CONNECT_TIMEOUT_S = 10.0  # a connection that sends no CONNECT within this is closed (half-open, slowloris)
+MAX_CONNECTIONS = 4096  # connections beyond this are closed at once
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
 
@@ -56,9 +67,17 @@ class PortInUse(BrokerStartError):
 
 
 class Authority:
-    """Who may connect and where they may publish; shared by the two plugins, used from worker threads."""
+    """Who may connect, as which client id, and where they may publish; used by the plugins from worker threads.
+
+    A device logs in with its device id as user name AND client id; a service (the ingest, the alert engine)
+    logs in as its own account with a client id in the reserved ``smartpark-`` namespace, which no device id
+    may take: so no device can take over a service's session, or another device's.
+    """
 
     def __init__(self, registry: Registry, service_accounts: dict[str, str], ttl_s: float = HASH_TTL_S) -> None:
+        for name in service_accounts:
+            if not is_service_id(name):
+                raise ValueError(f"service account {name!r} must begin with {SERVICE_PREFIX!r}")
         self._registry = registry
         self._services = dict(service_accounts)
         self._ttl_s = ttl_s
@@ -66,9 +85,26 @@ class Authority:
         self._hashes: dict[str, tuple[str, str]] = {}
         self._loaded_at = -1e9
         self._sites: dict[str, str] = {}  # device id -> site, recorded at its last successful login
+        self.throttle = LoginThrottle()
 
-    def check(self, username: str, password: str) -> bool:
-        """Verify a login (blocking: a registry query and PBKDF2); services win a name clash with a device."""
+    def check(self, username: str, password: str, client_id: str | None = None, address: str | None = None) -> bool:
+        """Verify a login (blocking: a registry query and PBKDF2); refused at once while ``address`` is throttled."""
+        key = f"{address}|{username}" if address is not None else None
+        if not self.throttle.allowed(key):
+            return False
+        ok = self.may_use_client_id(username, client_id) and self._verify(username, password)
+        self.throttle.record(key, ok)
+        return ok
+
+    def may_use_client_id(self, username: str, client_id: str | None) -> bool:
+        """A service takes client ids of its namespace only; a device exactly its own id (None: not checked)."""
+        if client_id is None:
+            return True
+        if username in self._services:
+            return is_service_id(client_id)
+        return client_id == username
+
+    def _verify(self, username: str, password: str) -> bool:
         if username in self._services:
             return hmac.compare_digest(password.encode(), self._services[username].encode())
         entry = self._device(username, fresh=False)
@@ -89,17 +125,65 @@ class Authority:
         # Devices subscribe to nothing: no contract topic flows platform -> device, and none reads another's.
         return username in self._services and topic_filter.startswith(SERVICE_FILTER_ROOT)
 
+    def may_receive(self, username: str | None, topic: str) -> bool:
+        """Checked per delivered message, retained ones included: only services read the park's topics."""
+        return username in self._services and topic.startswith(TOPIC_ROOT)
+
     def _bind(self, device_id: str, site_id: str) -> bool:
         self._sites[device_id] = site_id
         return True
 
     def _device(self, device_id: str, *, fresh: bool) -> tuple[str, str] | None:
+        if fresh:  # one primary-key lookup, not the whole table: an unknown name costs little
+            device = self._registry.device(device_id)
+            entry = (device.site_id, device.mqtt_password_hash) if device and device.mqtt_password_hash else None
+            with self._lock:
+                if entry is None:
+                    self._hashes.pop(device_id, None)
+                else:
+                    self._hashes[device_id] = entry
+            return entry
         with self._lock:
-            age = time.monotonic() - self._loaded_at
-            if fresh or age > self._ttl_s:
+            if time.monotonic() - self._loaded_at > self._ttl_s:
                 self._hashes = self._registry.password_hashes()
                 self._loaded_at = time.monotonic()
             return self._hashes.get(device_id)
+
+
+class LoginThrottle:
+    """After a failed login, refuse the same user name from the same address without checking anything for a
+    delay that doubles with each further failure (up to THROTTLE_MAX_S); a success clears it. Password guessing
+    then costs the broker no PBKDF2 and no registry query per attempt; keyed by address AND user name, so an
+    attacker slows only its own attempts (devices behind one carrier NAT share an address, not a name)."""
+
+    def __init__(self, base_s: float = THROTTLE_BASE_S, max_s: float = THROTTLE_MAX_S) -> None:
+        self.base_s, self.max_s = base_s, max_s
+        self._lock = threading.Lock()
+        self._state: dict[str, tuple[int, float]] = {}  # address|user -> (consecutive failures, refused until)
+        self.refused = 0
+
+    def allowed(self, key: str | None) -> bool:
+        if key is None:
+            return True
+        with self._lock:
+            until = self._state.get(key, (0, 0.0))[1]
+            if time.monotonic() < until:
+                self.refused += 1
+                return False
+            return True
+
+    def record(self, key: str | None, ok: bool) -> None:
+        if key is None:
+            return
+        with self._lock:
+            if ok:
+                self._state.pop(key, None)
+                return
+            if len(self._state) >= THROTTLE_MAX_KEYS:  # bounded memory under a spray from many addresses
+                self._state.clear()
+            failures = self._state.get(key, (0, 0.0))[0] + 1
+            delay = min(self.max_s, self.base_s * 2 ** (failures - 1))
+            self._state[key] = (failures, time.monotonic() + delay)
 
 
 def _device_topics(site_id: str, device_id: str) -> tuple[str, ...]:
@@ -118,7 +202,8 @@ class SmartparkAuthPlugin(BaseAuthPlugin):
         if authority is None or not username or session.password is None:
             return False
         try:
-            ok = await asyncio.to_thread(authority.check, username, session.password)
+            ok = await asyncio.to_thread(authority.check, username, session.password, session.client_id,
+                                         session.remote_address)
         except Exception:
             self.context.logger.exception("login check of %r failed", username)
             return False
@@ -129,7 +214,7 @@ class SmartparkAuthPlugin(BaseAuthPlugin):
 
 
 class SmartparkTopicPlugin(BaseTopicPlugin):
-    """The per-client publish/subscribe ACL (RECEIVE needs no check: subscriptions are already restricted)."""
+    """The per-client publish/subscribe/receive ACL (receive is checked for retained messages too)."""
 
     @dataclass
     class Config:
@@ -147,7 +232,7 @@ class SmartparkTopicPlugin(BaseTopicPlugin):
             case Action.SUBSCRIBE:
                 return authority.may_subscribe(session.username, topic)
             case Action.RECEIVE:
-                return True
+                return authority.may_receive(session.username, topic)
         return False
 
 
@@ -185,17 +270,93 @@ def _start_error(exc: BaseException, host: str, port: int) -> BrokerStartError:
 
 
 class _Broker(Broker):
-    """amqtt's Broker, closing each client socket itself when the session ends."""
+    """amqtt's Broker with what it lacks for untrusted clients.
+
+    - a login is checked BEFORE amqtt looks the client id up: amqtt resumes (and kicks the owner of) an existing
+      session first and authenticates after, so a refused CONNECT with the ingest's client id still took the
+      ingest's session over;
+    - retained messages go only to a session's own subscriptions, each checked by the ACL (amqtt sends a new
+      session the retained messages matching every subscription of every client);
+    - bounded connections, and a connection that sends no CONNECT is closed after CONNECT_TIMEOUT_S.
+    """
+
+    def __init__(self, config: BrokerConfig, *, max_connections: int = MAX_CONNECTIONS,
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        super().__init__(config)
+        self._max_connections, self._connect_timeout_s = max_connections, connect_timeout_s
+        self._open = 0
+        self.refused_connections = 0
 
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
+        if self._open >= self._max_connections:
+            self.refused_connections += 1
+            writer.close()
+            return
+        self._open += 1
         try:
             await super().stream_connected(reader, writer, listener_name)
         finally:
+            self._open -= 1
             # amqtt's writer close drains first; when the peer already vanished that raises, the socket
             # stays open, and the loop closes on a leaked transport (ResourceWarning).
             writer.close()
+
+    async def _initialize_client_session(
+        self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        try:
+            handler, incoming = await asyncio.wait_for(
+                BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager),
+                self._connect_timeout_s)
+        except TimeoutError as exc:
+            await writer.close()
+            raise AMQTTError(f"no CONNECT from {remote_address}:{remote_port} within "
+                             f"{self._connect_timeout_s:.0f} s") from exc
+        except (AMQTTError, MQTTError, NoDataError, ValueError) as exc:
+            await writer.close()
+            raise AMQTTError(f"bad CONNECT from {remote_address}:{remote_port}: {exc}") from exc
+        if not await super()._authenticate(incoming, self.listeners_config.get("default")):  # type: ignore[arg-type]
+            await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+            await writer.close()
+            raise AMQTTError(f"login of {incoming.username!r} as {incoming.client_id!r} refused")
+        return handler, await self._attach_session(incoming)
+
+    async def _attach_session(self, incoming: Session) -> Session:
+        """amqtt's session lookup (clean start, or resume), run only once the login is accepted."""
+        session = incoming
+        if incoming.clean_session:
+            await self._delete_session(incoming.client_id)
+            incoming.parent = 0
+        elif incoming.client_id in self._sessions:
+            session, _ = self._sessions[incoming.client_id]
+            for name in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive",
+                         "username", "password", "remote_address", "remote_port"):
+                setattr(session, name, getattr(incoming, name))
+            session.parent = 1
+        else:
+            incoming.parent = 0
+        session.smartpark_login = (session.username, session.password)  # type: ignore[attr-defined]
+        return session
+
+    async def _authenticate(self, session: Session, listener: ListenerConfig) -> bool:
+        # accepted in _initialize_client_session just before: not a second PBKDF2
+        return getattr(session, "smartpark_login", None) == (session.username, session.password)
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        topic_filter, qos = subscription
+        if not any(s is session for s, _qos in self._subscriptions.get(topic_filter, ())):
+            return  # amqtt calls this at connect with every client's filters
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        for topic, retained in list(self._retained_messages.items()):
+            if self._matches(topic, topic_filter) and await self._topic_filtering(
+                    session, topic=topic, action=Action.RECEIVE):
+                await handler.mqtt_publish(retained.topic, retained.data, min(qos, retained.qos or qos), retain=True)
 
 
 class EmbeddedBroker:
@@ -209,8 +370,11 @@ class EmbeddedBroker:
         service_accounts: dict[str, str],
         *,
         debug: bool = False,
+        max_connections: int = MAX_CONNECTIONS,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self.host, self.port, self.debug = host, port, debug
+        self.limits = {"max_connections": max_connections, "connect_timeout_s": connect_timeout_s}
         self.authority = Authority(registry, service_accounts)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -271,7 +435,8 @@ class EmbeddedBroker:
 
     async def _serve(self) -> None:
         try:
-            broker = _Broker(broker_config(self.host, self.port, self.authority, debug=self.debug))
+            broker = _Broker(broker_config(self.host, self.port, self.authority, debug=self.debug),
+                             **self.limits)  # type: ignore[arg-type]
             await broker.start()
         except Exception as exc:
             self._error = _start_error(exc, self.host, self.port)

@@ -174,21 +174,30 @@ def simulate(  # noqa: PLR0917 (typer options)
     speed: Annotated[float, typer.Option(help="Accelerated: plant seconds per real second.")] = 1440.0,
     publish: Annotated[bool, typer.Option(help="Backfill over MQTT instead of straight into the store.")
                        ] = False,
+    duration: Annotated[float, typer.Option(help="Stop publishing after this many seconds (0: until the run "
+                                                 "ends, or Ctrl-C).", min=0)] = 0.0,
+    credentials_only: Annotated[bool, typer.Option(
+        help="Only give the park's devices their MQTT credentials (kept in DATA_DIR), then exit: run it before "
+             "`smartpark broker export`.")] = False,
     verbose: Verbose = False,
 ) -> None:
     """Run a scenario: publish to SMARTPARK_MQTT_URL (live, accelerated) or backfill the configured store.
 
-    Publishing devices get fresh MQTT credentials in the registry for this run.
+    Devices keep their MQTT credentials between runs (DATA_DIR/simulator-credentials.json, mode 600); only
+    devices without valid ones get new ones, which a production broker must learn (broker export, reload)
+    before they can connect.
     """
     from smartpark.platform import demo_park_path, open_core
     from smartpark.simulators import modes
+    from smartpark.simulators.credentials import FILE_NAME, simulator_credentials
 
     settings = _settings(verbose)
     if mode not in ("live", "accelerated", "backfill"):
         _fail(f"--mode must be live, accelerated or backfill, not {mode!r}")
-    direct = mode == "backfill" and not publish
-    if not direct and settings.mqtt is None:
+    direct = mode == "backfill" and not publish and not credentials_only
+    if not direct and not credentials_only and settings.mqtt is None:
         _fail("set SMARTPARK_MQTT_URL (or use `smartpark up`, which simulates on the embedded broker)")
+    creds = None
     try:
         parsed, scen = modes.load_run(scenario, park, demo_park_path(), seed=seed, interval_s=interval)
         catalog, registry, store = open_core(settings)
@@ -199,16 +208,30 @@ def simulate(  # noqa: PLR0917 (typer options)
             err.print(f"backfilled {done.readings:,} readings in {done.seconds:.1f} s "
                       f"({done.rate:,.0f}/s).", highlight=False)
             return
-        creds = {d.id: registry.provision_device(d.id) for s in parsed.sites for d in s.devices}
+        devices = [d.id for s in parsed.sites for d in s.devices]
+        creds = simulator_credentials(registry, devices, settings.data_dir / FILE_NAME)
+        if credentials_only:
+            err.print(f"{len(devices)} simulated devices have credentials ({len(creds.provisioned)} new).",
+                      highlight=False)
+            return
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+        if duration:
+            timer = threading.Timer(duration, stop.set)
+            timer.daemon = True
+            timer.start()
         stats = modes.run_publish(parsed, scen, settings.mqtt.host, settings.mqtt.port, win,  # type: ignore[union-attr]
-                                  credentials=creds, truth_path=truth, stop=stop)
+                                  credentials=creds.passwords, truth_path=truth, stop=stop)
     except SmartparkError as exc:
         _fail(str(exc))
     except (OSError, ConnectionError) as exc:
-        _fail(f"MQTT {settings.mqtt.host}:{settings.mqtt.port}: {exc}")  # type: ignore[union-attr]
+        hint = ""
+        if creds is not None and creds.provisioned and "NOT_AUTHORIZED" in str(exc).upper().replace(" ", "_"):
+            hint = (f"; {len(creds.provisioned)} simulated devices just got credentials the broker does not know: "
+                    "run `smartpark broker export` (and --apply on a running broker), reload it, start again "
+                    "(or `smartpark simulate --credentials-only` before the export)")
+        _fail(f"MQTT {settings.mqtt.host}:{settings.mqtt.port}: {exc}{hint}")  # type: ignore[union-attr]
     err.print(f"published {stats.messages:,} messages ({stats.readings:,} readings) in {stats.seconds:.1f} s.",
               highlight=False)
 
@@ -286,33 +309,62 @@ def keys_create(
 
 @broker_app.command("export")
 def broker_export(
-    directory: Annotated[Path, typer.Argument(help="Where to write `passwd` and `acl` (Mosquitto's config dir).")],
-    services_file: Annotated[Path | None, typer.Option(help="Service accounts, `name:password` per line.")] = None,
+    directory: Annotated[Path, typer.Argument(help="Where to write the files (a directory of their own).")],
+    services_file: Annotated[Path | None, typer.Option(
+        help="Service accounts, `name:password` per line (names begin with smartpark-; smartpark-admin may use "
+             "the dynamic-security control topic).")] = None,
+    broker_dir: Annotated[Path | None, typer.Option(
+        help="DIR as the broker sees it, when it mounts it elsewhere (paths in smartpark.conf).")] = None,
+    plugin: Annotated[str | None, typer.Option(
+        help="Path of mosquitto_dynamic_security.so as the broker sees it (default: found here, else the "
+             "eclipse-mosquitto image's).")] = None,
+    apply: Annotated[bool, typer.Option(
+        help="Also update a running broker's identities over the control topic (as smartpark-admin); then "
+             "send it SIGHUP to reload passwords.")] = False,
 ) -> None:
-    """Write Mosquitto's password and ACL files from the registry; then send mosquitto a SIGHUP.
+    """Write what Mosquitto 2 needs to enforce the registry: passwd, acl, dynamic-security.json, smartpark.conf.
 
-    The account in SMARTPARK_MQTT_URL (the ingest's) is included as a service account that reads all telemetry.
+    A Mosquitto config includes them with `include_dir DIR`. The account in SMARTPARK_MQTT_URL is exported as a
+    service account. A running broker: `--apply`, then SIGHUP (see README, "The production broker").
     """
     from smartpark.core.registry import Registry
-    from smartpark.mosquitto import write_auth_files
+    from smartpark.mosquitto import ADMIN_USER, apply_dynsec, write_export
 
     settings = _settings()
-    services: dict[str, str] = {}
-    if settings.mqtt is not None and settings.mqtt.username:
-        services[settings.mqtt.username] = settings.mqtt.password or ""
-    if services_file is not None:
-        for row in services_file.read_text().splitlines():
-            name, sep, password = row.strip().partition(":")
-            if sep and name and not name.startswith("#"):
-                services[name] = password
+    services = _service_accounts(settings, services_file)
     try:
         registry = Registry(settings.metadata_url)
         registry.init()
-        passwd, acl = write_auth_files(registry, directory, services)
-    except (SmartparkError, ValueError) as exc:
+        done = write_export(registry, directory, services, broker_dir=broker_dir, plugin=plugin)
+        err.print(f"wrote {directory}/smartpark.conf, passwd, acl, dynamic-security.json: {done.devices} devices "
+                  f"with credentials, {done.services} service account(s).", highlight=False)
+        if apply:
+            if settings.mqtt is None or ADMIN_USER not in services:
+                _fail(f"--apply needs SMARTPARK_MQTT_URL and {ADMIN_USER} in --services-file")
+            changed = apply_dynsec(settings.mqtt.host, settings.mqtt.port, services[ADMIN_USER], registry, services)
+            err.print(f"applied to {settings.mqtt.host}:{settings.mqtt.port}: {changed['created']} identities "
+                      f"added, {changed['disabled']} disabled.", highlight=False)
+    except SmartparkError as exc:
         _fail(str(exc))
-    err.print(f"wrote {passwd} and {acl}: {len(registry.password_hashes())} devices with credentials, "
-              f"{len(services)} service account(s). Reload: kill -HUP <mosquitto pid>", highlight=False)
+    err.print("Reload passwords: kill -HUP <mosquitto pid> (compose: docker compose kill -s HUP mosquitto).",
+              highlight=False)
+
+
+def _service_accounts(settings: Settings, services_file: Path | None) -> dict[str, str]:
+    services: dict[str, str] = {}
+    if settings.mqtt is not None and settings.mqtt.username:
+        services[settings.mqtt.username] = settings.mqtt.password or ""
+    if services_file is None:
+        return services
+    try:
+        rows = services_file.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        _fail(f"cannot read the services file {services_file}: {exc.strerror or exc}")
+    for row in rows:
+        name, sep, password = row.strip().partition(":")
+        if sep and name and not name.startswith("#"):
+            services[name] = password
+    return services
 
 
 def main() -> None:  # pragma: no cover - console entry

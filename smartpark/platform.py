@@ -189,8 +189,16 @@ class Platform:
         from smartpark.simulators import LiveSimulator
         from smartpark.simulators.scenario import default_scenario
 
-        # Simulated devices get fresh credentials at each start: the plaintext exists only in this process.
-        credentials = {d.id: registry.provision_device(d.id) for s in park.sites for d in s.devices}
+        devices = [d.id for s in park.sites for d in s.devices]
+        if self.settings.mqtt is None:
+            # Embedded broker: fresh credentials at each start, the plaintext only in this process (the broker
+            # reads the registry at once).
+            credentials = {d: registry.provision_device(d) for d in devices}
+        else:
+            # An external broker knows only exported credentials: keep them between runs (the simulate command's).
+            from smartpark.simulators.credentials import FILE_NAME, simulator_credentials
+
+            credentials = simulator_credentials(registry, devices, self.settings.data_dir / FILE_NAME).passwords
         scenario = default_scenario() if self.park_file == demo_park_path() else None  # it names demo devices
         sim = LiveSimulator(park, credentials, host, port, interval_s=self.sim_interval_s, mqtt5=mqtt5,
                             scenario=scenario)

@@ -57,7 +57,7 @@ class Publisher:
     def __init__(self, host: str, port: int, *, username: str | None = None, password: str | None = None,
                  mqtt5: bool = False) -> None:
         protocol = mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"smartpark-pub-{uuid.uuid4().hex[:8]}",
                                   protocol=protocol)
         if username:
             self.client.username_pw_set(username, password)

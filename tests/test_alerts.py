@@ -112,7 +112,7 @@ class Receiver:
 
 
 def settings_for(tmp_path: Path, **extra: Any) -> Settings:
-    base: dict[str, Any] = {"data_dir": tmp_path, "alerts_client_id": f"alerts-{uuid.uuid4().hex[:8]}",
+    base: dict[str, Any] = {"data_dir": tmp_path, "alerts_client_id": f"smartpark-alerts-{uuid.uuid4().hex[:8]}",
                             "alerts_webhook_allow_private": True, "alerts_eval_interval_s": 0.3,
                             "alerts_webhook_backoff_s": 0.1, "alerts_webhook_backoff_max_s": 1.0,
                             "retention_days": 30}

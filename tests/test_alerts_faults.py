@@ -65,7 +65,7 @@ class EngineProcess:
 
 @pytest.fixture
 def engine_process(tmp_path: Path, mosquitto: MosquittoServer) -> Iterator[EngineProcess]:
-    client_id = f"alerts-{uuid.uuid4().hex[:8]}"
+    client_id = f"smartpark-alerts-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTPARK_")} | {
         "SMARTPARK_MQTT_URL": f"mqtt://{mosquitto.host}:{mosquitto.port}", "SMARTPARK_DATA_DIR": str(tmp_path),
         "SMARTPARK_ALERTS_CLIENT_ID": client_id, "SMARTPARK_ALERTS_WEBHOOK_ALLOW_PRIVATE": "true",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,13 @@ def topic(device: str, leaf: str = "telemetry", site: str = "plant-a") -> str:
     return f"smartpark/v1/{site}/{device}/{leaf}"
 
 
+def default_client_id(username: str | None) -> str:
+    """What the brokers accept: a device's own id; for a service, a client id in its namespace."""
+    if username is None or not username.startswith("smartpark-"):
+        return username or f"anon-{uuid.uuid4().hex[:8]}"
+    return f"{username}-{uuid.uuid4().hex[:8]}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,7 +54,8 @@ class Probe:
     """A paho MQTTv311 client whose CONNACK, SUBACK and messages land in queues the test can wait on."""
 
     def __init__(
-        self, port: int, username: str | None, password: str | None, will: tuple[str, str] | None = None
+        self, port: int, username: str | None, password: str | None, will: tuple[str, str] | None = None,
+        client_id: str | None = None,
     ) -> None:
         self.port = port
         self.connacks: queue.Queue[ReasonCode] = queue.Queue()
@@ -54,7 +63,7 @@ class Probe:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"probe-{username}-{id(self)}",
+            client_id=client_id if client_id is not None else default_client_id(username),
             protocol=mqtt.MQTTv311,
             reconnect_on_failure=False,
         )
@@ -225,3 +234,52 @@ def test_taken_port_raises_port_in_use(registry: Registry, broker: EmbeddedBroke
     broker.stop()  # idempotent
     with second:  # the port is free again once stopped
         pass
+
+
+# ----------------------------------------------------------------------- hygiene: connections and logins
+
+
+def test_a_connection_without_connect_is_closed(registry: Registry) -> None:
+    with EmbeddedBroker(registry, "127.0.0.1", free_port(), {SERVICE: SERVICE_PASSWORD},
+                        connect_timeout_s=0.3) as b, socket.create_connection(("127.0.0.1", b.port)) as idle:
+        idle.settimeout(TIMEOUT_S)
+        assert idle.recv(16) == b""  # the broker closed it: it never sent CONNECT
+
+
+def test_connections_beyond_the_bound_are_closed(registry: Registry, probes: list[Probe]) -> None:
+    with EmbeddedBroker(registry, "127.0.0.1", free_port(), {SERVICE: SERVICE_PASSWORD}, max_connections=2) as b:
+        for _ in range(2):
+            probe = Probe(b.port, SERVICE, SERVICE_PASSWORD)
+            probes.append(probe)
+            assert probe.connect() == "Success"
+        with socket.create_connection(("127.0.0.1", b.port)) as third:
+            third.settimeout(TIMEOUT_S)
+            assert third.recv(16) == b""
+
+
+def _attempt(probes: list[Probe], port: int, username: str, password: str, client_id: str | None = None) -> str:
+    probe = Probe(port, username, password, client_id=client_id)
+    probes.append(probe)
+    return str(probe.connect())
+
+
+def test_failed_logins_are_throttled_per_user_and_address(broker: EmbeddedBroker, registry: Registry,
+                                                          probes: list[Probe], connect) -> None:
+    password = registry.provision_device("meter-1")
+    broker.authority.throttle.base_s = broker.authority.throttle.max_s = 60.0  # no retry window in this test
+    assert _attempt(probes, broker.port, "meter-1", "wrong") != "Success"
+    assert _attempt(probes, broker.port, "meter-1", password) != "Success"  # refused without a check
+    assert broker.authority.throttle.refused == 1
+    connect("meter-2", registry.provision_device("meter-2"))  # another user from the same address is not
+    broker.authority.throttle.record("127.0.0.1|meter-1", ok=True)  # what the delay's end does
+    connect("meter-1", password)
+
+
+def test_a_device_connects_only_with_its_own_id_as_client_id(broker: EmbeddedBroker, registry: Registry,
+                                                             probes: list[Probe]) -> None:
+    password = registry.provision_device("meter-1")
+    broker.authority.throttle.base_s = broker.authority.throttle.max_s = 0.0  # each refusal for its own reason
+    for client_id in ("meter-2", "smartpark-ingest", "meter-1x"):
+        assert _attempt(probes, broker.port, "meter-1", password, client_id) != "Success", client_id
+    assert _attempt(probes, broker.port, SERVICE, SERVICE_PASSWORD, "meter-1") != "Success"
+    assert _attempt(probes, broker.port, "meter-1", password, "meter-1") == "Success"

@@ -171,15 +171,17 @@ def test_missing_secret_fails_fast_and_filled_example_resolves() -> None:
 
 
 def test_mosquitto_runs_the_repo_config_with_exported_auth() -> None:
-    """The tested config (tests/test_mosquitto_config.py) is the one mounted; init writes passwd+acl beside it."""
+    """The tested config (tests/test_mosquitto_config.py) is the one mounted; it includes the directory init
+    exports into (`smartpark broker export DIR --broker-dir` where the broker mounts DIR)."""
     mosquitto = dict(_mounts(SERVICES["mosquitto"]))
     assert mosquitto["./deploy/mosquitto/mosquitto.conf"] == "/mosquitto/config/mosquitto.conf"
     conf = (ROOT / "deploy/mosquitto/mosquitto.conf").read_text()
-    auth_volume = next(s for s, t in mosquitto.items() if t == "/mosquitto/config")
+    included = re.search(r"^include_dir (\S+)", conf, re.M).group(1)  # type: ignore[union-attr]
+    auth_volume = next(s for s, t in mosquitto.items() if t == included)
     export_dir = dict(_mounts(SERVICES["init"]))[auth_volume]
-    assert f"broker export {export_dir}" in " ".join(SERVICES["init"]["command"])
-    assert "password_file /mosquitto/config/passwd" in conf
-    assert "acl_file /mosquitto/config/acl" in conf
+    command = " ".join(SERVICES["init"]["command"])
+    assert f"broker export {export_dir}" in command
+    assert export_dir == included or f"--broker-dir {included}" in command
     persistence = re.search(r"^persistence_location (\S+)", conf, re.M).group(1)  # type: ignore[union-attr]
     assert persistence.rstrip("/") in mosquitto.values()
 

@@ -47,7 +47,7 @@ class Pipeline:
 
 
 def _settings(tmp_path: Path) -> Settings:
-    return Settings(_env_file=None, data_dir=tmp_path, ingest_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
+    return Settings(_env_file=None, data_dir=tmp_path, ingest_client_id=f"smartpark-ingest-{uuid.uuid4().hex[:8]}",
                     ingest_batch_age_s=0.1, retention_days=30, ingest_stats_interval_s=0.3)  # type: ignore[call-arg]
 
 
@@ -67,13 +67,13 @@ def pipeline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pipelin
 
         ingest_pw, tester_pw = secrets.token_hex(8), secrets.token_hex(8)
         host, port = "127.0.0.1", free_port()
-        broker = EmbeddedBroker(registry, host, port, {"ingest": ingest_pw, "tester": tester_pw})
+        broker = EmbeddedBroker(registry, host, port, {"smartpark-ingest": ingest_pw, "smartpark-tester": tester_pw})
         broker.start()
         request.addfinalizer(broker.stop)  # noqa: PT021 - only this branch owns a broker
         store: TimeSeriesStore = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
         store.init()
-        creds: dict[str, Any] = {"username": "ingest", "password": ingest_pw, "mqtt5": False}
-        pub_creds: dict[str, Any] = {"username": "tester", "password": tester_pw}
+        creds: dict[str, Any] = {"username": "smartpark-ingest", "password": ingest_pw, "mqtt5": False}
+        pub_creds: dict[str, Any] = {"username": "smartpark-tester", "password": tester_pw}
     else:
         server = request.getfixturevalue("mosquitto")
         store = request.getfixturevalue("influx_store")

@@ -84,7 +84,7 @@ def ingest_process(tmp_path: Path, mosquitto: MosquittoServer, influx_store: Inf
     env |= {"SMARTPARK_MQTT_URL": f"mqtt://{mosquitto.host}:{mosquitto.port}",
             "SMARTPARK_INFLUX_URL": influx_store.url, "SMARTPARK_INFLUX_DB": influx_store.database,
             "SMARTPARK_DATA_DIR": str(tmp_path / "data"), "SMARTPARK_DATABASE_URL": registry_url,
-            "SMARTPARK_INGEST_CLIENT_ID": f"ingest-{uuid.uuid4().hex[:8]}",
+            "SMARTPARK_INGEST_CLIENT_ID": f"smartpark-ingest-{uuid.uuid4().hex[:8]}",
             "SMARTPARK_INGEST_METRICS_PORT": str(free_port())}
     proc = IngestProcess(tmp_path, env)
     proc.start()
@@ -142,7 +142,7 @@ def test_influxdb_down_mid_run_spools_and_replays(
         tmp_path: Path, mosquitto: MosquittoServer, own_influxd: InfluxServer, registry_url: str, outage_s: int
 ) -> None:
     store, registry = _store_on(own_influxd), Registry(registry_url)
-    service = _service(tmp_path, mosquitto, store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
+    service = _service(tmp_path, mosquitto, store, registry, f"smartpark-ingest-{uuid.uuid4().hex[:8]}")
     messages = load_messages(SITE, 200, 100, now_ms() - 3600_000)
     third = len(messages) // 3
     publish_many(mosquitto.host, mosquitto.port, messages[:third])
@@ -169,7 +169,7 @@ def test_influxdb_down_mid_run_spools_and_replays(
 def test_restart_while_the_spool_holds_data_replays_it(
         tmp_path: Path, mosquitto: MosquittoServer, own_influxd: InfluxServer, registry_url: str) -> None:
     store, registry = _store_on(own_influxd), Registry(registry_url)
-    client_id = f"ingest-{uuid.uuid4().hex[:8]}"
+    client_id = f"smartpark-ingest-{uuid.uuid4().hex[:8]}"
     own_influxd.stop()
     service = _service(tmp_path, mosquitto, store, registry, client_id)
     messages = load_messages(SITE, 200, 20, now_ms() - 3600_000)
@@ -221,7 +221,7 @@ MALFORMED: list[tuple[str, str, bytes, str]] = [
 def test_twenty_kinds_of_malformed_input_interleaved_with_good_traffic(
         tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
     registry = Registry(registry_url)
-    service = _service(tmp_path, mosquitto, influx_store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
+    service = _service(tmp_path, mosquitto, influx_store, registry, f"smartpark-ingest-{uuid.uuid4().hex[:8]}")
     good = load_messages(SITE, 200, 10, now_ms() - 3600_000)
     stream: list[tuple[str, bytes]] = []
     for i, (site, device, body, _) in enumerate(MALFORMED):
@@ -250,7 +250,7 @@ def test_two_ingests_on_a_shared_subscription_split_the_stream(
     group = f"grp-{uuid.uuid4().hex[:6]}"  # offline members of a group still get their share queued
     for i in range(2):
         settings = Settings(_env_file=None, data_dir=tmp_path / f"data-{i}", ingest_shared=group,  # type: ignore[call-arg]
-                            ingest_client_id=f"ingest-{i}-{uuid.uuid4().hex[:8]}", ingest_batch_age_s=0.2)
+                            ingest_client_id=f"smartpark-ingest-{i}-{uuid.uuid4().hex[:8]}", ingest_batch_age_s=0.2)
         service = IngestService(settings, influx_store, registry, default_catalog(), mqtt_host=mosquitto.host,
                                 mqtt_port=mosquitto.port, username=None, password=None, mqtt5=True)
         service.start()
@@ -274,7 +274,7 @@ def test_points_the_store_refuses_are_dead_lettered_and_the_rest_stored(
     # power_kw already holds a string in this shard: InfluxDB refuses every float power_kw (a type conflict)
     influx_store.write([Point("energy", "load", "m199", t0 - 1000, {"power_kw": "oops"})])
     registry = Registry(registry_url)
-    service = _service(tmp_path, mosquitto, influx_store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
+    service = _service(tmp_path, mosquitto, influx_store, registry, f"smartpark-ingest-{uuid.uuid4().hex[:8]}")
     messages = [(f"smartpark/v1/load/m{d:03d}/telemetry",
                  b'{"ts": %d, "metrics": {"power_kw": 1.5, "o2_pct": 18.0}}' % (t0 + d)) for d in range(40)]
     publish_many(mosquitto.host, mosquitto.port, messages)
@@ -291,7 +291,7 @@ def test_points_the_store_refuses_are_dead_lettered_and_the_rest_stored(
 def test_writer_survives_a_failing_metadata_database(
         tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
     registry = Registry(registry_url)
-    service = _service(tmp_path, mosquitto, influx_store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
+    service = _service(tmp_path, mosquitto, influx_store, registry, f"smartpark-ingest-{uuid.uuid4().hex[:8]}")
     with registry.engine.begin() as conn:  # the metadata DB breaks under the running ingest
         conn.execute(text("ALTER TABLE devices RENAME TO devices_away"))
     ts = now_ms() - 60_000
@@ -339,7 +339,7 @@ def test_a_slow_write_holds_back_the_acks_of_later_batches(
         tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
     """Two batches are in the store's hands at once; the second must not be acked before the first."""
     registry = Registry(registry_url)
-    service = _service(tmp_path, mosquitto, influx_store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
+    service = _service(tmp_path, mosquitto, influx_store, registry, f"smartpark-ingest-{uuid.uuid4().hex[:8]}")
     slow = _ScriptedStore(influx_store, {}, hold=1)  # its first write held until released
     service.store = slow  # type: ignore[assignment]
     acked: list[list[tuple[int, int]]] = []
@@ -368,7 +368,7 @@ def test_a_slow_write_holds_back_the_acks_of_later_batches(
 def test_a_write_failing_with_an_unexpected_error_is_written_again(
         tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
     registry = Registry(registry_url)
-    service = _service(tmp_path, mosquitto, influx_store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
+    service = _service(tmp_path, mosquitto, influx_store, registry, f"smartpark-ingest-{uuid.uuid4().hex[:8]}")
     service.store = _ScriptedStore(influx_store, {1: RuntimeError("a driver bug")})  # type: ignore[assignment]
     t0 = now_ms() - 3600_000
     body = b'{"ts": %d, "metrics": {"power_kw": 1.0}}' % t0
@@ -387,7 +387,7 @@ def test_a_batch_written_while_an_earlier_one_was_spooled_keeps_the_newer_value(
     from smartpark.core.errors import StoreUnavailable
 
     registry = Registry(registry_url)
-    service = _service(tmp_path, mosquitto, influx_store, registry, f"ingest-{uuid.uuid4().hex[:8]}")
+    service = _service(tmp_path, mosquitto, influx_store, registry, f"smartpark-ingest-{uuid.uuid4().hex[:8]}")
     down = StoreUnavailable("influxdb down (injected)")
     scripted = _ScriptedStore(influx_store, {1: down, 3: down}, hold=1)  # 3: batch 1's synchronous retry
     service.store = scripted  # type: ignore[assignment]

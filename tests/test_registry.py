@@ -62,6 +62,14 @@ def test_duplicate_ids_and_bad_yaml() -> None:
         parse_park_file("park: {id: x\nsites: [")
 
 
+def test_device_ids_cannot_take_the_services_namespace(registry: Registry) -> None:
+    """A device named like a service could connect with the service's client id (issue 11)."""
+    with pytest.raises(ParkFileError, match="reserved"):
+        parse_park_file(PARK_YAML.replace("id: green-1", "id: smartpark-ingest"))
+    with pytest.raises(RegistryError, match="reserved"):
+        registry.create_device("steel", {"id": "smartpark-alerts", "kind": "energy_meter"})
+
+
 def test_load_is_idempotent_and_binds_devices(registry: Registry) -> None:
     park = parse_park_file(PARK_YAML)
     assert registry.load_park(park) == (2, 3)

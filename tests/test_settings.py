@@ -34,6 +34,9 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pat
     ("SMARTPARK_INFLUX_URL", "influx:8086", r"must be an http\(s\) URL"),
     ("SMARTPARK_API_PORT", "70000", "SMARTPARK_API_PORT: Input should be less than or equal to 65535"),
     ("SMARTPARK_INGEST_BATCH_SIZE", "0", "SMARTPARK_INGEST_BATCH_SIZE: Input should be greater"),
+    ("SMARTPARK_INGEST_CLIENT_ID", "ingest-2", "SMARTPARK_INGEST_CLIENT_ID: must begin with 'smartpark-'"),
+    ("SMARTPARK_ALERTS_CLIENT_ID", "steel-meter", "SMARTPARK_ALERTS_CLIENT_ID: must begin with 'smartpark-'"),
+    ("SMARTPARK_INGEST_CLIENT_ID", "smartpark-", "SMARTPARK_INGEST_CLIENT_ID: must begin with 'smartpark-'"),
 ])
 def test_bad_values_are_config_errors(monkeypatch: pytest.MonkeyPatch, var: str, value: str, message: str) -> None:
     monkeypatch.setenv(var, value)

@@ -99,7 +99,7 @@ def test_outage_readings_all_arrive_after_reconnect_none_lost_none_doubled(
         tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore,
         outage_park: tuple[ParkFile, Registry]) -> None:
     park, registry = outage_park
-    client_id = f"ingest-{uuid.uuid4().hex[:8]}"
+    client_id = f"smartpark-ingest-{uuid.uuid4().hex[:8]}"
     settings = Settings(_env_file=None, data_dir=tmp_path / "data", ingest_client_id=client_id,  # type: ignore[call-arg]
                         ingest_batch_age_s=0.2)
     ingest = IngestService(settings, influx_store, registry, default_catalog(), mqtt_host=mosquitto.host,

@@ -14,7 +14,7 @@ import msgspec
 import yaml
 
 from smartpark.core.errors import ParkFileError
-from smartpark.core.ids import ID_PATTERN
+from smartpark.core.ids import ID_PATTERN, SERVICE_PREFIX, reserved_device_id
 
 __all__ = ["DeviceSpec", "ParkFile", "ParkSpec", "SiteSpec", "parse_park_file", "read_park_file"]
 
@@ -114,6 +114,9 @@ def _check_unique(park: ParkFile, path: str) -> None:
         for device in site.devices:
             if device.id in seen_devices:
                 raise ParkFileError(f"device id {device.id!r} appears twice", path=path, key="id")
+            if reserved_device_id(device.id):
+                raise ParkFileError(f"device id {device.id!r}: ids beginning with {SERVICE_PREFIX!r} are reserved "
+                                    "for the platform's services", path=path, key="id")
             seen_devices.add(device.id)
 
 

@@ -13,9 +13,10 @@ from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from smartpark.core.errors import RegistryError
+from smartpark.core.ids import SERVICE_PREFIX, reserved_device_id
 from smartpark.core.registry.models import ApiKey, Base, Device, Park, Site
 from smartpark.core.registry.parkfile import ParkFile
-from smartpark.core.registry.secrets import hash_password, new_api_key, new_password
+from smartpark.core.registry.secrets import DEVICE_PBKDF2_ITERATIONS, hash_password, new_api_key, new_password
 
 __all__ = ["Registry"]
 
@@ -113,7 +114,7 @@ class Registry:
             device = s.get(Device, device_id)
             if device is None:
                 raise RegistryError(f"unknown device {device_id!r}")
-            device.mqtt_password_hash = hash_password(password)
+            device.mqtt_password_hash = hash_password(password, iterations=DEVICE_PBKDF2_ITERATIONS)
         return password
 
     def set_device_status(self, device_id: str, online: bool, seen: datetime | None = None) -> bool:
@@ -183,6 +184,9 @@ class Registry:
             return site is not None
 
     def create_device(self, site_id: str, fields: dict[str, Any]) -> Device:
+        if reserved_device_id(fields["id"]):
+            raise RegistryError(f"device id {fields['id']!r}: ids beginning with {SERVICE_PREFIX!r} are reserved "
+                                "for the platform's services")
         with self.session() as s:
             existing = s.get(Device, fields["id"])
             if existing is not None:
