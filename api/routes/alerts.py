@@ -35,7 +35,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"], responses=ADMIN_ERRORS)
 _init_lock = threading.Lock()
 
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=1_000_000)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Severity = Literal["info", "warning", "critical"]
 
