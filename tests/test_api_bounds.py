@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from smartpark.api.app import create_app
@@ -125,17 +124,19 @@ def post_streamed(url: str, path: str, total: int, *, chunked: bool) -> tuple[in
             piece = b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
             try:
                 sock.sendall(piece)
-            except (BrokenPipeError, ConnectionResetError):
-                break
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                break  # refused, or (before the fix) a server stuck swallowing the body: either way, stop
             sent += len(chunk)
-        sock.settimeout(30)
         answer = b""
-        while b"\r\n" not in answer:
-            data = sock.recv(4096)
-            if not data:
-                break
-            answer += data
-    return int(answer.split(b" ", 2)[1]), sent
+        try:
+            while b"\r\n" not in answer:
+                data = sock.recv(4096)
+                if not data:
+                    break
+                answer += data
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else 0, sent
 
 
 def test_a_300_mb_body_is_refused_before_it_is_read_and_before_authentication(tmp_path: Path) -> None:
@@ -147,13 +148,12 @@ def test_a_300_mb_body_is_refused_before_it_is_read_and_before_authentication(tm
             post_streamed(api.url, "/v1/keys", 1000, chunked=False)
         idle_rss, idle_peak = api.memory()
         status, sent = post_streamed(api.url, "/v1/keys", 300 * MIB, chunked=False)
-        assert status == 413
-        assert sent < 300 * MIB  # refused by its Content-Length: the rest was never sent
-        status, sent = post_streamed(api.url, "/v1/keys", 300 * MIB, chunked=True)  # no length: counted as it comes
-        assert status == 413
+        chunked_status, _ = post_streamed(api.url, "/v1/keys", 300 * MIB, chunked=True)  # no length: counted
         rss, peak = api.memory()
         assert peak - idle_peak < 50 * MIB, (idle_peak, peak)
         assert rss - idle_rss < 50 * MIB, (idle_rss, rss)
+        assert (status, chunked_status) == (413, 413)
+        assert sent < 300 * MIB  # refused by its Content-Length: the rest was never sent
         assert httpx.get(f"{api.url}/healthz").status_code == 200
     finally:
         api.stop()
@@ -243,10 +243,9 @@ def test_one_keys_expensive_series_flood_leaves_another_keys_latest_fast(influxd
         for w in workers:
             w.join(timeout=90)
         api.stop()
+    assert statistics.median(latencies) < 0.5, sorted(latencies)
     assert 429 in statuses  # the limit held the flood back...
     assert 200 in statuses  # ...and the flood was real: the key's own requests were answered
-    print("LAT", [round(x, 3) for x in sorted(latencies)], {s: statuses.count(s) for s in set(statuses)})
-    assert statistics.median(latencies) < 0.5, sorted(latencies)
 
 
 def test_a_key_over_its_rate_gets_429_with_retry_after_and_others_do_not(tmp_path: Path) -> None:
@@ -342,7 +341,8 @@ def test_hostile_parameters_are_4xx_in_the_error_shape(env: tuple[httpx.Client, 
     assert 400 <= resp.status_code < 500, resp.text
     body = resp.json()
     assert set(body["error"]) == {"code", "message", "details"}
-    assert "Traceback" not in resp.text and "InfluxDB" not in resp.text
+    assert "Traceback" not in resp.text
+    assert "InfluxDB" not in resp.text
 
 
 def test_patch_null_clears_only_what_may_be_cleared(env: tuple[httpx.Client, Registry, EmbeddedStore]) -> None:
@@ -387,7 +387,8 @@ def test_readyz_and_logs_never_show_store_credentials(tmp_path: Path, caplog: py
             latest = served.client.get("/v1/sites/x/latest", headers=auth(key))
         assert resp.status_code == 503
         assert resp.json()["checks"]["store"] == "unavailable"
-        assert "hunter2" not in resp.text and "smartpark:" not in resp.text
+        assert "hunter2" not in resp.text
+        assert "smartpark:" not in resp.text
         assert "hunter2" not in latest.text
         assert "store" in caplog.text  # the reason is logged...
         assert "hunter2" not in caplog.text  # ...without the password

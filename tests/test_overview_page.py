@@ -128,6 +128,23 @@ def log_in(client: httpx.Client, key: str) -> None:
     assert "site-steel-works" in client.get("/").text
 
 
+def test_page_login_refuses_a_form_posted_from_another_site(page: tuple[ServedApp, Registry]) -> None:
+    """Issue 13, login CSRF: another site's page could post the attacker's key to /login and log the victim's
+    browser in as the attacker (who then sees what the victim looks at). The form must come from this host."""
+    served, registry = page
+    key = registry.create_api_key("admin", [])
+    with httpx.Client(base_url=served.base_url) as client:
+        for headers in ({**FORM, "Origin": "https://evil.example"}, {**FORM, "Origin": "null"},
+                        {**FORM, "Referer": "https://evil.example/page"}, FORM):
+            resp = client.post("/login", content=f"api_key={key}", headers=headers)
+            assert resp.status_code == 403, headers
+            assert "sid" not in (cookie_session(client) if "smartpark_session" in client.cookies else {})
+        assert "site-steel-works" not in client.get("/").text
+        referer = {**FORM, "Referer": f"{served.base_url}/"}  # a browser that sends no Origin: the Referer will do
+        assert client.post("/login", content=f"api_key={key}", headers=referer).status_code == 303
+        assert "site-steel-works" in client.get("/").text
+
+
 def test_page_cookie_holds_a_session_token_not_the_key_and_logout_revokes_its_copies(
         page: tuple[ServedApp, Registry]) -> None:
     served, registry = page
