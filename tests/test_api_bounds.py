@@ -422,3 +422,22 @@ def test_deleting_a_site_revokes_its_keys_so_a_recreated_site_is_not_open_to_the
     assert client.get("/v1/sites/steel", headers=auth(both)).status_code == 404  # no longer in its scope...
     assert client.get("/v1/sites/park-green", headers=auth(both)).status_code == 200  # ...its other site still is
     assert registry.api_key(both.split("_")[1]).sites == ["park-green"]  # type: ignore[union-attr]
+
+
+@pytest.mark.influx
+def test_hostile_times_and_ids_never_reach_influxdb(tmp_path: Path, influx_store: InfluxStore) -> None:
+    """The same parameters against InfluxDB, where they became 502s carrying InfluxDB's parser message."""
+    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
+    registry.init()
+    registry.load_park(parse_park_file(PARK_YAML))
+    served = ServedApp(create_app(Settings(_env_file=None, data_dir=tmp_path), registry=registry,  # type: ignore[call-arg]
+                                  store=influx_store, catalog=default_catalog()))
+    try:
+        admin = auth(registry.create_api_key("admin", []))
+        for method, url, kwargs in HOSTILE:
+            resp = served.client.request(method, url, headers=admin, **kwargs)
+            assert 400 <= resp.status_code < 500, (url, resp.text)
+            assert "InfluxDB" not in resp.text
+    finally:
+        served.close()
+        registry.close()
