@@ -32,6 +32,7 @@ __all__ = [
     "PollutantCompliance",
     "SeriesPublic",
     "SiteCreate",
+    "SiteId",
     "SiteKpis",
     "SitePublic",
     "SiteUpdate",
@@ -41,6 +42,7 @@ __all__ = [
 # SQLite hands back naive datetimes for timezone-aware columns; the registry writes UTC.
 UtcDatetime = Annotated[datetime, AfterValidator(lambda v: v if v.tzinfo else v.replace(tzinfo=UTC))]
 
+SiteId = Annotated[str, Field(pattern=ID_SCHEMA_PATTERN, max_length=63)]
 Id = Field(pattern=ID_SCHEMA_PATTERN, examples=["steel-works"], description="Lower case letters, digits, - and _")
 
 
@@ -126,7 +128,7 @@ class DeviceProvisioned(DevicePublic):
 
 class KeyCreate(BaseModel):
     role: Literal["admin", "site"] = Field(examples=["site"])
-    sites: list[str] = Field(default_factory=list, max_length=100, examples=[["steel-works"]])
+    sites: list[SiteId] = Field(default_factory=list, max_length=100, examples=[["steel-works"]])
 
 
 class KeyPublic(BaseModel):

@@ -143,6 +143,9 @@ def test_page_login_refuses_a_form_posted_from_another_site(page: tuple[ServedAp
         referer = {**FORM, "Referer": f"{served.base_url}/"}  # a browser that sends no Origin: the Referer will do
         assert client.post("/login", content=f"api_key={key}", headers=referer).status_code == 303
         assert "site-steel-works" in client.get("/").text
+    with httpx.Client(base_url=served.base_url) as proxied:  # behind a proxy that rewrites Host
+        via_proxy = {**FORM, "Origin": "https://park.example.com", "X-Forwarded-Host": "park.example.com"}
+        assert proxied.post("/login", content=f"api_key={key}", headers=via_proxy).status_code == 303
 
 
 def test_page_cookie_holds_a_session_token_not_the_key_and_logout_revokes_its_copies(

@@ -63,10 +63,12 @@ async def login(request: Request) -> RedirectResponse:
 
 def _same_origin(request: Request) -> None:
     """403 unless the form was posted from this host's page: its Origin, or else its Referer, names the host the
-    request was sent to (a browser always sends one of them with a form post; `null` and absence fail)."""
-    host = request.headers.get("host", "")
+    request was sent to (a browser always sends one of them with a form post; `null` and absence fail). Behind
+    a reverse proxy that rewrites Host, its X-Forwarded-Host counts too (a page cannot set it on a form post)."""
+    hosts = {request.headers.get("host", "").lower(),
+             request.headers.get("x-forwarded-host", "").split(",")[0].strip().lower()} - {""}
     sender = request.headers.get("origin") or request.headers.get("referer") or ""
-    if not host or urlsplit(sender).netloc.lower() != host.lower():
+    if urlsplit(sender).netloc.lower() not in hosts:
         raise HTTPException(403, "cross-site form post refused: log in from the overview page itself")
 
 
