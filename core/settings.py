@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from smartpark.core.errors import ConfigError
+from smartpark.core.redact import redact
 
 __all__ = ["MqttTarget", "Settings", "env_example", "load_settings"]
 
@@ -29,7 +30,7 @@ class MqttTarget:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"SMARTPARK_MQTT_URL must look like mqtt://user:pass@host:1883, got {url!r}")
+            raise ValueError(f"SMARTPARK_MQTT_URL must look like mqtt://user:pass@host:1883, got {redact(url)!r}")
         self.tls = parts.scheme == "mqtts"
         self.host = parts.hostname
         self.port = parts.port or (8883 if self.tls else 1883)
@@ -167,7 +168,7 @@ class Settings(BaseSettings):
     @classmethod
     def _influx_url(cls, v: str) -> str:
         if v and urlsplit(v).scheme not in ("http", "https"):
-            raise ValueError(f"SMARTPARK_INFLUX_URL must be an http(s) URL, got {v!r}")
+            raise ValueError(f"SMARTPARK_INFLUX_URL must be an http(s) URL, got {redact(v)!r}")
         return v.rstrip("/")
 
     @model_validator(mode="after")

@@ -402,6 +402,17 @@ def test_readyz_and_logs_never_show_store_credentials(tmp_path: Path, caplog: py
         store.close()
 
 
+def test_configuration_errors_never_show_the_credentials_of_a_url() -> None:
+    from smartpark.core.errors import ConfigError
+    from smartpark.core.settings import load_settings
+
+    for setting in ({"influx_url": "ftp://smartpark:hunter2@influx:8086"}, {"mqtt_url": "tcp://ingest:hunter2@mq"}):
+        with pytest.raises(ConfigError) as raised:
+            load_settings(_env_file=None, **setting)
+        assert "hunter2" not in str(raised.value)
+        assert "***@" in str(raised.value)
+
+
 def test_answers_are_not_cached_and_the_page_is_not_framed(env: tuple[httpx.Client, Registry, Any]) -> None:
     client, registry, _ = env
     key = registry.create_api_key("site", ["steel"])
