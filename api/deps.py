@@ -71,13 +71,14 @@ def principal_for_key(registry: Registry, api_key: str) -> Principal | None:
 
 
 def _principal(
-    registry: RegistryDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, registry: RegistryDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
     if creds is None:
         raise Unauthorized("missing `Authorization: Bearer <key>`")
     who = principal_for_key(registry, creds.credentials)
     if who is None:
         raise Unauthorized("invalid or revoked API key")
+    request.app.state.limits.take(who.key_id)  # api/limits.py: 429 past the key's request rate
     return who
 
 

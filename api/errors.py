@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,10 +12,12 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smartpark.core.errors import StoreError
+from smartpark.core.redact import redact
 
-__all__ = ["ADMIN_ERRORS", "ERRORS", "ApiError", "Conflict", "ErrorBody", "Forbidden", "NotFound", "Unauthorized",
-           "Unprocessable",
-           "install_error_handlers"]
+__all__ = ["ADMIN_ERRORS", "ERRORS", "ApiError", "Conflict", "ErrorBody", "Forbidden", "NotFound", "TooManyRequests",
+           "Unauthorized", "Unprocessable", "error_body", "install_error_handlers"]
+
+log = logging.getLogger("smartpark.api")
 
 
 class ApiError(Exception):
@@ -25,6 +28,10 @@ class ApiError(Exception):
         super().__init__(message)
         self.message, self.details = message, details
 
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return None
+
 
 class NotFound(ApiError):
     status, code = 404, "not_found"
@@ -32,6 +39,10 @@ class NotFound(ApiError):
 
 class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class Unprocessable(ApiError):
@@ -46,6 +57,20 @@ class Forbidden(ApiError):
 
 class Conflict(ApiError):
     status, code = 409, "conflict"
+
+
+class TooManyRequests(ApiError):
+    """A key over its rate or concurrency limit (or the API over its share of the store): retry later."""
+
+    status, code = 429, "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, {"retry_after_s": retry_after_s})
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class ErrorDetail(BaseModel):
@@ -70,6 +95,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: _doc("No key, or an invalid or revoked one"),
     404: _doc("Not found, or not visible to this key"),
     422: _doc("Invalid parameters"),
+    429: _doc("Over the key's rate or concurrency limit: retry after `Retry-After` seconds"),
     502: _doc("The time-series store refused the query"),
     503: _doc("The time-series store is unavailable"),
 }
@@ -77,26 +103,35 @@ ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: _doc("Needs an a
                                                  409: _doc("Already exists")}
 
 
-def _body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_r: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(_body(exc.code, exc.message, exc.details), exc.status, headers=headers)
+        return JSONResponse(error_body(exc.code, exc.message, exc.details), exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_r: Request, exc: RequestValidationError) -> JSONResponse:
         details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
-        return JSONResponse(_body("invalid_request", "request parameters are invalid", details), 422)
+        return JSONResponse(error_body("invalid_request", "request parameters are invalid", details), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(_body(f"http_{exc.status_code}", str(exc.detail)), exc.status_code)
+        return JSONResponse(error_body(f"http_{exc.status_code}", str(exc.detail)), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_r: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error: %s", redact(repr(exc)))  # uvicorn logs the traceback
+        return JSONResponse(error_body("internal_error", "internal error"), 500)
 
     @app.exception_handler(StoreError)
     async def _store(_r: Request, exc: StoreError) -> JSONResponse:
-        status = 503 if exc.retryable else 502
-        return JSONResponse(_body("store_unavailable" if exc.retryable else "store_error", str(exc)), status)
+        # the store's own words (its parser's messages, its URL) are logged, never sent: they help no caller
+        # narrow anything and can tell an attacker about the store
+        log.warning("store error: %s", redact(str(exc)))
+        if exc.retryable:
+            return JSONResponse(error_body("store_unavailable", "the time-series store is unavailable; retry"), 503,
+                                headers={"Retry-After": "5"})
+        return JSONResponse(error_body("store_error", "the time-series store refused the query"), 502)

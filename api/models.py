@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from smartpark.core.ids import ID_PATTERN
+from smartpark.core.ids import ID_SCHEMA_PATTERN
 
 T = TypeVar("T")
 
@@ -32,6 +32,7 @@ __all__ = [
     "PollutantCompliance",
     "SeriesPublic",
     "SiteCreate",
+    "SiteId",
     "SiteKpis",
     "SitePublic",
     "SiteUpdate",
@@ -41,7 +42,8 @@ __all__ = [
 # SQLite hands back naive datetimes for timezone-aware columns; the registry writes UTC.
 UtcDatetime = Annotated[datetime, AfterValidator(lambda v: v if v.tzinfo else v.replace(tzinfo=UTC))]
 
-Id = Field(pattern=ID_PATTERN, examples=["steel-works"], description="Lower case letters, digits, - and _")
+SiteId = Annotated[str, Field(pattern=ID_SCHEMA_PATTERN, max_length=63)]
+Id = Field(pattern=ID_SCHEMA_PATTERN, examples=["steel-works"], description="Lower case letters, digits, - and _")
 
 
 class SiteBase(BaseModel):
@@ -59,8 +61,16 @@ class SiteCreate(SiteBase):
     id: str = Id
 
 
+def _not_null(value: object) -> object:
+    if value is None:
+        raise ValueError("may not be null: leave the field out to keep its value")
+    return value
+
+
 class SiteUpdate(BaseModel):
-    """Only the fields given change."""
+    """Only the fields given change; null clears a quota or a band, the other fields cannot be null."""
+
+    _required = field_validator("name", "enterprise", "industry", "area_m2")(_not_null)
 
     name: str | None = Field(None, min_length=1, max_length=200)
     enterprise: str | None = Field(None, min_length=1, max_length=200)
@@ -88,10 +98,13 @@ class DeviceBase(BaseModel):
 
 
 class DeviceCreate(DeviceBase):
-    id: str = Field(pattern=ID_PATTERN, examples=["sinter-3-cems"])
+    id: str = Field(pattern=ID_SCHEMA_PATTERN, examples=["sinter-3-cems"])
 
 
 class DeviceUpdate(BaseModel):
+    """Only the fields given change; null clears the source type, the kind cannot be null."""
+
+    _required = field_validator("kind")(_not_null)
     kind: DeviceKind | None = None
     source_type: str | None = Field(None, max_length=40)
 
@@ -115,7 +128,7 @@ class DeviceProvisioned(DevicePublic):
 
 class KeyCreate(BaseModel):
     role: Literal["admin", "site"] = Field(examples=["site"])
-    sites: list[str] = Field(default_factory=list, max_length=100, examples=[["steel-works"]])
+    sites: list[SiteId] = Field(default_factory=list, max_length=100, examples=[["steel-works"]])
 
 
 class KeyPublic(BaseModel):

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from smartpark.core.errors import ConfigError
 from smartpark.core.ids import SERVICE_PREFIX, is_service_id
+from smartpark.core.redact import redact
 
 __all__ = ["MqttTarget", "Settings", "env_example", "load_settings"]
 
@@ -30,7 +31,7 @@ class MqttTarget:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"SMARTPARK_MQTT_URL must look like mqtt://user:pass@host:1883, got {url!r}")
+            raise ValueError(f"SMARTPARK_MQTT_URL must look like mqtt://user:pass@host:1883, got {redact(url)!r}")
         self.tls = parts.scheme == "mqtts"
         self.host = parts.hostname
         self.port = parts.port or (8883 if self.tls else 1883)
@@ -101,6 +102,24 @@ class Settings(BaseSettings):
     """Compute the emission compliance hours of the last 31 days of every site with stacks in the background
     and keep them fresh, so the month's compliance answers in ~0.3 s, not ~5 s, from the first request
     (InfluxDB only: the embedded store keeps nothing)."""
+    api_max_body_bytes: int = Field(1 << 20, ge=4096, le=1 << 30)
+    """Largest request body, refused with 413 before authentication (by Content-Length, or as it streams)."""
+    api_key_rate_per_s: float = Field(50.0, gt=0)
+    """Requests per second one API key may make on average; above it, 429 with Retry-After."""
+    api_key_burst: int = Field(200, ge=1)
+    """Requests one API key may make at once above its rate (the token bucket's size)."""
+    api_key_concurrency: int = Field(2, ge=1, le=64)
+    """Series, CSV and KPI requests one API key may have running at once; more get 429 with Retry-After."""
+    api_heavy_concurrency: int = Field(4, ge=1, le=256)
+    """Series, CSV and KPI requests of all keys together running at once (the store's share for them);
+    more get 429 with Retry-After, so cheap calls (latest, sites) of other tenants keep their answer times."""
+    api_max_query_cost: int = Field(50_000_000, ge=1000)
+    """Largest series or KPI request, in device-windows: devices x (range / window), a minute being the window
+    of `agg=delta` and of the KPIs (the store differences or averages minutes first). 400 days of one device's
+    minutes cost 576,000. Above it, 422 naming what to narrow."""
+    api_max_series_points: int = Field(200_000, ge=1000)
+    """Most points one series request (JSON or CSV) may return: devices x windows. Above it, 422 naming what to
+    narrow (a longer `every`, one device, or group_by=site)."""
 
     # --- ingest
     ingest_client_id: str = "smartpark-ingest"
@@ -165,7 +184,7 @@ class Settings(BaseSettings):
     @classmethod
     def _influx_url(cls, v: str) -> str:
         if v and urlsplit(v).scheme not in ("http", "https"):
-            raise ValueError(f"SMARTPARK_INFLUX_URL must be an http(s) URL, got {v!r}")
+            raise ValueError(f"SMARTPARK_INFLUX_URL must be an http(s) URL, got {redact(v)!r}")
         return v.rstrip("/")
 
     @model_validator(mode="after")

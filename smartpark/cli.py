@@ -307,6 +307,47 @@ def keys_create(
     sys.stdout.write(key + "\n")
 
 
+@keys_app.command("list")
+def keys_list() -> None:
+    """List the API keys (id, role, sites, created, state); never a secret, which is stored only as a hash."""
+    from smartpark.core.registry import Registry
+
+    settings = _settings()
+    try:
+        registry = Registry(settings.metadata_url)
+        registry.init()
+        keys = registry.api_keys()
+    except SmartparkError as exc:
+        _fail(str(exc))
+    rows = [("ID", "ROLE", "SITES", "CREATED", "STATE")] + [
+        (k.id, k.role, ",".join(k.sites) or "-", k.created_at.strftime("%Y-%m-%d %H:%M"),
+         "revoked" if k.revoked else "active") for k in keys]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    sys.stdout.writelines("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[4]]) + "\n"
+                          for row in rows)  # plain text: ids and site names never pass through markup
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (`keys list`), or the key itself.")]) -> None:
+    """Revoke an API key: the API refuses it from the next request on (the row stays, marked revoked)."""
+    from smartpark.core.registry import Registry
+    from smartpark.core.registry.secrets import split_api_key
+
+    parts = split_api_key(key_id.strip())
+    key_id = parts[0] if parts else key_id.strip()
+    settings = _settings()
+    try:
+        registry = Registry(settings.metadata_url)
+        registry.init()
+        found = registry.revoke_api_key(key_id)
+    except SmartparkError as exc:
+        _fail(str(exc))
+    if not found:
+        sys.stderr.write(f"no API key with id {key_id!r} (see `smartpark keys list`)\n")
+        raise typer.Exit(1)
+    sys.stderr.write(f"key {key_id} revoked.\n")
+
+
 @broker_app.command("export")
 def broker_export(
     directory: Annotated[Path, typer.Argument(help="Where to write the files (a directory of their own).")],

@@ -92,6 +92,30 @@ def test_park_load_and_keys(tmp_path: Path) -> None:
     assert "unknown site(s): atlantis" in bad.stderr
 
 
+def test_keys_list_and_revoke(tmp_path: Path) -> None:
+    """Issue 13: keys could be created from the command line but neither listed nor revoked."""
+    park = tmp_path / "park.yaml"
+    park.write_text(PARK_YAML)
+    assert run(tmp_path, "park", "load", str(park)).returncode == 0
+    site_key = run(tmp_path, "keys", "create", "--role", "site", "--site", "steel", "--site", "park-green").stdout
+    admin_key = run(tmp_path, "keys", "create", "--role", "admin").stdout.strip()
+    site_id, admin_id = site_key.split("_")[1], admin_key.split("_")[1]
+    listed = run(tmp_path, "keys", "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+    assert rows[site_id][1:3] == ["site", "steel,park-green"]
+    assert rows[site_id][-1] == rows[admin_id][-1] == "active"
+    assert site_key.split("_")[2].strip() not in listed.stdout  # never a secret
+    revoked = run(tmp_path, "keys", "revoke", site_id)
+    assert revoked.returncode == 0, revoked.stderr
+    assert run(tmp_path, "keys", "revoke", admin_key).returncode == 0  # the key itself names its id too
+    states = {line.split()[0]: line.split()[-1] for line in run(tmp_path, "keys", "list").stdout.splitlines()[1:]}
+    assert states == {site_id: "revoked", admin_id: "revoked"}
+    unknown = run(tmp_path, "keys", "revoke", "[nope]")
+    assert unknown.returncode == 1
+    assert "no API key with id '[nope]'" in unknown.stderr
+
+
 def test_park_load_names_line_and_key(tmp_path: Path) -> None:
     park = tmp_path / "park.yaml"
     park.write_text(PARK_YAML.replace("industry: steel", "industry: steel\n    colour: grey"))

@@ -104,13 +104,17 @@ def test_overview_in_headless_chromium(page: tuple[ServedApp, Registry], tmp_pat
 def test_page_login_refuses_a_bad_key(page: tuple[ServedApp, Registry]) -> None:
     served, _ = page
     with httpx.Client(base_url=served.base_url, follow_redirects=True) as client:
-        resp = client.post("/login", content="api_key=sp_bad_key",
-                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+        resp = client.post("/login", content="api_key=sp_bad_key", headers=form(client))
         assert "That key is not valid" in resp.text
         assert "site-steel-works" not in resp.text
 
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def form(client: httpx.Client, origin: str | None = None) -> dict[str, str]:
+    """A form post's headers as a browser sends them from the page (Origin: the page's own, unless given)."""
+    return {**FORM, "Origin": origin or str(client.base_url).rstrip("/")}
 
 
 def cookie_session(client: httpx.Client) -> dict[str, object]:
@@ -120,8 +124,28 @@ def cookie_session(client: httpx.Client) -> dict[str, object]:
 
 
 def log_in(client: httpx.Client, key: str) -> None:
-    assert client.post("/login", content=f"api_key={key}", headers=FORM).status_code == 303
+    assert client.post("/login", content=f"api_key={key}", headers=form(client)).status_code == 303
     assert "site-steel-works" in client.get("/").text
+
+
+def test_page_login_refuses_a_form_posted_from_another_site(page: tuple[ServedApp, Registry]) -> None:
+    """Issue 13, login CSRF: another site's page could post the attacker's key to /login and log the victim's
+    browser in as the attacker (who then sees what the victim looks at). The form must come from this host."""
+    served, registry = page
+    key = registry.create_api_key("admin", [])
+    with httpx.Client(base_url=served.base_url) as client:
+        for headers in ({**FORM, "Origin": "https://evil.example"}, {**FORM, "Origin": "null"},
+                        {**FORM, "Referer": "https://evil.example/page"}, FORM):
+            resp = client.post("/login", content=f"api_key={key}", headers=headers)
+            assert resp.status_code == 403, headers
+            assert "sid" not in (cookie_session(client) if "smartpark_session" in client.cookies else {})
+        assert "site-steel-works" not in client.get("/").text
+        referer = {**FORM, "Referer": f"{served.base_url}/"}  # a browser that sends no Origin: the Referer will do
+        assert client.post("/login", content=f"api_key={key}", headers=referer).status_code == 303
+        assert "site-steel-works" in client.get("/").text
+    with httpx.Client(base_url=served.base_url) as proxied:  # behind a proxy that rewrites Host
+        via_proxy = {**FORM, "Origin": "https://park.example.com", "X-Forwarded-Host": "park.example.com"}
+        assert proxied.post("/login", content=f"api_key={key}", headers=via_proxy).status_code == 303
 
 
 def test_page_cookie_holds_a_session_token_not_the_key_and_logout_revokes_its_copies(
@@ -167,10 +191,10 @@ def test_page_login_refuses_a_body_over_4_kib_before_reading_it_all(page: tuple[
     key = registry.create_api_key("admin", [])
     big = f"api_key={key}&pad=".encode() + b"x" * 5000
     with httpx.Client(base_url=served.base_url) as client:
-        resp = client.post("/login", content=big, headers=FORM)
+        resp = client.post("/login", content=big, headers=form(client))
         assert resp.status_code == 413
         assert resp.json()["error"]["code"] == "http_413"
-        streamed = client.post("/login", content=iter([big[:3000], big[3000:]]), headers=FORM)  # chunked
+        streamed = client.post("/login", content=iter([big[:3000], big[3000:]]), headers=form(client))  # chunked
         assert streamed.status_code == 413
         assert "smartpark_session" not in client.cookies
         assert "site-steel-works" not in client.get("/").text

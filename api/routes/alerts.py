@@ -27,6 +27,8 @@ from smartpark.alerts.signing import SECRET_PREFIX, message_id, new_secret
 from smartpark.alerts.ssrf import check_address, check_url_shape
 from smartpark.api.deps import AdminDep, CatalogDep, PrincipalDep, RegistryDep, scoped_site
 from smartpark.api.errors import ADMIN_ERRORS, ERRORS, Conflict, NotFound, Unprocessable
+from smartpark.api.models import SiteId
+from smartpark.core.ids import ID_SCHEMA_PATTERN
 from smartpark.core.reference import load_reference
 from smartpark.core.settings import Settings
 
@@ -35,9 +37,10 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"], responses=ADMIN_ERRORS)
 _init_lock = threading.Lock()
 
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=1_000_000)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Severity = Literal["info", "warning", "critical"]
+RuleId = Annotated[str, Field(pattern=ID_SCHEMA_PATTERN)]
 
 
 def _repo(request: Request) -> AlertRepo:
@@ -165,9 +168,9 @@ def get_episode(episode_id: str, repo: RepoDep, who: PrincipalDep) -> EpisodePub
 # ------------------------------------------------------------------------------------------------ webhooks
 class WebhookBase(BaseModel):
     url: str = Field(max_length=2000, examples=["https://dispatch.example.com/hooks/smartpark"])
-    sites: list[str] = Field(default_factory=list, description="Only these sites (empty: all)")
+    sites: list[SiteId] = Field(default_factory=list, max_length=1000, description="Only these sites (empty: all)")
     severities: list[Severity] = Field(default_factory=list, description="Only these severities (empty: all)")
-    rules: list[str] = Field(default_factory=list, description="Only these rules (empty: all)")
+    rules: list[RuleId] = Field(default_factory=list, max_length=1000, description="Only these rules (empty: all)")
     description: str = Field("", max_length=200)
 
 
@@ -177,9 +180,9 @@ class WebhookCreate(WebhookBase):
 
 class WebhookUpdate(BaseModel):
     url: str | None = Field(None, max_length=2000)
-    sites: list[str] | None = None
+    sites: list[SiteId] | None = Field(None, max_length=1000)
     severities: list[Severity] | None = None
-    rules: list[str] | None = None
+    rules: list[RuleId] | None = Field(None, max_length=1000)
     description: str | None = Field(None, max_length=200)
     enabled: bool | None = Field(None, description="true re-enables a subscription a 410 disabled")
 

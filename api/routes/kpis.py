@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 from typing import Annotated
 from zoneinfo import ZoneInfo
@@ -9,8 +10,9 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Query
 
 from smartpark.api import kpis
-from smartpark.api.deps import PrincipalDep, ReferenceDep, RegistryDep, SettingsDep, StoreDep, scoped_site
+from smartpark.api.deps import ReferenceDep, RegistryDep, SettingsDep, StoreDep, scoped_site
 from smartpark.api.errors import ERRORS, Unprocessable
+from smartpark.api.limits import HeavyDep, check_cost
 from smartpark.api.models import EmissionsKpi, EnergyKpi, GreeningKpi, ParkKpis, SiteKpis
 from smartpark.core.reference import Reference
 from smartpark.core.registry import Registry, Site
@@ -20,6 +22,7 @@ from smartpark.core.store.base import TimeSeriesStore
 router = APIRouter(prefix="/v1", tags=["kpis"], responses=ERRORS)
 
 MAX_DAYS = 400
+FIRST_DAY, LAST_DAY = date(1970, 1, 2), date(2199, 12, 31)  # what every store can represent, any time zone
 Start = Annotated[date | None, Query(description="First local day (park time zone); default: this month's first",
                                      examples=["2026-01-01"])]
 End = Annotated[date | None, Query(description="Local day after the last one; default: tomorrow",
@@ -29,6 +32,9 @@ End = Annotated[date | None, Query(description="Local day after the last one; de
 def _period(registry: Registry, start: date | None, end: date | None) -> kpis.Period:
     park = registry.park()
     tz = ZoneInfo(park.timezone if park else "Asia/Shanghai")
+    for name, day in (("start", start), ("end", end)):
+        if day is not None and not FIRST_DAY <= day <= LAST_DAY:
+            raise Unprocessable(f"{name}={day.isoformat()}: days lie between {FIRST_DAY} and {LAST_DAY}")
     if start and end and end <= start:
         raise Unprocessable("end must be after start")
     p = kpis.period(tz, start, end)
@@ -39,27 +45,37 @@ def _period(registry: Registry, start: date | None, end: date | None) -> kpis.Pe
     return p
 
 
+def _sized(settings: Settings, registry: Registry, sites: Sequence[Site], p: kpis.Period) -> kpis.Period:
+    """The period, if its KPIs are within SMARTPARK_API_MAX_QUERY_COST (every device's minutes are read)."""
+    devices = sum(d.kind != "gateway" for s in sites for d in registry.devices(s.id))
+    check_cost(settings, devices=devices, range_ms=p.end_ms - p.start_ms, window_ms=60_000, what="KPI request",
+               narrow=["a shorter period (start, end)"] + (["one site's KPIs"] if len(sites) > 1 else []))
+    return p
+
+
 def _region(registry: Registry) -> str:
     park = registry.park()
     return park.region if park else "national"
 
 
 @router.get("/sites/{site}/kpis/energy")
-def site_energy(site: str, registry: RegistryDep, store: StoreDep, ref: ReferenceDep, who: PrincipalDep,  # noqa: PLR0917 - FastAPI parameters
-                start: Start = None, end: End = None) -> EnergyKpi:
+def site_energy(site: str, registry: RegistryDep, store: StoreDep, ref: ReferenceDep, settings: SettingsDep,  # noqa: PLR0917 - FastAPI parameters
+                who: HeavyDep, start: Start = None, end: End = None) -> EnergyKpi:
     """Consumption per carrier (reset-aware), tce, CO2 from electricity, intensity and quota use."""
     s = scoped_site(registry, who, site)
-    return kpis.energy_kpi(store, ref, _region(registry), [s], _period(registry, start, end))
+    p = _sized(settings, registry, [s], _period(registry, start, end))
+    return kpis.energy_kpi(store, ref, _region(registry), [s], p)
 
 
 @router.get("/sites/{site}/kpis/emissions")
 def site_emissions(site: str, registry: RegistryDep, store: StoreDep, ref: ReferenceDep, settings: SettingsDep,  # noqa: PLR0917 - FastAPI parameters
-                   who: PrincipalDep, start: Start = None, end: End = None,
+                   who: HeavyDep, start: Start = None, end: End = None,
                    hours: Annotated[bool, Query(description="List every hour, not only the exceeding ones")] = False,
                    ) -> EmissionsKpi:
     """Hourly O2-corrected means of valid minutes per stack and pollutant, and the compliance rate."""
     s = scoped_site(registry, who, site)
-    return _emissions(registry, store, ref, settings, site=s, p=_period(registry, start, end), hours=hours)
+    p = _sized(settings, registry, [s], _period(registry, start, end))
+    return _emissions(registry, store, ref, settings, site=s, p=p, hours=hours)
 
 
 def _emissions(registry: Registry, store: TimeSeriesStore, ref: Reference, settings: Settings, *, site: Site,
@@ -69,20 +85,20 @@ def _emissions(registry: Registry, store: TimeSeriesStore, ref: Reference, setti
 
 
 @router.get("/sites/{site}/kpis/greening")
-def site_greening(site: str, registry: RegistryDep, store: StoreDep, ref: ReferenceDep, who: PrincipalDep,  # noqa: PLR0917 - FastAPI parameters
-                  start: Start = None, end: End = None) -> GreeningKpi:
+def site_greening(site: str, registry: RegistryDep, store: StoreDep, ref: ReferenceDep, settings: SettingsDep,  # noqa: PLR0917 - FastAPI parameters
+                  who: HeavyDep, start: Start = None, end: End = None) -> GreeningKpi:
     """Mean green area over the site's area, against its band."""
     s = scoped_site(registry, who, site)
-    green = kpis.green_area(store, s.id, _period(registry, start, end))
+    green = kpis.green_area(store, s.id, _sized(settings, registry, [s], _period(registry, start, end)))
     return kpis.greening_kpi(s, green.get(s.id), ref)
 
 
 @router.get("/kpis")
-def park_kpis(registry: RegistryDep, store: StoreDep, ref: ReferenceDep, settings: SettingsDep, who: PrincipalDep,  # noqa: PLR0917 - FastAPI parameters
+def park_kpis(registry: RegistryDep, store: StoreDep, ref: ReferenceDep, settings: SettingsDep, who: HeavyDep,  # noqa: PLR0917 - FastAPI parameters
               start: Start = None, end: End = None) -> ParkKpis:
     """Every visible site's KPIs and the park's totals (a site key sees its own sites only)."""
-    p = _period(registry, start, end)
     sites = [s for s in registry.sites() if who.can_see(s.id)]
+    p = _sized(settings, registry, sites, _period(registry, start, end))
     region = _region(registry)
     green = kpis.green_area(store, None, p)
     rows, valid, compliant = [], 0, 0

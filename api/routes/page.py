@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Request
@@ -46,7 +46,9 @@ def overview(request: Request, registry: RegistryDep, store: StoreDep, catalog: 
 
 @router.post("/login")
 async def login(request: Request) -> RedirectResponse:
-    """Form post (urlencoded, parsed here: no multipart dependency for one field); 413 past 4 KiB."""
+    """Form post (urlencoded, parsed here: no multipart dependency for one field); 413 past 4 KiB; 403 when
+    posted from another site's page (login CSRF: the victim would be logged in as the attacker)."""
+    _same_origin(request)
     body = (await _read_form(request)).decode("utf-8", "replace")
     key = (parse_qs(body).get("api_key") or [""])[0].strip()
     registry = request.app.state.registry
@@ -57,6 +59,17 @@ async def login(request: Request) -> RedirectResponse:
     else:
         request.session["sid"] = mint_session(registry, who.key_id)
     return RedirectResponse("/", status_code=303)
+
+
+def _same_origin(request: Request) -> None:
+    """403 unless the form was posted from this host's page: its Origin, or else its Referer, names the host the
+    request was sent to (a browser always sends one of them with a form post; `null` and absence fail). Behind
+    a reverse proxy that rewrites Host, its X-Forwarded-Host counts too (a page cannot set it on a form post)."""
+    hosts = {request.headers.get("host", "").lower(),
+             request.headers.get("x-forwarded-host", "").split(",")[0].strip().lower()} - {""}
+    sender = request.headers.get("origin") or request.headers.get("referer") or ""
+    if urlsplit(sender).netloc.lower() not in hosts:
+        raise HTTPException(403, "cross-site form post refused: log in from the overview page itself")
 
 
 async def _read_form(request: Request) -> bytes:

@@ -176,11 +176,17 @@ class Registry:
             return site
 
     def delete_site(self, site_id: str) -> bool:
-        """Delete a site and its devices (their stored readings stay in the time-series store)."""
+        """Delete a site and its devices (their stored readings stay in the time-series store), and take it out
+        of every key's scope: a key of that site alone is revoked, so a site re-created under the same id (a new
+        tenant, perhaps) is never open to the old tenant's key."""
         with self.session() as s:
             site = s.get(Site, site_id)
             if site is not None:
                 s.delete(site)
+                for key in s.scalars(select(ApiKey).where(ApiKey.role == "site")):
+                    if site_id in key.sites:
+                        key.sites = [x for x in key.sites if x != site_id]  # a new list: JSON is not tracked
+                        key.revoked = key.revoked or not key.sites
             return site is not None
 
     def create_device(self, site_id: str, fields: dict[str, Any]) -> Device:

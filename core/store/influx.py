@@ -52,6 +52,7 @@ import msgspec
 from smartpark.core.catalog import Catalog, Metric
 from smartpark.core.errors import StoreRejected, StoreUnavailable
 from smartpark.core.points import Point
+from smartpark.core.redact import split_credentials
 from smartpark.core.store.base import (
     AGGREGATES,
     DAY_MS,
@@ -268,7 +269,11 @@ class InfluxStore:
             raise ValueError("InfluxDB database name is empty")
         if retention_days < 1:
             raise ValueError(f"retention_days must be >= 1, got {retention_days}")
-        self.url = url.rstrip("/")
+        # user:password in the URL become basic auth; self.url (in every message and repr) never carries them
+        url, url_user, url_password = split_credentials(url.rstrip("/"))
+        if url_user is not None and not username and not token:
+            username, password = url_user, url_password or ""
+        self.url = url
         self.database = database
         self.catalog = catalog
         self._rolled_up = frozenset(m.domain for m in catalog.metrics.values())  # measurements with rollups
