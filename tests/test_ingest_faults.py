@@ -258,6 +258,8 @@ def test_two_ingests_on_a_shared_subscription_split_the_stream(
     messages = load_messages(SITE, 200, 100, now_ms() - 3600_000)
     publish_many(mosquitto.host, mosquitto.port, messages)
     wait_for(lambda: stored(influx_store) >= len(messages), timeout=60)
+    # the counters are published after each batch's write: wait for them rather than race them
+    wait_for(lambda: sum(s.stats.counters["messages_committed"] for s in services) >= len(messages), timeout=30)
     received = [s.stats.counters["messages_received"] for s in services]
     assert sum(received) == len(messages), received  # each message went to exactly one ingest
     assert min(received) > len(messages) // 10, received  # and both took a real share
