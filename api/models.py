@@ -81,10 +81,18 @@ class SitePublic(SiteBase):
 DeviceKind = Literal["energy_meter", "cems", "greening", "gateway"]
 
 
+MeterRole = Literal["main", "sub", "generation"]
+
+
 class DeviceBase(BaseModel):
     kind: DeviceKind = Field(examples=["cems"])
     source_type: str | None = Field(None, max_length=40, examples=["sinter"],
                                     description="CEMS only: selects limits and reference O2")
+    # meter hierarchy (energy meters; rules in core/registry/hierarchy.py)
+    role: MeterRole | None = Field(None, description="Energy meters: main (site supply), sub (beneath `parent`) "
+                                   "or generation; default sub where a parent is given, else main")
+    parent_id: str | None = Field(None, pattern=ID_PATTERN, description="Sub-meters: the meter above, same site")
+    rated_kw: float | None = Field(None, gt=0, le=1e8, description="Rated power: bounds a plausible counter step")
 
 
 class DeviceCreate(DeviceBase):
@@ -94,6 +102,9 @@ class DeviceCreate(DeviceBase):
 class DeviceUpdate(BaseModel):
     kind: DeviceKind | None = None
     source_type: str | None = Field(None, max_length=40)
+    role: MeterRole | None = None
+    parent_id: str | None = Field(None, pattern=ID_PATTERN)
+    rated_kw: float | None = Field(None, gt=0, le=1e8)
 
 
 class DevicePublic(DeviceBase):
