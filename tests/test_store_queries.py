@@ -51,7 +51,7 @@ def test_delta_is_reset_aware_and_uses_the_minute_before_start(store: TimeSeries
     (total,) = delta(store, t0, t0 + 5 * MIN, 5 * MIN, site="s")
     assert sum(v for _, v in total[1]) == 28.0  # never negative; the reading after the reset counts
     query = SeriesQuery("energy", "energy_kwh", t0, t0 + 5 * MIN, 5 * MIN, "delta", site="s")
-    assert [(e.kind, e.ts_ms - t0, e.reading, e.step, e.counted) for e in store.counter_events(query)] == [
+    assert [(e.kind, e.ts_ms - t0, e.reading, e.step, e.counted) for e in store.counter_deltas(query)[1]] == [
         ("reset", 2 * MIN, 7.0, -99.0, 7.0)]
 
 
@@ -70,7 +70,7 @@ def test_delta_leaves_out_implausible_steps_and_lists_them(store: TimeSeriesStor
     kw = {"max_per_h": 1000.0, "device_max_per_h": (("other", 1.0),)}  # 1 MW: a minute's step <= 33.3 kWh
     assert delta(store, t0, t0 + 5 * MIN, 5 * MIN, **kw) == [("j", [(t0, 30.0)])]  # 10 + 10 + the reset's 10
     query = SeriesQuery("energy", "energy_kwh", t0, t0 + 5 * MIN, 5 * MIN, "delta", **kw)  # type: ignore[arg-type]
-    assert [(e.kind, e.ts_ms - t0, e.counted, e.excluded) for e in store.counter_events(query)] == [
+    assert [(e.kind, e.ts_ms - t0, e.counted, e.excluded) for e in store.counter_deltas(query)[1]] == [
         ("implausible", 2 * MIN, 0.0, 5_000_000.0), ("reset", 4 * MIN, 10.0, 0.0)]
 
 

@@ -45,11 +45,18 @@ def _region(registry: Registry) -> str:
 
 
 @router.get("/sites/{site}/kpis/energy")
-def site_energy(site: str, registry: RegistryDep, store: StoreDep, ref: ReferenceDep, who: PrincipalDep,  # noqa: PLR0917 - FastAPI parameters
-                start: Start = None, end: End = None) -> EnergyKpi:
+def site_energy(site: str, registry: RegistryDep, store: StoreDep, ref: ReferenceDep, settings: SettingsDep,  # noqa: PLR0917 - FastAPI parameters
+                who: PrincipalDep, start: Start = None, end: End = None) -> EnergyKpi:
     """Consumption per carrier (reset-aware), tce, CO2 from electricity, intensity and quota use."""
     s = scoped_site(registry, who, site)
-    return kpis.energy_kpi(store, ref, _region(registry), [s], _period(registry, start, end))
+    p = _period(registry, start, end)
+    meters = kpis.energy_meters(registry.devices(s.id))
+    usage = kpis.energy_usage(store, ref, meters, s.id, p, rules=_rules(settings))
+    return kpis.energy_kpi(usage, ref, _region(registry), [s], meters, p=p)
+
+
+def _rules(settings: Settings) -> kpis.CounterRules:
+    return kpis.CounterRules.of(settings.counter_max_gap_s, settings.counter_max_per_h)
 
 
 @router.get("/sites/{site}/kpis/emissions")
@@ -85,15 +92,18 @@ def park_kpis(registry: RegistryDep, store: StoreDep, ref: ReferenceDep, setting
     sites = [s for s in registry.sites() if who.can_see(s.id)]
     region = _region(registry)
     green = kpis.green_area(store, None, p)
+    visible = {s.id for s in sites}
+    meters = [d for d in kpis.energy_meters(registry.devices()) if d.site_id in visible]
+    usage = kpis.energy_usage(store, ref, meters, None, p, rules=_rules(settings))
     rows, valid, compliant = [], 0, 0
     for s in sites:
         em = _emissions(registry, store, ref, settings, site=s, p=p)
         valid += sum(x.hours_valid for st in em.stacks for x in st.pollutants)
         compliant += sum(x.hours_compliant for st in em.stacks for x in st.pollutants)
-        rows.append(SiteKpis(site=s.id, energy=kpis.energy_kpi(store, ref, region, [s], p),
+        rows.append(SiteKpis(site=s.id, energy=kpis.energy_kpi(usage, ref, region, [s], meters, p=p),
                              emissions_compliance_pct=em.compliance_pct, emissions_meets_target=em.meets_target,
                              greening=kpis.greening_kpi(s, green.get(s.id), ref)))
     return ParkKpis(start=p.dt(p.start_ms), end=p.dt(p.end_ms),
-                    energy=kpis.energy_kpi(store, ref, region, sites, p, park=True),
+                    energy=kpis.energy_kpi(usage, ref, region, sites, meters, p=p, park=True),
                     emissions_compliance_pct=100 * compliant / valid if valid else None,
                     greening_coverage_pct=kpis.park_coverage(r.greening for r in rows), sites=rows)

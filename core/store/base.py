@@ -55,7 +55,7 @@ class SeriesQuery(msgspec.Struct, frozen=True):
     spanning more than ``max_gap_ms`` is counted in no window (a gap), and a step (or a reading after a reset)
     above ``(elapsed + 1 minute) x`` the device's bound per hour (``device_max_per_h``, else ``max_per_h``;
     the minute covers where in their minutes the two readings fell) is implausible and not counted either.
-    What was not counted is listed by ``counter_events``.
+    What was not counted is listed by ``counter_deltas``.
     """
 
     measurement: str
@@ -188,8 +188,9 @@ class TimeSeriesStore(Protocol):
     def latest_many(self, sites: Sequence[str], *, lookback_ms: int = 7 * DAY_MS) -> dict[str, list[LatestValue]]:
         """latest() of several sites, by site (every site a key), in as few store round trips as it can."""
 
-    def counter_events(self, query: SeriesQuery) -> list[CounterEvent]:
-        """The resets, implausible steps and gaps of a ``delta`` query's counters, ordered by site, device, time."""
+    def counter_deltas(self, query: SeriesQuery) -> tuple[list[Series], list[CounterEvent]]:
+        """``series`` of a ``delta`` query and its counters' resets, implausible steps and gaps (ordered by
+        site, device, time), from one pass of the store."""
 
     def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
         """Minute rows (device, minute) ordered by device and time, computed by the store."""

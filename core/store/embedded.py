@@ -206,8 +206,12 @@ class EmbeddedStore:
         return [Series(site, dev, pts) for (site, dev), pts in out.items()]
 
     def _delta(self, query: SeriesQuery) -> list[Series]:
+        return self.counter_deltas(query)[0]
+
+    def counter_deltas(self, query: SeriesQuery) -> tuple[list[Series], list[CounterEvent]]:
         sums = [(site, dev, w, float(v)) for site, dev, w, v in self._steps(DELTA_SQL, query)]
-        return delta_series(query, sums, self.counter_events(query))
+        events = self.counter_events(query)
+        return delta_series(query, sums, events), events
 
     def counter_events(self, query: SeriesQuery) -> list[CounterEvent]:
         out = []

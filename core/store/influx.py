@@ -487,14 +487,15 @@ class InfluxStore:
         )
 
     def _delta(self, query: SeriesQuery) -> list[Series]:
+        return self.counter_deltas(query)[0]
+
+    def counter_deltas(self, query: SeriesQuery) -> tuple[list[Series], list[CounterEvent]]:
         """Ordinary steps summed by InfluxDB per window; resets and excluded steps, rare, classified here."""
         sums_result, events_result = self.query(f"{self._delta_statement(query)}; {self._events_statement(query)}")
         sums = [(s["tags"]["site"], s["tags"]["device"], int(row[0]), float(row[1]))
                 for s in sums_result.get("series", []) for row in s.get("values", []) if row[1] is not None]
-        return delta_series(query, sums, self._events(query, events_result))
-
-    def counter_events(self, query: SeriesQuery) -> list[CounterEvent]:
-        return self._events(query, self.query(self._events_statement(query))[0])
+        events = self._events(query, events_result)
+        return delta_series(query, sums, events), events
 
     @staticmethod
     def _events(query: SeriesQuery, result: dict[str, Any]) -> list[CounterEvent]:
