@@ -46,8 +46,22 @@ from smartpark.core.store.base import (
     minute_query,
 )
 
-__all__ = ["CounterRules", "Period", "Usage", "emissions_kpi", "energy_kpi", "energy_meters", "energy_usage",
-           "greening_kpi", "hour_sums", "park_coverage", "period", "role_of"]
+__all__ = [
+    "CounterRules",
+    "Period",
+    "Usage",
+    "counter_event",
+    "counter_query",
+    "emissions_kpi",
+    "energy_kpi",
+    "energy_meters",
+    "energy_usage",
+    "greening_kpi",
+    "hour_sums",
+    "park_coverage",
+    "period",
+    "role_of",
+]
 
 HOUR_MS = 3_600_000
 O2 = "o2_pct"
@@ -198,7 +212,7 @@ def energy_kpi(usage: Usage, ref: Reference, region: str, sites: Sequence[Site],
     electricity = sum(c.co2_t for c in co2 if c.carrier in _electricity(ref))
     output = main_total(ref.energy.output_metric)
     quota = _quota(sites, p)
-    events = [_event(metric, e, p) for metric, e in usage.events if e.site in ids]
+    events = [counter_event(metric, e, p) for metric, e in usage.events if e.site in ids]
     main_ids = set(mains)
     excluded: dict[str, float] = {}
     for metric, e in usage.events:
@@ -266,7 +280,7 @@ def _meters(usage: Usage, meters: Sequence[Device]) -> list[MeterUse]:
     return out
 
 
-def _event(metric: str, e: CounterEvent, p: Period) -> CounterEventPublic:
+def counter_event(metric: str, e: CounterEvent, p: Period) -> CounterEventPublic:
     return CounterEventPublic(site=e.site, device=e.device, metric=metric, at=p.dt(e.ts_ms), kind=e.kind,
                               elapsed_s=e.elapsed_ms / 1000, reading=e.reading, step=e.step, counted=e.counted,
                               excluded=e.excluded)
@@ -350,11 +364,23 @@ def _pollutant(name: str, metric: str, limit: float, acc: dict[int, tuple[float,
 
 
 def green_area(store: TimeSeriesStore, site: str | None, p: Period) -> dict[str, float]:
-    """site -> mean green area over the period: each zone's mean of daily means, summed over the site's zones."""
-    query = SeriesQuery("greening", "green_area_m2", p.start_ms, p.end_ms, DAY_MS, "mean", site=site)
+    """site -> mean green area over the period: each zone's mean of its local-day means, summed over the
+    site's zones. A day's mean is over the readings of the park's local calendar day (DST included): sums and
+    counts per local hour (per quarter hour where the zone's offset is not whole hours) added up per day."""
+    every = HOUR_MS if p.hour_offset_ms() == 0 else 15 * 60_000
+    sums, counts = ({(s.site, s.device): dict(s.points) for s in store.series(
+        SeriesQuery("greening", "green_area_m2", p.start_ms, p.end_ms, every, agg, site=site))}
+        for agg in ("sum", "count"))
     out: dict[str, float] = {}
-    for s in store.series(query):
-        out[s.site] = out.get(s.site, 0.0) + sum(v for _, v in s.points) / len(s.points)
+    for (site_id, device), windows in sums.items():
+        days: dict[date, list[float]] = {}
+        for ts, total in windows.items():
+            acc = days.setdefault(p.dt(ts).date(), [0.0, 0.0])
+            acc[0] += total
+            acc[1] += counts.get((site_id, device), {}).get(ts, 0.0)
+        means = [t / n for t, n in days.values() if n]
+        if means:
+            out[site_id] = out.get(site_id, 0.0) + sum(means) / len(means)
     return out
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query
 
 from smartpark.api import kpis
-from smartpark.api.deps import PrincipalDep, ReferenceDep, RegistryDep, SettingsDep, StoreDep, scoped_site
+from smartpark.api.deps import CatalogDep, PrincipalDep, ReferenceDep, RegistryDep, SettingsDep, StoreDep, scoped_site
 from smartpark.api.errors import ERRORS, Unprocessable
-from smartpark.api.models import EmissionsKpi, EnergyKpi, GreeningKpi, ParkKpis, SiteKpis
+from smartpark.api.models import CounterEventPublic, EmissionsKpi, EnergyKpi, GreeningKpi, ParkKpis, SiteKpis
 from smartpark.core.reference import Reference
 from smartpark.core.registry import Registry, Site
 from smartpark.core.settings import Settings
@@ -107,3 +107,25 @@ def park_kpis(registry: RegistryDep, store: StoreDep, ref: ReferenceDep, setting
                     energy=kpis.energy_kpi(usage, ref, region, sites, meters, p=p, park=True),
                     emissions_compliance_pct=100 * compliant / valid if valid else None,
                     greening_coverage_pct=kpis.park_coverage(r.greening for r in rows), sites=rows)
+
+
+Kind = Annotated[Literal["reset", "implausible", "gap"] | None, Query(description="Only events of this kind")]
+
+
+@router.get("/data-quality")
+def data_quality(registry: RegistryDep, store: StoreDep, settings: SettingsDep, catalog: CatalogDep,  # noqa: PLR0917 - FastAPI parameters
+                 who: PrincipalDep, site: Annotated[str | None, Query(description="One site; default: all visible")]
+                 = None, start: Start = None, end: End = None, kind: Kind = None) -> list[CounterEventPublic]:
+    """The energy counters' steps that were not ordinary increases, as the KPIs counted them: resets (the reading
+    after counted), implausible steps and gaps (excluded). Computed from the stored readings on each call."""
+    p = _period(registry, start, end)
+    visible = {scoped_site(registry, who, site).id} if site else {s.id for s in registry.sites() if who.can_see(s.id)}
+    meters = [d for d in kpis.energy_meters(registry.devices()) if d.site_id in visible]
+    rules = _rules(settings)
+    out = []
+    for metric in sorted(m.name for m in catalog.in_domain("energy") if m.kind == "counter"):
+        _, events = store.counter_deltas(kpis.counter_query(metric, p, rules, meters, site))
+        out += [kpis.counter_event(metric, e, p) for e in events
+                if e.site in visible and (kind is None or e.kind == kind)]
+    out.sort(key=lambda e: (e.at, e.site, e.device, e.metric))
+    return out
