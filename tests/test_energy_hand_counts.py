@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import httpx
 import pytest
 
 from smartpark.api.app import create_app
@@ -123,7 +122,7 @@ class Platform:
                                  ingest_batch_age_s=0.1, retention_days=3650)
         creds: dict[str, Any]
         if kind == "embedded":
-            from smartpark.broker import EmbeddedBroker  # noqa: PLC0415 - only this branch needs amqtt
+            from smartpark.broker import EmbeddedBroker
 
             ingest_pw, tester_pw = secrets.token_hex(8), secrets.token_hex(8)
             self.host, self.port = "127.0.0.1", free_port()

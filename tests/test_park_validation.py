@@ -143,7 +143,8 @@ def edge_points() -> list[Point]:
     pts += [Point("energy", "deep", "d-sub", T0, {"energy_kwh": 3.0})]  # one reading: no step at all
     pts += [Point("energy", "deep", "d-solar", T0 + i * 3_600_000, {"energy_kwh": 10.0 * i, "power_kw": -5.0})
             for i in range(48)]
-    pts += [Point("energy", "deep", "ghost", T0 + i * 60_000, {"energy_kwh": float(i)}) for i in range(5)]  # unregistered
+    pts += [Point("energy", "deep", "ghost", T0 + i * 60_000, {"energy_kwh": float(i)})  # not in the registry
+            for i in range(5)]
     pts += [Point("energy", "greens", "g-orphan", T0 + i * 900_000, {"energy_kwh": 2.0 * i}) for i in range(200)]
     pts += [Point("emissions", "deep", "d-stack", T0 + i * 60_000, {"nox_mg_m3": 1e4, "o2_pct": 21.0})
             for i in range(120)]
