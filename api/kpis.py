@@ -32,9 +32,10 @@ from smartpark.api.models import (
     PollutantCompliance,
     StackCompliance,
 )
+from smartpark.core import energy
+from smartpark.core.energy import CounterRules, energy_meters, role_of
 from smartpark.core.reference import Reference
 from smartpark.core.registry import Device, Site
-from smartpark.core.registry.hierarchy import effective_role
 from smartpark.core.store.base import (
     DAY_MS,
     CounterEvent,
@@ -75,7 +76,11 @@ class Period:
 
     @property
     def days(self) -> float:
-        return (self.end_ms - self.start_ms) / DAY_MS
+        """Local calendar days in the period (a 25-hour day of a daylight-saving change is one day: quotas)."""
+        start, end = self.dt(self.start_ms), self.dt(self.end_ms)
+        whole = (end.date() - start.date()).days
+        return whole + ((end - end.replace(hour=0, minute=0, second=0, microsecond=0))
+                        - (start - start.replace(hour=0, minute=0, second=0, microsecond=0))).total_seconds() / 86_400
 
     def dt(self, ms: int) -> datetime:
         return datetime.fromtimestamp(ms / 1000, UTC).astimezone(self.tz)
@@ -136,18 +141,6 @@ class _LocalHours:
 # ------------------------------------------------------------------------------------------------- energy
 
 
-@dataclass(frozen=True, slots=True)
-class CounterRules:
-    """The settings that bound a counter step (SeriesQuery ``delta``): gap and default bounds per metric."""
-
-    max_gap_ms: int = DAY_MS
-    max_per_h: tuple[tuple[str, float], ...] = ()
-
-    @classmethod
-    def of(cls, max_gap_s: int, max_per_h: dict[str, float]) -> CounterRules:
-        return cls(max_gap_s * 1000, tuple(sorted(max_per_h.items())))
-
-
 @dataclass(slots=True)
 class Usage:
     """What the store gave for some sites' energy meters: (metric, device) -> window -> counted amount."""
@@ -161,13 +154,9 @@ class Usage:
 
 def counter_query(metric: str, p: Period, rules: CounterRules, meters: Sequence[Device], site: str | None,
                   ) -> SeriesQuery:
-    """A delta query over local days (daily windows from local midnight, hourly when a day is not 24 h long),
-    with each meter's rated power as its bound for electricity."""
-    bounds = tuple((d.id, d.rated_kw) for d in meters if metric == "energy_kwh" and d.rated_kw)
+    """A delta query over local days: daily windows from local midnight, hourly when a day is not 24 h long."""
     every = DAY_MS if p.uniform_days() else HOUR_MS
-    return SeriesQuery("energy", metric, p.start_ms, p.end_ms, every, "delta", site=site,
-                       max_gap_ms=rules.max_gap_ms, max_per_h=dict(rules.max_per_h).get(metric),
-                       device_max_per_h=bounds)
+    return energy.counter_query(metric, (p.start_ms, p.end_ms, every), rules, meters, site)
 
 
 def energy_usage(store: TimeSeriesStore, ref: Reference, meters: Sequence[Device], site: str | None, p: Period,
@@ -182,14 +171,6 @@ def energy_usage(store: TimeSeriesStore, ref: Reference, meters: Sequence[Device
                 usage.windows[metric, s.device or ""] = dict(s.points)
         usage.events += [(metric, e) for e in events if e.device in ids]
     return usage
-
-
-def energy_meters(devices: Iterable[Device]) -> list[Device]:
-    return [d for d in devices if d.kind == "energy_meter"]
-
-
-def role_of(d: Device) -> str:
-    return effective_role(d.kind, d.role, d.parent_id) or "main"
 
 
 def energy_kpi(usage: Usage, ref: Reference, region: str, sites: Sequence[Site], meters: Sequence[Device], *,
