@@ -9,12 +9,14 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
+import msgspec
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response
 
-from smartpark.api.deps import CatalogDep, PrincipalDep, RegistryDep, StoreDep, scoped_site
+from smartpark.api.deps import CatalogDep, PrincipalDep, RegistryDep, SettingsDep, StoreDep, scoped_site
 from smartpark.api.errors import ERRORS, NotFound, Unprocessable
 from smartpark.api.models import SeriesPublic
+from smartpark.core.energy import CounterRules, counter_query, energy_meters
 from smartpark.core.store.base import MINUTE_MS, SeriesQuery
 
 router = APIRouter(prefix="/v1", tags=["series"], responses=ERRORS)
@@ -44,7 +46,7 @@ def _ms(value: datetime) -> int:
     200: {"content": {"text/csv": {"example": CSV_EXAMPLE}}, "description": "JSON, or CSV with format=csv or "
           "Accept: text/csv"}})
 def series(  # noqa: PLR0917 - FastAPI query parameters
-    registry: RegistryDep, store: StoreDep, catalog: CatalogDep, who: PrincipalDep,
+    registry: RegistryDep, store: StoreDep, catalog: CatalogDep, who: PrincipalDep, settings: SettingsDep,
     site: Annotated[str, Query(description="Site id")],
     metric: Annotated[str, Query(description="A catalog metric, e.g. nox_mg_m3")],
     device: Annotated[str | None, Query(description="Only this device")] = None,
@@ -52,7 +54,9 @@ def series(  # noqa: PLR0917 - FastAPI query parameters
     end: Annotated[datetime | None, Query(description="RFC 3339, exclusive; default now")] = None,
     every: Annotated[str, Query(description="Window, e.g. 1m, 15m, 1h, 1d")] = "1m",
     agg: Annotated[Literal["mean", "min", "max", "last", "sum", "count", "delta"], Query(
-        description="`delta`: a counter's consumption per window, reset-aware (a decrease is a meter reset)")] = "mean",
+        description="`delta`: a counter's consumption per window, as the KPIs count it (README \"Counter rules\"): "
+                    "a decrease is a reset and the reading after it counts; implausible steps and gaps do not; "
+                    "windows start at `start`")] = "mean",
     group_by: Literal["device", "site"] = "device",
     format: Annotated[Literal["json", "csv"] | None, Query(description="Default: from Accept")] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -70,6 +74,11 @@ def series(  # noqa: PLR0917 - FastAPI query parameters
     if agg == "delta" and every_ms % MINUTE_MS:
         raise Unprocessable("agg=delta works on whole minutes: use an `every` of 1m or more, in minutes")
     query = SeriesQuery(spec.domain, metric, start_ms, end_ms, every_ms, agg, site, device, group_by)
+    if agg == "delta" and spec.domain == "energy":  # the KPIs' counter bounds (README "Counter rules")
+        rules = CounterRules.of(settings.counter_max_gap_s, settings.counter_max_per_h)
+        meters = energy_meters(registry.devices(site))
+        query = msgspec.structs.replace(counter_query(metric, (start_ms, end_ms, every_ms), rules, meters, site),
+                                        device=device, group_by=group_by)
     out = [SeriesPublic(site=s.site, device=s.device, metric=metric, unit=spec.unit, agg=agg, every=every,
                         points=[(datetime.fromtimestamp(t / 1000, UTC), v) for t, v in s.points])
            for s in store.series(query)]
@@ -92,6 +101,8 @@ def _check_range(start_ms: int, end_ms: int, every_ms: int) -> None:
         raise Unprocessable("end must be after start")
     if end_ms - start_ms > MAX_RANGE_MS:
         raise Unprocessable("the range may span at most 400 days")
+    if every_ms > MAX_RANGE_MS:  # also keeps every window arithmetic within 64-bit integers (SQLite)
+        raise Unprocessable("every may be at most 400 days")
     windows = (end_ms - start_ms) // every_ms
     if windows > MAX_WINDOWS:
         raise Unprocessable(f"{windows} windows requested; at most {MAX_WINDOWS}: widen `every`",
