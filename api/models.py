@@ -260,8 +260,9 @@ class EnergyKpi(BaseModel):
     quota_tce: float | None = Field(None, description="The site's quota over the period (daily or yearly)")
     quota_use_pct: float | None = None
     counter_events: list[CounterEventPublic] = Field(
-        description="Resets (counted) and implausible or gap steps (excluded) of the main meters' counters")
-    excluded: dict[str, float] = Field(description="Per metric: the main meters' steps not counted")
+        description="Resets (counted) and implausible or gap steps (excluded) of the site's meters' counters "
+                    "(the park: every visible site's)")
+    excluded: dict[str, float] = Field(description="Per metric: what the main meters' excluded steps did not count")
 
 
 class HourMean(BaseModel):
