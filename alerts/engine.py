@@ -33,6 +33,7 @@ from smartpark.alerts.rules import SCHEDULED_KINDS, RuleSpec, default_rules
 from smartpark.alerts.scheduled import ScheduledEvaluator
 from smartpark.alerts.stream import DeviceInfo, StreamEvaluator
 from smartpark.core.catalog import Catalog
+from smartpark.core.energy import CounterRules
 from smartpark.core.errors import StoreError
 from smartpark.core.points import FieldValue, Point
 from smartpark.core.reference import Reference
@@ -80,7 +81,9 @@ class AlertEngine:
         self.scheduled = ScheduledEvaluator(self.repo, store, registry, reference,
                                             valid_minutes=settings.kpi_min_valid_minutes,
                                             no_data_s=settings.alerts_no_data_s, late_window_ms=self.late_window_ms,
-                                            heard=self._heard)
+                                            heard=self._heard,
+                                            counter_rules=CounterRules.of(settings.counter_max_gap_s,
+                                                                          settings.counter_max_per_h))
         self._rejudge_all = True  # the first round after a start looks at every hour of the late window
         self.dispatcher = Dispatcher(self.repo, settings)
         self.source = source_factory(self._on_message)

@@ -19,10 +19,11 @@ from smartpark.alerts.hours import HourFigures, closed_hours, hour_figures
 from smartpark.alerts.repo import AlertRepo, rfc3339
 from smartpark.alerts.rules import RuleSpec
 from smartpark.alerts.stream import DeviceInfo
+from smartpark.core.energy import CounterRules, counter_query, energy_meters, main_meter_ids
 from smartpark.core.errors import StoreError
 from smartpark.core.reference import Reference
 from smartpark.core.registry import Registry, Site
-from smartpark.core.store.base import SeriesQuery, TimeSeriesStore
+from smartpark.core.store.base import TimeSeriesStore
 
 __all__ = ["ScheduledEvaluator"]
 
@@ -36,8 +37,9 @@ Found = list[tuple[RuleSpec, Subject, Observation]]
 class ScheduledEvaluator:
     def __init__(self, repo: AlertRepo, store: TimeSeriesStore, registry: Registry, reference: Reference, *,
                  valid_minutes: int, no_data_s: float, late_window_ms: int,
-                 heard: Callable[[], dict[str, int]]) -> None:
+                 heard: Callable[[], dict[str, int]], counter_rules: CounterRules | None = None) -> None:
         self.repo, self.store, self.registry, self.reference = repo, store, registry, reference
+        self.counter_rules = counter_rules or CounterRules()
         self.valid_minutes, self.no_data_s, self.heard = valid_minutes, no_data_s, heard
         self.late_window_ms = late_window_ms
 
@@ -134,11 +136,14 @@ class ScheduledEvaluator:
         return out
 
     def _tce(self, site: str, start: int, end: int) -> float:
-        """Today's use in tce: the store's reset-aware counter delta (a meter reset counts 0, not its reading)."""
+        """Today's use in tce as the KPIs count it: the site's main meters only, counter steps by the rules of
+        the store's ``delta`` (a reset counts the reading after it; implausible steps and gaps not at all)."""
+        meters = energy_meters(self.registry.devices(site))
+        mains = main_meter_ids(meters)
         kg = 0.0
         for carrier in self.reference.energy.carriers.values():
-            query = SeriesQuery("energy", carrier.metric, start, end + 1, HOUR_MS, "delta", site=site, group_by="site")
-            used = sum(v for s in self.store.series(query) for _, v in s.points)
+            query = counter_query(carrier.metric, (start, end + 1, HOUR_MS), self.counter_rules, meters, site)
+            used = sum(v for s in self.store.series(query) if s.device in mains for _, v in s.points)
             kg += used * carrier.kgce_per_unit
         return kg / 1000
 

@@ -21,17 +21,24 @@ from zoneinfo import ZoneInfo
 
 from smartpark.api.models import (
     CarrierUse,
+    Co2Use,
+    CounterEventPublic,
     EmissionsKpi,
+    EnergyDay,
     EnergyKpi,
     GreeningKpi,
     HourMean,
+    MeterUse,
     PollutantCompliance,
     StackCompliance,
 )
+from smartpark.core import energy
+from smartpark.core.energy import CounterRules, energy_meters, role_of
 from smartpark.core.reference import Reference
 from smartpark.core.registry import Device, Site
 from smartpark.core.store.base import (
     DAY_MS,
+    CounterEvent,
     HourQuery,
     HourSum,
     SeriesQuery,
@@ -40,7 +47,22 @@ from smartpark.core.store.base import (
     minute_query,
 )
 
-__all__ = ["Period", "emissions_kpi", "energy_kpi", "greening_kpi", "hour_sums", "park_coverage", "period"]
+__all__ = [
+    "CounterRules",
+    "Period",
+    "Usage",
+    "counter_event",
+    "counter_query",
+    "emissions_kpi",
+    "energy_kpi",
+    "energy_meters",
+    "energy_usage",
+    "greening_kpi",
+    "hour_sums",
+    "park_coverage",
+    "period",
+    "role_of",
+]
 
 HOUR_MS = 3_600_000
 O2 = "o2_pct"
@@ -54,10 +76,26 @@ class Period:
 
     @property
     def days(self) -> float:
-        return (self.end_ms - self.start_ms) / DAY_MS
+        """Local calendar days in the period (a 25-hour day of a daylight-saving change is one day: quotas)."""
+        start, end = self.dt(self.start_ms), self.dt(self.end_ms)
+        whole = (end.date() - start.date()).days
+        return whole + ((end - end.replace(hour=0, minute=0, second=0, microsecond=0))
+                        - (start - start.replace(hour=0, minute=0, second=0, microsecond=0))).total_seconds() / 86_400
 
     def dt(self, ms: int) -> datetime:
         return datetime.fromtimestamp(ms / 1000, UTC).astimezone(self.tz)
+
+    def uniform_days(self) -> bool:
+        """Every local day of the period is 24 hours long (no daylight-saving change in it)."""
+        day = datetime.fromtimestamp(self.start_ms / 1000, UTC).astimezone(self.tz).date()
+        at = self.start_ms
+        while at < self.end_ms:
+            day += timedelta(days=1)
+            nxt = int(datetime(day.year, day.month, day.day, tzinfo=self.tz).timestamp() * 1000)
+            if nxt - at != DAY_MS:
+                return False
+            at = nxt
+        return True
 
     def hour_of(self) -> _LocalHours:
         return _LocalHours(self.tz)
@@ -103,34 +141,130 @@ class _LocalHours:
 # ------------------------------------------------------------------------------------------------- energy
 
 
-def consumption(store: TimeSeriesStore, metric: str, site: str | None, p: Period) -> dict[str, float]:
-    """site -> the counter's reset-aware consumption over the period (every site when ``site`` is None)."""
-    query = SeriesQuery("energy", metric, p.start_ms, p.end_ms, DAY_MS, "delta", site=site, group_by="site")
-    return {s.site: sum(v for _, v in s.points) for s in store.series(query)}
+@dataclass(slots=True)
+class Usage:
+    """What the store gave for some sites' energy meters: (metric, device) -> window -> counted amount."""
+
+    windows: dict[tuple[str, str], dict[int, float]]
+    events: list[tuple[str, CounterEvent]]  # (metric, event)
+
+    def total(self, metric: str, device: str) -> float:
+        return sum(self.windows.get((metric, device), {}).values())
 
 
-def energy_kpi(store: TimeSeriesStore, ref: Reference, region: str, sites: Sequence[Site], p: Period,
-               *, park: bool = False) -> EnergyKpi:
-    """Energy KPIs of one site, or summed over ``sites`` with ``park``."""
-    only = None if park else sites[0].id
+def counter_query(metric: str, p: Period, rules: CounterRules, meters: Sequence[Device], site: str | None,
+                  ) -> SeriesQuery:
+    """A delta query over local days: daily windows from local midnight, hourly when a day is not 24 h long."""
+    every = DAY_MS if p.uniform_days() else HOUR_MS
+    return energy.counter_query(metric, (p.start_ms, p.end_ms, every), rules, meters, site)
+
+
+def energy_usage(store: TimeSeriesStore, ref: Reference, meters: Sequence[Device], site: str | None, p: Period,
+                 *, rules: CounterRules) -> Usage:
+    """Counted consumption per meter and window, and the counters' events, for every carrier and the output."""
+    ids = {d.id for d in meters}
+    usage = Usage({}, [])
+    for metric in dict.fromkeys([c.metric for c in ref.energy.carriers.values()] + [ref.energy.output_metric]):
+        series, events = store.counter_deltas(counter_query(metric, p, rules, meters, site))
+        for s in series:
+            if s.device in ids:
+                usage.windows[metric, s.device or ""] = dict(s.points)
+        usage.events += [(metric, e) for e in events if e.device in ids]
+    return usage
+
+
+def energy_kpi(usage: Usage, ref: Reference, region: str, sites: Sequence[Site], meters: Sequence[Device], *,
+               p: Period, park: bool = False) -> EnergyKpi:
+    """Energy KPIs of one site, or summed over ``sites`` with ``park``: totals from the main meters only."""
     ids = {s.id for s in sites}
+    meters = [d for d in meters if d.site_id in ids]
+    mains = [d.id for d in meters if role_of(d) == "main"]
 
-    def total(metric: str) -> float:
-        return sum(v for k, v in consumption(store, metric, only, p).items() if k in ids)
+    def main_total(metric: str) -> float:
+        return sum(usage.total(metric, d) for d in mains)
 
-    carriers = [CarrierUse(carrier=name, metric=c.metric, amount=(amount := total(c.metric)), unit=c.unit,
+    carriers = [CarrierUse(carrier=name, metric=c.metric, amount=(amount := main_total(c.metric)), unit=c.unit,
                            kgce_per_unit=c.kgce_per_unit, tce=amount * c.kgce_per_unit / 1000)
                 for name, c in ref.energy.carriers.items()]
     tce = sum(c.tce for c in carriers)
     factor, year, where = ref.grid_factor(region, p.dt(p.start_ms).year)
-    kwh = sum(c.amount for c in carriers if c.metric == "energy_kwh")
-    output = total(ref.energy.output_metric)
+    co2 = _co2(ref, carriers, factor, year, where)
+    scope = {k: sum(c.co2_t for c in co2 if c.scope == k) for k in (1, 2)}
+    electricity = sum(c.co2_t for c in co2 if c.carrier in _electricity(ref))
+    output = main_total(ref.energy.output_metric)
     quota = _quota(sites, p)
+    events = [counter_event(metric, e, p) for metric, e in usage.events if e.site in ids]
+    main_ids = set(mains)
+    excluded: dict[str, float] = {}
+    for metric, e in usage.events:
+        if e.device in main_ids and e.excluded:
+            excluded[metric] = excluded.get(metric, 0.0) + e.excluded
     return EnergyKpi(
-        site=None if park else only, start=p.dt(p.start_ms), end=p.dt(p.end_ms), carriers=carriers,
-        total_tce=tce, co2_t=kwh * factor / 1000, grid_factor_kg_per_kwh=factor, grid_factor_year=year,
+        site=None if park else sites[0].id, start=p.dt(p.start_ms), end=p.dt(p.end_ms), carriers=carriers,
+        total_tce=tce, days=_days(usage, ref, mains, p), meters=[] if park else _meters(usage, meters),
+        generation_kwh=sum(usage.total("energy_kwh", d.id) for d in meters if role_of(d) == "generation"),
+        co2=co2, co2_scope1_t=scope[1], co2_scope2_t=scope[2], co2_total_t=scope[1] + scope[2],
+        co2_electricity_t=electricity, co2_t=electricity, grid_factor_kg_per_kwh=factor, grid_factor_year=year,
         grid_region=where, output_t=output or None, intensity_tce_per_t=tce / output if output > 0 else None,
-        quota_tce=quota, quota_use_pct=100 * tce / quota if quota else None)
+        quota_tce=quota, quota_use_pct=100 * tce / quota if quota else None, counter_events=events,
+        excluded=excluded)
+
+
+def _electricity(ref: Reference) -> set[str]:
+    return {name for name, c in ref.energy.carriers.items() if c.metric == "energy_kwh"}
+
+
+def _co2(ref: Reference, carriers: Sequence[CarrierUse], grid: float, year: int, region: str) -> list[Co2Use]:
+    """CO2 per carrier with a scope: the grid factor for electricity, the carrier's own factor otherwise."""
+    out = []
+    for use in carriers:
+        c = ref.energy.carriers[use.carrier]
+        if c.co2_scope is None:
+            continue
+        if c.metric == "energy_kwh":
+            factor, confidence, source = grid, "S", f"grid factor {region} {year} (MEE/NBS, reference data)"
+        else:
+            factor, confidence, source = c.co2_kg_per_unit or 0.0, c.co2_confidence or "U", c.co2_source or ""
+        out.append(Co2Use(carrier=use.carrier, scope=c.co2_scope, amount=use.amount, co2_kg_per_unit=factor,
+                          co2_t=use.amount * factor / 1000, confidence=confidence, source=source))
+    return out
+
+
+def _days(usage: Usage, ref: Reference, mains: Sequence[str], p: Period) -> list[EnergyDay]:
+    """The main meters' amounts per local day (windows are local days, or local hours on a DST day)."""
+    per_day: dict[date, dict[str, float]] = {}
+    for (metric, device), windows in usage.windows.items():
+        if device in mains:
+            for ts, value in windows.items():
+                day = per_day.setdefault(p.dt(ts).date(), {})
+                day[metric] = day.get(metric, 0.0) + value
+    kgce = {c.metric: c.kgce_per_unit for c in ref.energy.carriers.values()}
+    return [EnergyDay(day=d, amounts=amounts, total_tce=sum(v * kgce.get(m, 0.0) for m, v in amounts.items()) / 1000)
+            for d, amounts in sorted(per_day.items())]
+
+
+def _meters(usage: Usage, meters: Sequence[Device]) -> list[MeterUse]:
+    """Per meter its amounts; under a meter with sub-meters, its amount minus theirs (the unmetered)."""
+    metrics = sorted({m for m, _ in usage.windows})
+    amounts = {d.id: {m: usage.total(m, d.id) for m in metrics if (m, d.id) in usage.windows} for d in meters}
+    children: dict[str, list[str]] = {}
+    for d in meters:
+        if role_of(d) == "sub" and d.parent_id in amounts:
+            children.setdefault(d.parent_id, []).append(d.id)
+    out = []
+    for d in meters:
+        unmetered = None
+        if d.id in children:
+            unmetered = {m: v - sum(amounts[c].get(m, 0.0) for c in children[d.id]) for m, v in amounts[d.id].items()}
+        out.append(MeterUse(device=d.id, role=role_of(d), parent=d.parent_id, amounts=amounts[d.id],  # type: ignore[arg-type]
+                            unmetered=unmetered))
+    return out
+
+
+def counter_event(metric: str, e: CounterEvent, p: Period) -> CounterEventPublic:
+    return CounterEventPublic(site=e.site, device=e.device, metric=metric, at=p.dt(e.ts_ms), kind=e.kind,
+                              elapsed_s=e.elapsed_ms / 1000, reading=e.reading, step=e.step, counted=e.counted,
+                              excluded=e.excluded)
 
 
 def _quota(sites: Iterable[Site], p: Period) -> float | None:
@@ -211,11 +345,23 @@ def _pollutant(name: str, metric: str, limit: float, acc: dict[int, tuple[float,
 
 
 def green_area(store: TimeSeriesStore, site: str | None, p: Period) -> dict[str, float]:
-    """site -> mean green area over the period: each zone's mean of daily means, summed over the site's zones."""
-    query = SeriesQuery("greening", "green_area_m2", p.start_ms, p.end_ms, DAY_MS, "mean", site=site)
+    """site -> mean green area over the period: each zone's mean of its local-day means, summed over the
+    site's zones. A day's mean is over the readings of the park's local calendar day (DST included): sums and
+    counts per local hour (per quarter hour where the zone's offset is not whole hours) added up per day."""
+    every = HOUR_MS if p.hour_offset_ms() == 0 else 15 * 60_000
+    sums, counts = ({(s.site, s.device): dict(s.points) for s in store.series(
+        SeriesQuery("greening", "green_area_m2", p.start_ms, p.end_ms, every, agg, site=site))}
+        for agg in ("sum", "count"))
     out: dict[str, float] = {}
-    for s in store.series(query):
-        out[s.site] = out.get(s.site, 0.0) + sum(v for _, v in s.points) / len(s.points)
+    for (site_id, device), windows in sums.items():
+        days: dict[date, list[float]] = {}
+        for ts, total in windows.items():
+            acc = days.setdefault(p.dt(ts).date(), [0.0, 0.0])
+            acc[0] += total
+            acc[1] += counts.get((site_id, device), {}).get(ts, 0.0)
+        means = [t / n for t, n in days.values() if n]
+        if means:
+            out[site_id] = out.get(site_id, 0.0) + sum(means) / len(means)
     return out
 
 

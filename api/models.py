@@ -3,7 +3,7 @@ the process, and what a client may send is narrower than what it gets back."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -14,11 +14,14 @@ T = TypeVar("T")
 
 __all__ = [
     "CarrierUse",
+    "Co2Use",
+    "CounterEventPublic",
     "DeviceCreate",
     "DeviceProvisioned",
     "DevicePublic",
     "DeviceUpdate",
     "EmissionsKpi",
+    "EnergyDay",
     "EnergyKpi",
     "GreeningKpi",
     "HourMean",
@@ -27,6 +30,7 @@ __all__ = [
     "KeyPublic",
     "LatestDevice",
     "LatestMetric",
+    "MeterUse",
     "Page",
     "ParkKpis",
     "PollutantCompliance",
@@ -91,10 +95,18 @@ class SitePublic(SiteBase):
 DeviceKind = Literal["energy_meter", "cems", "greening", "gateway"]
 
 
+MeterRole = Literal["main", "sub", "generation"]
+
+
 class DeviceBase(BaseModel):
     kind: DeviceKind = Field(examples=["cems"])
     source_type: str | None = Field(None, max_length=40, examples=["sinter"],
                                     description="CEMS only: selects limits and reference O2")
+    # meter hierarchy (energy meters; rules in core/registry/hierarchy.py)
+    role: MeterRole | None = Field(None, description="Energy meters: main (site supply), sub (beneath `parent`) "
+                                   "or generation; default sub where a parent is given, else main")
+    parent_id: str | None = Field(None, pattern=ID_PATTERN, description="Sub-meters: the meter above, same site")
+    rated_kw: float | None = Field(None, gt=0, le=1e8, description="Rated power: bounds a plausible counter step")
 
 
 class DeviceCreate(DeviceBase):
@@ -107,6 +119,9 @@ class DeviceUpdate(BaseModel):
     _required = field_validator("kind")(_not_null)
     kind: DeviceKind | None = None
     source_type: str | None = Field(None, max_length=40)
+    role: MeterRole | None = None
+    parent_id: str | None = Field(None, pattern=ID_PATTERN)
+    rated_kw: float | None = Field(None, gt=0, le=1e8)
 
 
 class DevicePublic(DeviceBase):
@@ -191,13 +206,65 @@ class CarrierUse(BaseModel):
     tce: float = Field(examples=[153.6])
 
 
+class Co2Use(BaseModel):
+    carrier: str = Field(examples=["coal"])
+    scope: Literal[1, 2] = Field(description="1: burnt on site; 2: purchased electricity, steam, heat")
+    amount: float = Field(examples=[8880.0], description="The carrier's consumption (main meters), its unit")
+    co2_kg_per_unit: float = Field(examples=[1900.0])
+    co2_t: float = Field(examples=[16872.0])
+    confidence: str = Field(examples=["U"], description="C confirmed, S secondary sources, U unconfirmed")
+    source: str
+
+
+class MeterUse(BaseModel):
+    """One energy meter's consumption per metric, with what its sub-meters leave unmetered."""
+
+    device: str = Field(examples=["steel-works-meter-01"])
+    role: Literal["main", "sub", "generation"]
+    parent: str | None = Field(None, examples=["steel-works-main-substation"])
+    amounts: dict[str, float] = Field(examples=[{"energy_kwh": 41_200.0}])
+    unmetered: dict[str, float] | None = Field(
+        None, description="Meters with sub-meters: own amount minus the direct sub-meters' (negative: they read more)")
+
+
+class CounterEventPublic(BaseModel):
+    """A counter step that was not an ordinary increase (README "Counter rules")."""
+
+    site: str
+    device: str
+    metric: str = Field(examples=["energy_kwh"])
+    at: datetime = Field(description="Minute of the reading that ended the step")
+    kind: Literal["reset", "implausible", "gap"]
+    elapsed_s: float = Field(description="Since the previous reading")
+    reading: float = Field(description="The counter after the step")
+    step: float = Field(description="Reading minus the previous one (negative at a reset)")
+    counted: float = Field(description="Counted as consumption (a reset: the reading since the reset)")
+    excluded: float = Field(description="Not counted: implausible for the meter's bound, or across a gap")
+
+
+class EnergyDay(BaseModel):
+    day: date = Field(description="Local calendar day of the park")
+    amounts: dict[str, float] = Field(description="Main meters' consumption per metric")
+    total_tce: float
+
+
 class EnergyKpi(BaseModel):
     site: str | None = Field(examples=["steel-works"], description="null for the park")
     start: datetime
     end: datetime
-    carriers: list[CarrierUse]
+    carriers: list[CarrierUse] = Field(description="Main meters only (a site's supply); sub-meters in `meters`")
     total_tce: float = Field(examples=[4210.5])
-    co2_t: float = Field(examples=[640.3], description="From electricity, with the grid factor below")
+    days: list[EnergyDay] = Field(description="Per local day; the days add up to the period")
+    meters: list[MeterUse] = Field(description="Per meter, with the unmetered remainder under its sub-meters")
+    generation_kwh: float = Field(0.0, description="Generation/export meters: produced, not added to the use")
+    co2: list[Co2Use] = Field(description="Per carrier and scope")
+    co2_scope1_t: float = Field(examples=[16872.0], description="Fuels burnt on site")
+    co2_scope2_t: float = Field(examples=[640.3], description="Purchased electricity (grid factor) and steam")
+    co2_total_t: float = Field(examples=[17512.3], description="Scope 1 + scope 2")
+    co2_electricity_t: float = Field(examples=[640.3], description="Scope 2 of purchased electricity alone")
+    co2_t: float = Field(examples=[640.3], deprecated=True,
+                         description="Deprecated (electricity only, despite its name): co2_electricity_t; "
+                                     "all CO2: co2_total_t")
     grid_factor_kg_per_kwh: float = Field(examples=[0.5122])
     grid_factor_year: int = Field(examples=[2023])
     grid_region: str = Field(examples=["northeast"])
@@ -205,6 +272,10 @@ class EnergyKpi(BaseModel):
     intensity_tce_per_t: float | None = Field(examples=[0.2005])
     quota_tce: float | None = Field(None, description="The site's quota over the period (daily or yearly)")
     quota_use_pct: float | None = None
+    counter_events: list[CounterEventPublic] = Field(
+        description="Resets (counted) and implausible or gap steps (excluded) of the site's meters' counters "
+                    "(the park: every visible site's)")
+    excluded: dict[str, float] = Field(description="Per metric: what the main meters' excluded steps did not count")
 
 
 class HourMean(BaseModel):

@@ -13,12 +13,13 @@ from sqlalchemy import bindparam, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from smartpark.core.registry import Registry, Site
+from smartpark.core.registry.hierarchy import effective_role
 from smartpark.core.store.base import DAY_MS, LatestValue, SeriesQuery, TimeSeriesStore
 
 __all__ = ["ActiveAlert", "SiteCard", "active_alerts", "site_cards", "sparkline"]
 
 HOUR_MS = 3_600_000
-# key figures: (metric, label, how the site's devices combine)
+# key figures: (metric, label, how the site's devices combine); power: the main meters' only
 KEY_FIGURES = (("power_kw", "power", "sum"), ("nox_mg_m3", "NOx max", "max"), ("so2_mg_m3", "SO2 max", "max"),
                ("green_area_m2", "green area", "sum"))
 
@@ -73,15 +74,22 @@ def site_cards(store: TimeSeriesStore, registry: Registry, sites: Sequence[Site]
     meters' hourly power): per-site calls cost the store ten times the statements."""
     now = time.time_ns() // 1_000_000
     ids = [s.id for s in sites]
-    power_future = _POWER.submit(_hourly_power, store, ids, now)  # meanwhile: the latest values
+    mains = main_meters(registry)
+    power_future = _POWER.submit(_hourly_power, store, ids, now, mains)  # meanwhile: the latest values
     latest = store.latest_many(ids)
     power = power_future.result()
-    return [_card(registry, site, latest[site.id], power.get(site.id, {}), catalog=catalog, stale_s=stale_s, now=now)
-            for site in sites]
+    return [_card(registry, site, latest[site.id], power.get(site.id, {}), catalog=catalog, stale_s=stale_s, now=now,
+                  mains=mains) for site in sites]
 
 
-def _hourly_power(store: TimeSeriesStore, sites: list[str], now: int) -> dict[str, dict[int, float]]:
-    """site -> hour -> the meters' hourly mean power, summed: one cheap GROUP BY in the store (a counter delta
+def main_meters(registry: Registry) -> set[str]:
+    """The registry's main meters (role main, or the default): a site's power and energy are theirs alone,
+    sub-meters beneath them would count it twice (core/registry/hierarchy.py)."""
+    return {d.id for d in registry.devices() if effective_role(d.kind, d.role, d.parent_id) == "main"}
+
+
+def _hourly_power(store: TimeSeriesStore, sites: list[str], now: int, mains: set[str]) -> dict[str, dict[int, float]]:
+    """site -> hour -> the main meters' hourly mean power, summed: one cheap GROUP BY in the store (a counter delta
     over every meter costs InfluxDB 1.6 a subquery, ten times slower, too slow for a page refreshing itself).
     One site's is asked for by site; several sites' in one query over the park, others' meters dropped."""
     end = now - now % HOUR_MS + HOUR_MS
@@ -90,7 +98,7 @@ def _hourly_power(store: TimeSeriesStore, sites: list[str], now: int) -> dict[st
                         site=sites[0] if len(sites) == 1 else None)
     out: dict[str, dict[int, float]] = {}
     for s in store.series(query) if sites else []:
-        if s.site in wanted:
+        if s.site in wanted and s.device in mains:
             hourly = out.setdefault(s.site, {})
             for ts, v in s.points:
                 hourly[ts] = hourly.get(ts, 0.0) + v
@@ -98,7 +106,7 @@ def _hourly_power(store: TimeSeriesStore, sites: list[str], now: int) -> dict[st
 
 
 def _card(registry: Registry, site: Site, latest: list[LatestValue], hourly: dict[int, float], *, catalog: Any,
-          stale_s: float, now: int) -> SiteCard:
+          stale_s: float, now: int, mains: set[str]) -> SiteCard:
     reporting = [d.id for d in registry.devices(site.id) if d.kind != "gateway"]
     card = SiteCard(site, devices=len(reporting))
     newest: dict[str, int] = {}
@@ -108,10 +116,12 @@ def _card(registry: Registry, site: Site, latest: list[LatestValue], hourly: dic
     ages = {d: (now - newest[d]) / 1000 if d in newest else -1.0 for d in reporting}
     card.stale = sorted((d, age) for d, age in ages.items() if age < 0 or age > stale_s)
     for metric, label, how in KEY_FIGURES:
-        values = [v.value for v in latest if v.metric == metric and now - v.ts_ms <= stale_s * 1000]
+        values = [v.value for v in latest if v.metric == metric and now - v.ts_ms <= stale_s * 1000
+                  and (metric != "power_kw" or v.device in mains)]
         if values:
             card.figures.append((label, sum(values) if how == "sum" else max(values), catalog[metric].unit))
-    card.power_24h = sparkline([hourly[t] for t in sorted(hourly)], "power, sum of the meters' hourly means, 24 h")
+    card.power_24h = sparkline([hourly[t] for t in sorted(hourly)],
+                               "power, sum of the main meters' hourly means, 24 h")
     return card
 
 

@@ -45,6 +45,12 @@ class Carrier(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     unit: str
     confidence: Confidence
     source: str
+    # CO2 by scope: 1 burnt on site, 2 purchased; None: no CO2 (e.g. a feedstock). Electricity takes the grid
+    # factor of the park's region and year; every other carrier its own factor, with its source and confidence.
+    co2_scope: Literal[1, 2] | None = None
+    co2_kg_per_unit: float | None = None
+    co2_confidence: Confidence | None = None
+    co2_source: str | None = None
 
 
 class Energy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -88,6 +94,9 @@ class Reference(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def _parse(text: str, source: str) -> Reference:
     ref = convert_yaml(text, source, WHAT, Reference)
+    for name, c in ref.energy.carriers.items():
+        if c.co2_scope is not None and c.metric != "energy_kwh" and (c.co2_kg_per_unit is None or not c.co2_source):
+            raise ConfigError(f"{WHAT} {source}: carrier {name} has a CO2 scope but no co2_kg_per_unit and co2_source")
     if "other" not in ref.emissions.source_types:
         raise ConfigError(f"{WHAT} {source}: emissions.source_types needs an `other` entry")
     return ref

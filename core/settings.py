@@ -6,6 +6,7 @@ checked against this class by the tests. Settings are validated before any I/O.
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -98,6 +99,14 @@ class Settings(BaseSettings):
     """A device whose latest reading is older than this is shown as stale (age in /latest, the overview page)."""
     kpi_min_valid_minutes: int = Field(45, ge=1, le=60)
     """An hourly emission mean is valid with at least this many valid minutes (domain.md: 45, unconfirmed)."""
+    counter_max_gap_s: int = Field(86_400, ge=60, le=31 * 86_400)
+    """A counter step spanning more than this (a meter silent that long) is counted in no period and listed as a
+    gap; it is also how far before a period the previous reading is looked for (the cost of a delta query)."""
+    counter_max_per_h: dict[str, float] = Field(default_factory=lambda: {
+        "energy_kwh": 1_000_000.0, "gas_nm3": 1_000_000.0, "steam_t": 10_000.0, "coal_t": 10_000.0,
+        "water_m3": 1_000_000.0, "output_t": 100_000.0, "irrigation_m3": 100_000.0})
+    """Plausibility bound per counter metric, in its unit per hour (energy_kwh: kW), for meters without a
+    rated_kw: a step implying more is not counted and is listed as implausible. JSON object in the environment."""
     api_warm_kpis: bool = True
     """Compute the emission compliance hours of the last 31 days of every site with stacks in the background
     and keep them fresh, so the month's compliance answers in ~0.3 s, not ~5 s, from the first request
@@ -241,7 +250,8 @@ def env_example() -> str:
     out = ["# smartpark settings: environment variables (or this file renamed to .env).",
            "# Generated from core/settings.py by `python -m smartpark.core.settings`; defaults shown.", ""]
     for name, field in Settings.model_fields.items():
-        default = "" if field.default is None else field.default
+        default = field.get_default(call_default_factory=True)
+        default = "" if default is None else json.dumps(default) if isinstance(default, dict) else default
         out += [f"# {field.description}", f"SMARTPARK_{name.upper()}={default}", ""]
     return "\n".join(out)
 

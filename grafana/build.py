@@ -22,9 +22,10 @@ from typing import Any
 
 from smartpark.core.reference import Reference, default_reference
 from smartpark.core.registry import ParkFile, read_park_file
+from smartpark.core.registry.hierarchy import effective_role
 from smartpark.platform import demo_park_path
 
-__all__ = ["DATASOURCE", "HOUSE", "build_all", "main", "write_all"]
+__all__ = ["DATASOURCE", "HOUSE", "build_all", "main", "meters_of_role", "write_all"]
 
 Json = dict[str, Any]
 
@@ -44,9 +45,6 @@ HOUSE: Json = {  # house defaults, in one place
 OUT_DIR = Path(__file__).resolve().parent / "dashboards"
 SITE = '"site" =~ /^($site)$/'
 DEVICE = '"device" =~ /^($device)$/'
-# A site's supply is metered by its `*main-substation` device (park-file convention); sub-meters sit below it
-# and would be counted twice in site totals.
-MAIN_METER = '"device" =~ /main-substation$/'
 POLLUTANTS = {"so2": "SO2", "nox": "NOx", "pm": "PM"}
 
 
@@ -207,6 +205,15 @@ def alerts_annotation() -> Json:
 # ----------------------------------------------------------------------------------------------- queries
 
 
+def meters_of_role(park: ParkFile, role: str) -> str:
+    """InfluxQL condition matching the park's energy meters of ``role`` (its registry roles, as the API counts
+    them: site totals from main meters only, sub-meters for the breakdown). Grafana reads InfluxDB alone, which
+    carries no roles (tags are site and device only, contract "InfluxDB layout"), so the dashboards are built
+    from the park file: rebuild them (`python grafana/build.py --park FILE`) when its meters change."""
+    ids = [d.id for s in park.sites for d in s.devices if effective_role(d.kind, d.role, d.parent) == role]
+    return f'"device" =~ /^({"|".join(ids)})$/' if ids else '"device" =~ /^$/'  # ids need no escaping: ID_PATTERN
+
+
 def _counter_delta(metric: str, where: str, bucket: str = "1h") -> str:
     """Consumption of a counter per bucket and device: differences of the bucket's last value, resets skipped."""
     return (f'SELECT non_negative_difference(last("{metric}")) AS "d" FROM "$rp"."energy" '
@@ -232,18 +239,19 @@ def _carrier_sum(ref: Reference, tz: str, where: str) -> str:
 # ------------------------------------------------------------------------------------------- park overview
 
 
-def site_power() -> Json:
-    q = (f'SELECT mean("power_kw") FROM "$rp"."energy" WHERE $timeFilter AND {SITE} AND {MAIN_METER} '
+def site_power(mains: str) -> Json:
+    q = (f'SELECT mean("power_kw") FROM "$rp"."energy" WHERE $timeFilter AND {SITE} AND {mains} '
          'GROUP BY time($__interval), "site" fill(none)')
     return timeseries("Site power (main meters)", [target(q, alias="$tag_site")], "kwatt",
-                      description="Active power at each site's main substation.") | {"width": 12}
+                      description="Active power at each site's main meters (role main).") | {"width": 12}
 
 
-def energy_by_site() -> Json:
-    inner = _counter_delta("energy_kwh", f"{SITE} AND {MAIN_METER}")
+def energy_by_site(mains: str) -> Json:
+    inner = _counter_delta("energy_kwh", f"{SITE} AND {mains}")
     q = f'SELECT sum("d") FROM ({inner}) GROUP BY "site"'
     return bargauge("Electricity over the range by site", [target(q, alias="$tag_site")], "kwatth",
-                    description="Sum of hourly meter differences at the main substations (resets skipped).")
+                    description="Sum of hourly meter differences at the main meters (role main in the park "
+                                "file; resets skipped). The signed figure is the API's energy KPI.")
 
 
 def active_alerts() -> Json:
@@ -280,7 +288,8 @@ def devices_reporting(window: str = "10m") -> Json:
 
 
 def overview(park: ParkFile, ref: Reference) -> Json:
-    panels = [site_power(), active_alerts(), energy_by_site(), freshness(), devices_reporting()]
+    mains = meters_of_role(park, "main")
+    panels = [site_power(mains), active_alerts(), energy_by_site(mains), freshness(), devices_reporting()]
     return dashboard("smartpark-overview", "smartpark / Park overview",
                      "Sites on one screen: power, electricity, active alerts, data freshness.", panels,
                      [site_variable(), rp_variable()], timezone=park.park.timezone)
@@ -295,16 +304,24 @@ def power_by_device() -> Json:
     return timeseries("Power by meter", [target(q, alias="$tag_device")], "kwatt") | {"width": 12}
 
 
-def carrier_per_day(name: str, metric: str, unit: str, tz: str) -> Json:
-    q = _per_day(_counter_delta(metric, f"{SITE} AND {MAIN_METER}"), 'sum("d")', tz)
+def carrier_per_day(name: str, metric: str, unit: str, tz: str, mains: str) -> Json:
+    q = _per_day(_counter_delta(metric, f"{SITE} AND {mains}"), 'sum("d")', tz)
     return timeseries(f"{name.replace('_', ' ').capitalize()} per day by site ({unit})",
                       [target(q, alias="$tag_site")], "short", bars=True, stack=True)
 
 
-def tce_per_day(ref: Reference, tz: str) -> Json:
+def sub_meters_per_day(tz: str, subs: str) -> Json:
+    q = (f"SELECT sum(\"d\") FROM ({_counter_delta('energy_kwh', f'{SITE} AND {subs}')}) WHERE $timeFilter "
+         f"GROUP BY time(1d), \"device\" fill(none) tz('{tz}')")
+    return timeseries("Electricity per day by sub-meter (kWh)", [target(q, alias="$tag_device")], "short",
+                      bars=True, description="The breakdown per line: sub-meters (role sub), never added to the "
+                                             "site totals; the unmetered remainder is in the API's energy KPI.")
+
+
+def tce_per_day(ref: Reference, tz: str, mains: str) -> Json:
     targets = []
     for i, (name, carrier) in enumerate(ref.energy.carriers.items()):
-        inner = _counter_delta(carrier.metric, f"{SITE} AND {MAIN_METER}")
+        inner = _counter_delta(carrier.metric, f"{SITE} AND {mains}")
         expr = f'sum("d") * {carrier.kgce_per_unit / 1000!r} AS "{name}"'
         targets.append(target(_per_day(inner, expr, tz, by_site=False), ref=chr(65 + i), alias=name))
     return timeseries("Standard coal per day by carrier (tce)", targets, "short", bars=True, stack=True,
@@ -313,20 +330,21 @@ def tce_per_day(ref: Reference, tz: str) -> Json:
 
 def co2_per_day(park: ParkFile, ref: Reference, tz: str, year: int) -> Json:
     factor, used_year, region = ref.grid_factor(park.park.region, year)
-    inner = _counter_delta("energy_kwh", f"{SITE} AND {MAIN_METER}")
+    inner = _counter_delta("energy_kwh", f"{SITE} AND {meters_of_role(park, 'main')}")
     q = _per_day(inner, f'sum("d") * {factor / 1000!r}', tz)
     return timeseries(f"CO2 from grid electricity per day (t, {region} {used_year} factor)",
                       [target(q, alias="$tag_site")], "short", bars=True, stack=True,
-                      description=f"Indirect CO2: electricity times the grid factor {factor} kgCO2/kWh.")
+                      description=f"Scope 2 of purchased electricity: times the grid factor {factor} kgCO2/kWh. "
+                                  "Scope 1 (fuels) and purchased steam: the API's energy KPI.")
 
 
-def intensity_per_day(ref: Reference, tz: str) -> Json:
+def intensity_per_day(ref: Reference, tz: str, mains: str) -> Json:
     carriers = ref.energy.carriers
     out = ref.energy.output_metric
     fields = [*(f'non_negative_difference(last("{c.metric}")) AS "{n}"' for n, c in carriers.items()),
               f'non_negative_difference(last("{out}")) AS "output"']
     total = " + ".join(f'sum("{n}") * {c.kgce_per_unit / 1000!r}' for n, c in carriers.items())
-    inner = (f'SELECT {", ".join(fields)} FROM "$rp"."energy" WHERE $timeFilter AND {SITE} AND {MAIN_METER} '
+    inner = (f'SELECT {", ".join(fields)} FROM "$rp"."energy" WHERE $timeFilter AND {SITE} AND {mains} '
              'GROUP BY time(1h), "site", "device"')
     q = (f'SELECT ({total}) / sum("output") FROM ({inner}) WHERE $timeFilter '
          f"GROUP BY time(1d), \"site\" fill(0) tz('{tz}')")
@@ -344,15 +362,18 @@ def quota_use(park: ParkFile, ref: Reference, tz: str) -> Json:
                               "properties": [{"id": "max", "value": round(quota, 3)}]})
     steps = _thresholds([(None, "green"), (80, "orange"), (100, "red")], mode="percentage")
     return bargauge("Energy quota use today (tce of the daily quota)",
-                    [target(_carrier_sum(ref, tz, f"{SITE} AND {MAIN_METER}"), alias="$tag_site")], "short",
+                    [target(_carrier_sum(ref, tz, f"{SITE} AND {meters_of_role(park, 'main')}"), alias="$tag_site")],
+                    "short",
                     thresholds=steps, overrides=overrides, time_from="now/d", min=0) | {"width": 12}
 
 
 def energy(park: ParkFile, ref: Reference, year: int) -> Json:
     tz = park.park.timezone
+    mains = meters_of_role(park, "main")
     panels: list[Json] = [power_by_device(), quota_use(park, ref, tz)]
-    panels += [carrier_per_day(n, c.metric, c.unit, tz) for n, c in ref.energy.carriers.items()]
-    panels += [tce_per_day(ref, tz), co2_per_day(park, ref, tz, year), intensity_per_day(ref, tz)]
+    panels += [carrier_per_day(n, c.metric, c.unit, tz, mains) for n, c in ref.energy.carriers.items()]
+    panels += [sub_meters_per_day(tz, meters_of_role(park, "sub"))]
+    panels += [tce_per_day(ref, tz, mains), co2_per_day(park, ref, tz, year), intensity_per_day(ref, tz, mains)]
     return dashboard("smartpark-energy", "smartpark / Energy and carbon",
                      "Consumption by carrier and site, standard coal and CO2 per day, intensity, quota use.",
                      panels, [site_variable(), device_variable("energy", "Meter"), rp_variable()], timezone=tz)

@@ -102,10 +102,14 @@ class LiveSimulator:
         mqtt5: bool = False,
         keepalive_s: int = 30,
         scenario: Scenario | None = None,
+        counters: dict[str, dict[str, float]] | None = None,
     ) -> None:
+        """``counters``: device -> metric -> the value to continue from (simulators/resume.py)."""
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, not {interval_s}")
         self.model = ParkModel(park, scenario.seed if scenario is not None else seed)
+        self._counters = counters or {}
+        self.model.resume(self._counters)
         self.park, self.scenario = park, scenario
         self._delivery: Delivery | None = None
         if scenario is not None:  # check its devices and metrics now, not in the driver thread
@@ -348,6 +352,7 @@ class LiveSimulator:
         assert self.scenario is not None
         if self._delivery is None:
             self._timeline = Timeline(self.park, self.scenario, ts_ms)
+            self._timeline.resume(self._counters)
             self._delivery = Delivery(self._timeline, self.scenario)
         frame = self._timeline.frame(np.array([ts_ms], dtype=np.int64))
         return self._delivery.tick(ts_ms / 1000.0, list(frame.readings()))

@@ -44,6 +44,7 @@ __all__ = [
     "ParkModel",
     "Reading",
     "Stack",
+    "resume_counters",
     "site_profile",
 ]
 
@@ -192,7 +193,10 @@ class EnergyModel:
         site_kw = np.array([r.site.area_m2 * _KW_PER_M2.get(r.site.industry, 0.02) for r in refs])
         n_meters = np.array([sum(m.site is r.site for m in refs) for r in refs], dtype=np.float64)
         share = np.where(self.main, 1.0, 0.8 / np.maximum(n_meters - 1.0, 1.0))
-        return site_kw * share * jitter
+        # a meter's declared rated power is what the platform checks steps against: the model stays below it
+        # (load peaks at 1.2 x the model's rating)
+        declared = np.array([r.device.rated_kw or np.inf for r in refs])
+        return np.minimum(site_kw * share * jitter, declared / 1.2)
 
     def _site_rates(self, metric: str) -> Array:
         """Per-hour rate at full load where a main substation meters ``metric``, NaN elsewhere."""
@@ -399,6 +403,16 @@ _KINDS: dict[str, Callable[[list[DeviceRef], int], KindModel]] = {
 }  # gateways measure nothing of their own
 
 
+def resume_counters(models: Sequence[KindModel], counters: Sequence[dict[str, Array]],
+                    values: dict[str, dict[str, float]]) -> None:
+    """Set the counters (one dict of arrays per kind model, rows in its refs' order) to the stored values."""
+    for model, columns in zip(models, counters, strict=True):
+        for row, ref in enumerate(model.refs):
+            for metric, value in values.get(ref.device.id, {}).items():
+                if metric in columns:
+                    columns[metric][row] = value
+
+
 class ParkModel:
     """A park's devices and their counters; ``readings(ts_ms)`` is the park's state at ``ts_ms``.
 
@@ -418,6 +432,10 @@ class ParkModel:
         ]
         self.counters: list[dict[str, Array]] = [m.offsets() for m in self.models]
         self.last_s: float | None = None if start_ms is None else start_ms / 1000.0
+
+    def resume(self, values: dict[str, dict[str, float]]) -> None:
+        """Start counters at stored values (device -> metric -> value; see simulators/resume.py)."""
+        resume_counters(self.models, self.counters, values)
 
     @property
     def devices(self) -> list[DeviceRef]:

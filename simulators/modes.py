@@ -20,6 +20,7 @@ from smartpark.core.registry import ParkFile, read_park_file
 from smartpark.core.store.base import TimeSeriesStore
 from smartpark.simulators.backfill import BackfillResult, backfill
 from smartpark.simulators.progress import progress_bar
+from smartpark.simulators.resume import Counters, stored_counters
 from smartpark.simulators.runner import PublishRun, RunStats, scenario_events
 from smartpark.simulators.scenario import Scenario, default_scenario, load_scenario, park_file_of
 from smartpark.simulators.timeline import Frame, Timeline
@@ -72,6 +73,7 @@ def run_backfill(store: TimeSeriesStore, park: ParkFile, scenario: Scenario, win
     """Write the window's history straight into the store, with a progress bar on a terminal."""
     assert win.end_ms is not None, "a backfill needs an end"
     timeline = Timeline(park, scenario, win.start_ms, catalog=catalog)
+    timeline.resume(stored_counters(store, park, catalog, win.start_ms))  # continue each stored counter
     total = sum(len(m.refs) for m in timeline.kinds) * -(-(win.end_ms - win.start_ms) // round(
         scenario.interval_s * 1000))
     with TruthWriter(truth_path) as truth, progress_bar(total, "backfill") as advance:
@@ -87,11 +89,12 @@ def run_backfill(store: TimeSeriesStore, park: ParkFile, scenario: Scenario, win
 
 def run_publish(park: ParkFile, scenario: Scenario, host: str, port: int, win: Window, *,
                 credentials: dict[str, str] | None = None, truth_path: Path | None = None,
-                stop: threading.Event | None = None) -> RunStats:
+                stop: threading.Event | None = None, counters: Counters | None = None) -> RunStats:
     """Publish the window over MQTT, one connection per device (progress bar when it has an end)."""
     with TruthWriter(truth_path) as truth:
         run = PublishRun(park, scenario, host, port, start_ms=win.start_ms, end_ms=win.end_ms, speed=win.speed,
                          credentials=credentials, truth=truth, chunk=1 if win.speed == 1.0 else 60)
+        run.timeline.resume(counters or {})  # continue each counter from what is stored (resume.py)
         if win.end_ms is None:
             return run.run(stop)
         total = len(run.conns) * -(-(win.end_ms - win.start_ms) // round(scenario.interval_s * 1000))

@@ -24,7 +24,7 @@ from smartpark.core.catalog import Catalog, default_catalog
 from smartpark.core.errors import ConfigError
 from smartpark.core.reference import Reference, default_reference
 from smartpark.core.registry.parkfile import ParkFile
-from smartpark.simulators.models import MAX_STEP_S, CemsModel, DeviceRef, KindModel, ParkModel
+from smartpark.simulators.models import MAX_STEP_S, CemsModel, DeviceRef, KindModel, ParkModel, resume_counters
 from smartpark.simulators.scenario import (
     POLLUTANT_METRIC,
     ClockSkew,
@@ -119,6 +119,10 @@ class Timeline:
             if isinstance(ev, ClockSkew):
                 b, i = self._where[ev.device]
                 self.skew_ms[b][i] = round(ev.skew_s * 1000)
+
+    def resume(self, values: dict[str, dict[str, float]]) -> None:
+        """Start counters at stored values (device -> metric -> value; see simulators/resume.py)."""
+        resume_counters(self.kinds, self._counters, values)
 
     # ------------------------------------------------------------------------------------ validation
 

@@ -190,6 +190,7 @@ def simulate(  # noqa: PLR0917 (typer options)
     from smartpark.platform import demo_park_path, open_core
     from smartpark.simulators import modes
     from smartpark.simulators.credentials import FILE_NAME, simulator_credentials
+    from smartpark.simulators.resume import stored_counters
 
     settings = _settings(verbose)
     if mode not in ("live", "accelerated", "backfill"):
@@ -221,8 +222,9 @@ def simulate(  # noqa: PLR0917 (typer options)
             timer = threading.Timer(duration, stop.set)
             timer.daemon = True
             timer.start()
+        counters = stored_counters(store, parsed, catalog, win.start_ms)  # every mode continues stored counters
         stats = modes.run_publish(parsed, scen, settings.mqtt.host, settings.mqtt.port, win,  # type: ignore[union-attr]
-                                  credentials=creds.passwords, truth_path=truth, stop=stop)
+                                  credentials=creds.passwords, truth_path=truth, stop=stop, counters=counters)
     except SmartparkError as exc:
         _fail(str(exc))
     except (OSError, ConnectionError) as exc:
@@ -276,11 +278,12 @@ def db_repair_rollups(
 @park_app.command("load")
 def park_load(file: Annotated[Path, typer.Argument(help="Park YAML file.")], verbose: Verbose = False) -> None:
     """Upsert a park file's sites and devices into the registry (idempotent)."""
+    from smartpark.core.reference import load_reference
     from smartpark.core.registry import Registry, read_park_file
 
     settings = _settings(verbose)
     try:
-        parsed = read_park_file(file)
+        parsed = read_park_file(file, load_reference(settings.reference_file))
         registry = Registry(settings.metadata_url)
         registry.init()
         sites, devices = registry.load_park(parsed)

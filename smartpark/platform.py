@@ -129,7 +129,9 @@ class Platform:
     def start(self) -> None:
         catalog, registry, store = open_core(self.settings, create=True)
         self._stops += [store.close, registry.close]
-        park = read_park_file(self.park_file)
+        from smartpark.core.reference import load_reference
+
+        park = read_park_file(self.park_file, load_reference(self.settings.reference_file))
         sites, devices = registry.load_park(park)
         log.info("park %s: %d sites, %d devices", park.park.id, sites, devices)
         host, port, user, password, mqtt5 = self._start_broker(registry)
@@ -146,7 +148,7 @@ class Platform:
         self._stops.append(self.alerts.stop)
         self._start_api(registry, store, catalog)
         if self.simulate:
-            self._start_simulator(park, registry, host, port, mqtt5)
+            self._start_simulator(park, registry, host, port, mqtt5, store=store, catalog=catalog)
 
     def _start_broker(self, registry: Registry) -> tuple[str, int, str | None, str | None, bool]:
         target = self.settings.mqtt
@@ -185,8 +187,10 @@ class Platform:
 
         self._stops.append(stop)
 
-    def _start_simulator(self, park: ParkFile, registry: Registry, host: str, port: int, mqtt5: bool) -> None:
+    def _start_simulator(self, park: ParkFile, registry: Registry, host: str, port: int, mqtt5: bool, *,
+                         store: TimeSeriesStore, catalog: Catalog) -> None:
         from smartpark.simulators import LiveSimulator
+        from smartpark.simulators.resume import stored_counters
         from smartpark.simulators.scenario import default_scenario
 
         devices = [d.id for s in park.sites for d in s.devices]
@@ -200,8 +204,9 @@ class Platform:
 
             credentials = simulator_credentials(registry, devices, self.settings.data_dir / FILE_NAME).passwords
         scenario = default_scenario() if self.park_file == demo_park_path() else None  # it names demo devices
+        counters = stored_counters(store, park, catalog, time.time_ns() // 1_000_000)  # continue, never restart
         sim = LiveSimulator(park, credentials, host, port, interval_s=self.sim_interval_s, mqtt5=mqtt5,
-                            scenario=scenario)
+                            scenario=scenario, counters=counters)
         sim.start()
         self._stops.append(sim.stop)
 

@@ -39,7 +39,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
 # routes without a site or device id: what a site key gets
 UNSCOPED = {("GET", "/v1/sites"): 200, ("POST", "/v1/sites"): 403, ("GET", "/v1/kpis"): 200}
 # a `site` query parameter instead of a path id
-QUERY_SCOPED = {"/v1/series": {"metric": "energy_kwh"}, "/v1/alerts/episodes": {}}
+QUERY_SCOPED = {"/v1/series": {"metric": "energy_kwh"}, "/v1/alerts/episodes": {}, "/v1/data-quality": {}}
 
 
 @pytest.fixture

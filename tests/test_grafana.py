@@ -496,3 +496,34 @@ def test_provisioning_wires_datasource_and_dashboards() -> None:
     assert any(m.startswith("./grafana/dashboards:") and m.split(":")[1] == provider["options"]["path"]
                for m in mounts if isinstance(m, str)), mounts
     assert math.isfinite(_min_interval_ms())
+
+
+ROLES_PARK = """
+park: {id: roles, name: Roles, region: northeast}
+sites:
+  - id: plant
+    name: Plant
+    enterprise: P
+    industry: steel
+    area_m2: 1000
+    devices:
+      - {id: incomer-a, kind: energy_meter, role: main}
+      - {id: line-main-substation, kind: energy_meter, role: sub, parent: incomer-a}
+      - {id: solar, kind: energy_meter, role: generation}
+"""
+
+
+def test_site_totals_come_from_the_park_files_roles_not_device_names() -> None:
+    """A main meter is whatever the park file says (issue 12: dashboards matched `*main-substation` names)."""
+    from smartpark.core.registry import parse_park_file
+
+    boards = build.build_all(park=parse_park_file(ROLES_PARK))
+    queries = {p["title"]: [t["query"] for t in p["targets"]] for uid in ("smartpark-overview", "smartpark-energy")
+               for p in boards[uid]["panels"] if p.get("targets")}
+    totals = [q for title, qs in queries.items() for q in qs
+              if title.startswith(("Site power", "Electricity over", "Energy quota")) or "per day by site" in title]
+    assert totals
+    assert all('"device" =~ /^(incomer-a)$/' in q for q in totals)
+    (subs,) = queries["Electricity per day by sub-meter (kWh)"]
+    assert '"device" =~ /^(line-main-substation)$/' in subs
+    assert not any("main-substation$/" in q for qs in queries.values() for q in qs)

@@ -69,14 +69,14 @@ def stack_points() -> list[Point]:
 def test_energy_tce_co2_intensity(api: httpx.Client) -> None:
     energy = api.get("/v1/sites/steel/kpis/energy", params={"start": DAY, "end": "2025-03-02"}).json()
     amounts = {c["carrier"]: c["amount"] for c in energy["carriers"]}
-    # 700 steps of 10 before the reset, the reset step counts 0, then 739 steps of 10
-    assert amounts == pytest.approx({"electricity": 14390.0, "natural_gas": 2880.0, "steam": 144.0, "coal": 72.0})
-    # (14390 x 0.1229 + 2880 x 1.33 + 144 x 128.6 + 72 x 714.3) kgce / 1000
-    assert energy["total_tce"] == pytest.approx(75.546931)
-    assert energy["co2_t"] == pytest.approx(14390 * 0.5122 / 1000)  # northeast grid, 2023 factor
+    # 700 steps of 10 before the reset, the reset counts the reading after it (10), then 739 steps of 10
+    assert amounts == pytest.approx({"electricity": 14400.0, "natural_gas": 2880.0, "steam": 144.0, "coal": 72.0})
+    # (14400 x 0.1229 + 2880 x 1.33 + 144 x 128.6 + 72 x 714.3) kgce / 1000
+    assert energy["total_tce"] == pytest.approx(75.54816)
+    assert energy["co2_t"] == pytest.approx(14400 * 0.5122 / 1000)  # northeast grid, 2023 factor
     assert (energy["grid_region"], energy["grid_factor_year"]) == ("northeast", 2023)
     assert energy["output_t"] == pytest.approx(1440.0)
-    assert energy["intensity_tce_per_t"] == pytest.approx(75.546931 / 1440)
+    assert energy["intensity_tce_per_t"] == pytest.approx(75.54816 / 1440)
     assert energy["quota_use_pct"] is None  # the test site has no quota
 
 
@@ -88,7 +88,7 @@ def test_counter_reset_gives_no_negative_or_huge_window(api: httpx.Client) -> No
     assert len(values) == 24
     assert min(values) >= 0
     assert max(values) <= 600.0  # at most 60 steps of 10 in an hour
-    assert sum(values) == pytest.approx(14390.0)
+    assert sum(values) == pytest.approx(14400.0)
 
 
 def test_emission_hours_and_compliance(api: httpx.Client) -> None:
@@ -113,6 +113,6 @@ def test_greening_and_park(api: httpx.Client) -> None:
     assert (green["coverage_pct"], green["status"], green["band_min_pct"]) == (pytest.approx(15.0), "within", 10.0)
     park = api.get("/v1/kpis", params={"start": DAY, "end": "2025-03-02"}).json()
     assert park["greening_coverage_pct"] == pytest.approx(15.0)  # steel has no green sensors: left out
-    assert park["energy"]["total_tce"] == pytest.approx(75.546931)
+    assert park["energy"]["total_tce"] == pytest.approx(75.54816)
     assert park["emissions_compliance_pct"] == pytest.approx(200 / 3)
     assert [s["site"] for s in park["sites"]] == ["park-green", "steel"]

@@ -83,7 +83,7 @@ def test_load_is_idempotent_and_binds_devices(registry: Registry) -> None:
 def test_a_device_cannot_move_to_another_site_silently(registry: Registry) -> None:
     registry.load_park(parse_park_file(PARK_YAML))
     clash = PARK_YAML.replace("id: green-1", "id: sinter-cems-2").replace(
-        "{id: sinter-cems, kind: cems, source_type: sinter}", "{id: green-1x, kind: cems}")
+        "{id: sinter-cems, kind: cems, source_type: sinter}", "{id: green-1x, kind: cems, source_type: sinter}")
     clash = clash.replace("id: sinter-cems-2", "id: sinter-cems")
     with pytest.raises(RegistryError, match="bound to site 'steel'"):
         registry.load_park(parse_park_file(clash))

@@ -42,14 +42,36 @@ def delta(store: TimeSeriesStore, start: int, end: int, every: int, **kw: object
 
 
 def test_delta_is_reset_aware_and_uses_the_minute_before_start(store: TimeSeriesStore, t0: int) -> None:
-    # minute lasts: 90 (before start), 101, 106, reset to 7, 9, 12: steps 11, 5, (reset: 0), 2, 3
+    # minute lasts: 90 (before start), 101, 106, reset to 7, 9, 12: steps 11, 5, (reset: the new reading 7), 2, 3
     values = [90, 100, 101, 103, 106, 5, 7, 8, 9, 10, 12]
     store.write([kwh("s", "d", t0 - MIN, 90.0)]
                 + [kwh("s", "d", t0 + i * 30_000, float(v)) for i, v in enumerate(values[1:])])
-    assert delta(store, t0, t0 + 5 * MIN, 2 * MIN, site="s") == [("d", [(t0, 16.0), (t0 + 2 * MIN, 2.0),
+    assert delta(store, t0, t0 + 5 * MIN, 2 * MIN, site="s") == [("d", [(t0, 16.0), (t0 + 2 * MIN, 9.0),
                                                                          (t0 + 4 * MIN, 3.0)])]
     (total,) = delta(store, t0, t0 + 5 * MIN, 5 * MIN, site="s")
-    assert sum(v for _, v in total[1]) == 21.0  # never negative, never the size of the meter reading
+    assert sum(v for _, v in total[1]) == 28.0  # never negative; the reading after the reset counts
+    query = SeriesQuery("energy", "energy_kwh", t0, t0 + 5 * MIN, 5 * MIN, "delta", site="s")
+    assert [(e.kind, e.ts_ms - t0, e.reading, e.step, e.counted) for e in store.counter_deltas(query)[1]] == [
+        ("reset", 2 * MIN, 7.0, -99.0, 7.0)]
+
+
+def test_delta_finds_the_step_before_a_sparse_meters_first_reading(store: TimeSeriesStore, t0: int) -> None:
+    """A meter every 15 minutes: the day's first step reaches back 15 minutes (the old query looked back one
+    minute and lost it); the hour before plus the hour after add up to the two hours."""
+    store.write([kwh("s", "q", t0 + i * 15 * MIN, 1000.0 + 25.0 * i) for i in range(-4, 9)])
+    assert delta(store, t0, t0 + 60 * MIN, 60 * MIN) == [("q", [(t0, 100.0)])]  # 4 steps of 25
+    hours = delta(store, t0 - 60 * MIN, t0 + 60 * MIN, 60 * MIN)
+    assert hours == [("q", [(t0 - 60 * MIN, 75.0), (t0, 100.0)])]  # the first reading has no predecessor
+
+
+def test_delta_leaves_out_implausible_steps_and_lists_them(store: TimeSeriesStore, t0: int) -> None:
+    values = [100.0, 110.0, 5_000_110.0, 5_000_120.0, 10.0]  # a jump of 5 GWh in a minute, then a reset to 10
+    store.write([kwh("s", "j", t0 + i * MIN, v) for i, v in enumerate(values)])
+    kw = {"max_per_h": 1000.0, "device_max_per_h": (("other", 1.0),)}  # 1 MW: a minute's step <= 33.3 kWh
+    assert delta(store, t0, t0 + 5 * MIN, 5 * MIN, **kw) == [("j", [(t0, 30.0)])]  # 10 + 10 + the reset's 10
+    query = SeriesQuery("energy", "energy_kwh", t0, t0 + 5 * MIN, 5 * MIN, "delta", **kw)  # type: ignore[arg-type]
+    assert [(e.kind, e.ts_ms - t0, e.counted, e.excluded) for e in store.counter_deltas(query)[1]] == [
+        ("implausible", 2 * MIN, 0.0, 5_000_000.0), ("reset", 4 * MIN, 10.0, 0.0)]
 
 
 def test_delta_grouped_by_site_sums_devices(store: TimeSeriesStore, t0: int) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from smartpark.api.deps import PrincipalDep, RegistryDep, require_admin, scoped_device
-from smartpark.api.errors import ADMIN_ERRORS, ERRORS
+from smartpark.api.errors import ADMIN_ERRORS, ERRORS, Unprocessable
 from smartpark.api.models import DeviceProvisioned, DevicePublic, DeviceUpdate
 from smartpark.api.routes.sites import provisioned
 
@@ -20,9 +20,13 @@ def get_device(device: str, registry: RegistryDep, who: PrincipalDep) -> DeviceP
 
 @router.patch("/{device}", responses=ADMIN_ERRORS)
 def update_device(device: str, body: DeviceUpdate, registry: RegistryDep, who: PrincipalDep) -> DevicePublic:
-    scoped_device(registry, who, device)
+    current = scoped_device(registry, who, device)
     require_admin(who)
-    return DevicePublic.model_validate(registry.update_device(device, body.model_dump(exclude_unset=True)))
+    fields = body.model_dump(exclude_unset=True)
+    problem = registry.hierarchy_problem(current.site_id, device, fields)
+    if problem:
+        raise Unprocessable(problem)
+    return DevicePublic.model_validate(registry.update_device(device, fields))
 
 
 @router.delete("/{device}", status_code=204, response_class=Response, responses=ADMIN_ERRORS)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
-from typing import Annotated
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query
 
 from smartpark.api import kpis
-from smartpark.api.deps import ReferenceDep, RegistryDep, SettingsDep, StoreDep, scoped_site
+from smartpark.api.deps import CatalogDep, PrincipalDep, ReferenceDep, RegistryDep, SettingsDep, StoreDep, scoped_site
 from smartpark.api.errors import ERRORS, Unprocessable
 from smartpark.api.limits import HeavyDep, check_cost
-from smartpark.api.models import EmissionsKpi, EnergyKpi, GreeningKpi, ParkKpis, SiteKpis
+from smartpark.api.models import CounterEventPublic, EmissionsKpi, EnergyKpi, GreeningKpi, ParkKpis, SiteKpis
 from smartpark.core.reference import Reference
 from smartpark.core.registry import Registry, Site
 from smartpark.core.settings import Settings
@@ -64,7 +64,13 @@ def site_energy(site: str, registry: RegistryDep, store: StoreDep, ref: Referenc
     """Consumption per carrier (reset-aware), tce, CO2 from electricity, intensity and quota use."""
     s = scoped_site(registry, who, site)
     p = _sized(settings, registry, [s], _period(registry, start, end))
-    return kpis.energy_kpi(store, ref, _region(registry), [s], p)
+    meters = kpis.energy_meters(registry.devices(s.id))
+    usage = kpis.energy_usage(store, ref, meters, s.id, p, rules=_rules(settings))
+    return kpis.energy_kpi(usage, ref, _region(registry), [s], meters, p=p)
+
+
+def _rules(settings: Settings) -> kpis.CounterRules:
+    return kpis.CounterRules.of(settings.counter_max_gap_s, settings.counter_max_per_h)
 
 
 @router.get("/sites/{site}/kpis/emissions")
@@ -101,15 +107,40 @@ def park_kpis(registry: RegistryDep, store: StoreDep, ref: ReferenceDep, setting
     p = _sized(settings, registry, sites, _period(registry, start, end))
     region = _region(registry)
     green = kpis.green_area(store, None, p)
+    visible = {s.id for s in sites}
+    meters = [d for d in kpis.energy_meters(registry.devices()) if d.site_id in visible]
+    usage = kpis.energy_usage(store, ref, meters, None, p, rules=_rules(settings))
     rows, valid, compliant = [], 0, 0
     for s in sites:
         em = _emissions(registry, store, ref, settings, site=s, p=p)
         valid += sum(x.hours_valid for st in em.stacks for x in st.pollutants)
         compliant += sum(x.hours_compliant for st in em.stacks for x in st.pollutants)
-        rows.append(SiteKpis(site=s.id, energy=kpis.energy_kpi(store, ref, region, [s], p),
+        rows.append(SiteKpis(site=s.id, energy=kpis.energy_kpi(usage, ref, region, [s], meters, p=p),
                              emissions_compliance_pct=em.compliance_pct, emissions_meets_target=em.meets_target,
                              greening=kpis.greening_kpi(s, green.get(s.id), ref)))
     return ParkKpis(start=p.dt(p.start_ms), end=p.dt(p.end_ms),
-                    energy=kpis.energy_kpi(store, ref, region, sites, p, park=True),
+                    energy=kpis.energy_kpi(usage, ref, region, sites, meters, p=p, park=True),
                     emissions_compliance_pct=100 * compliant / valid if valid else None,
                     greening_coverage_pct=kpis.park_coverage(r.greening for r in rows), sites=rows)
+
+
+Kind = Annotated[Literal["reset", "implausible", "gap"] | None, Query(description="Only events of this kind")]
+
+
+@router.get("/data-quality")
+def data_quality(registry: RegistryDep, store: StoreDep, settings: SettingsDep, catalog: CatalogDep,  # noqa: PLR0917 - FastAPI parameters
+                 who: PrincipalDep, site: Annotated[str | None, Query(description="One site; default: all visible")]
+                 = None, start: Start = None, end: End = None, kind: Kind = None) -> list[CounterEventPublic]:
+    """The energy counters' steps that were not ordinary increases, as the KPIs counted them: resets (the reading
+    after counted), implausible steps and gaps (excluded). Computed from the stored readings on each call."""
+    p = _period(registry, start, end)
+    visible = {scoped_site(registry, who, site).id} if site else {s.id for s in registry.sites() if who.can_see(s.id)}
+    meters = [d for d in kpis.energy_meters(registry.devices()) if d.site_id in visible]
+    rules = _rules(settings)
+    out = []
+    for metric in sorted(m.name for m in catalog.in_domain("energy") if m.kind == "counter"):
+        _, events = store.counter_deltas(kpis.counter_query(metric, p, rules, meters, site))
+        out += [kpis.counter_event(metric, e, p) for e in events
+                if e.site in visible and (kind is None or e.kind == kind)]
+    out.sort(key=lambda e: (e.at, e.site, e.device, e.metric))
+    return out

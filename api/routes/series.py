@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
+import msgspec
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response, StreamingResponse
 
@@ -17,6 +18,7 @@ from smartpark.api.deps import CatalogDep, RegistryDep, SettingsDep, StoreDep, s
 from smartpark.api.errors import ERRORS, NotFound, Unprocessable
 from smartpark.api.limits import HeavyDep, check_cost
 from smartpark.api.models import SeriesPublic
+from smartpark.core.energy import CounterRules, counter_query, energy_meters
 from smartpark.core.ids import ID_SCHEMA_PATTERN
 from smartpark.core.registry import Registry
 from smartpark.core.settings import Settings
@@ -52,7 +54,9 @@ def series(  # noqa: PLR0917 - FastAPI query parameters
     end: Annotated[datetime | None, Query(description="RFC 3339, exclusive; default now")] = None,
     every: Annotated[str, Query(description="Window, e.g. 1m, 15m, 1h, 1d", max_length=10)] = "1m",
     agg: Annotated[Literal["mean", "min", "max", "last", "sum", "count", "delta"], Query(
-        description="`delta`: a counter's consumption per window, reset-aware (a decrease is a meter reset)")] = "mean",
+        description="`delta`: a counter's consumption per window, as the KPIs count it (README \"Counter rules\"): "
+                    "a decrease is a reset and the reading after it counts; implausible steps and gaps do not; "
+                    "windows start at `start`")] = "mean",
     group_by: Literal["device", "site"] = "device",
     format: Annotated[Literal["json", "csv"] | None, Query(description="Default: from Accept")] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -73,7 +77,13 @@ def series(  # noqa: PLR0917 - FastAPI query parameters
         raise Unprocessable("agg=delta works on whole minutes: use an `every` of 1m or more, in minutes")
     _check_size(settings, registry, site=site, device=device, group_by=group_by, agg=agg,
                 range_ms=end_ms - start_ms, every_ms=every_ms)
-    found = store.series(SeriesQuery(spec.domain, metric, start_ms, end_ms, every_ms, agg, site, device, group_by))
+    query = SeriesQuery(spec.domain, metric, start_ms, end_ms, every_ms, agg, site, device, group_by)
+    if agg == "delta" and spec.domain == "energy":  # the KPIs' counter bounds (README "Counter rules")
+        rules = CounterRules.of(settings.counter_max_gap_s, settings.counter_max_per_h)
+        meters = energy_meters(registry.devices(site))
+        query = msgspec.structs.replace(counter_query(metric, (start_ms, end_ms, every_ms), rules, meters, site),
+                                        device=device, group_by=group_by)
+    found = store.series(query)
     if format == "csv" or (format is None and "text/csv" in (accept or "")):
         return _csv(found, metric=metric, unit=spec.unit, agg=agg)
     return [SeriesPublic(site=s.site, device=s.device, metric=metric, unit=spec.unit, agg=agg, every=every,
@@ -129,6 +139,8 @@ def _check_range(start_ms: int, end_ms: int, every_ms: int) -> None:
         raise Unprocessable("end must be after start")
     if end_ms - start_ms > MAX_RANGE_MS:
         raise Unprocessable("the range may span at most 400 days")
+    if every_ms > MAX_RANGE_MS:  # also keeps every window arithmetic within 64-bit integers (SQLite)
+        raise Unprocessable("every may be at most 400 days")
     windows = (end_ms - start_ms) // every_ms
     if windows > MAX_WINDOWS:
         raise Unprocessable(f"{windows} windows requested; at most {MAX_WINDOWS}: widen `every`",

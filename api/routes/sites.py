@@ -18,7 +18,7 @@ from smartpark.api.deps import (
     require_admin,
     scoped_site,
 )
-from smartpark.api.errors import ADMIN_ERRORS, ERRORS, Conflict
+from smartpark.api.errors import ADMIN_ERRORS, ERRORS, Conflict, Unprocessable
 from smartpark.api.models import (
     DeviceCreate,
     DeviceProvisioned,
@@ -49,6 +49,9 @@ def list_sites(registry: RegistryDep, who: PrincipalDep, offset: Offset = 0, lim
 
 @router.post("", status_code=201, responses=ADMIN_ERRORS)
 def create_site(body: SiteCreate, registry: RegistryDep, _admin: AdminDep) -> SitePublic:
+    low, high = body.greening_min_pct, body.greening_max_pct
+    if low is not None and high is not None and low > high:
+        raise Unprocessable(f"greening_min_pct {low} is above greening_max_pct {high}")
     try:
         return SitePublic.model_validate(registry.create_site(body.model_dump()))
     except RegistryError as exc:
@@ -62,9 +65,14 @@ def get_site(site: str, registry: RegistryDep, who: PrincipalDep) -> SitePublic:
 
 @router.patch("/{site}", responses=ADMIN_ERRORS)
 def update_site(site: str, body: SiteUpdate, registry: RegistryDep, who: PrincipalDep) -> SitePublic:
-    scoped_site(registry, who, site)
+    current = scoped_site(registry, who, site)
     require_admin(who)
-    updated = registry.update_site(site, body.model_dump(exclude_unset=True))
+    fields = body.model_dump(exclude_unset=True)
+    low = fields.get("greening_min_pct", current.greening_min_pct)
+    high = fields.get("greening_max_pct", current.greening_max_pct)
+    if low is not None and high is not None and low > high:
+        raise Unprocessable(f"greening_min_pct {low} is above greening_max_pct {high}")
+    updated = registry.update_site(site, fields)
     return SitePublic.model_validate(updated)
 
 
@@ -91,6 +99,9 @@ def create_device(site: str, body: DeviceCreate, registry: RegistryDep, who: Pri
     """Add a device and provision its MQTT credentials (the password is in this response only)."""
     scoped_site(registry, who, site)
     require_admin(who)
+    problem = registry.hierarchy_problem(site, body.id, body.model_dump())
+    if problem and registry.device(body.id) is None:
+        raise Unprocessable(problem)
     try:
         registry.create_device(site, body.model_dump())
     except RegistryError as exc:

@@ -51,6 +51,11 @@ class Device(Base):
     mqtt_password_hash: Mapped[str | None] = mapped_column(String(200), default=None)
     online: Mapped[bool | None] = mapped_column(Boolean, default=None)
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # meter hierarchy (energy meters; rules in core/registry/hierarchy.py): role main/sub/generation (None: the
+    # default, sub where a parent is set, else main), the parent meter's id, the rated power bounding a step
+    role: Mapped[str | None] = mapped_column(String(12), default=None)
+    parent_id: Mapped[str | None] = mapped_column(String(63), default=None)
+    rated_kw: Mapped[float | None] = mapped_column(Float, default=None)
 
     site: Mapped[Site] = relationship(back_populates="devices")
 

@@ -7,20 +7,26 @@ Errors name the file, the line and the key: msgspec reports the path of what is 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 import yaml
 
 from smartpark.core.errors import ParkFileError
 from smartpark.core.ids import ID_PATTERN, SERVICE_PREFIX, reserved_device_id
+from smartpark.core.reference import Reference, default_reference
+from smartpark.core.registry.hierarchy import METER_ROLES, MeterRole, hierarchy_errors
 
-__all__ = ["DeviceSpec", "ParkFile", "ParkSpec", "SiteSpec", "parse_park_file", "read_park_file"]
+__all__ = ["METER_ROLES", "DeviceSpec", "ParkFile", "ParkSpec", "SiteSpec", "parse_park_file", "read_park_file",
+           "valid_timezone"]
 
 Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 DeviceKind = Literal["energy_meter", "cems", "greening", "gateway"]
 Pct = Annotated[float, msgspec.Meta(ge=0, le=100)]
+Quota = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class ParkSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -34,6 +40,11 @@ class DeviceSpec(msgspec.Struct, forbid_unknown_fields=True):
     id: Id
     kind: DeviceKind
     source_type: str | None = None  # CEMS only: selects reference O2 and limits
+    # meter hierarchy (energy meters only; see core/registry/hierarchy.py): role defaults to `sub` where a
+    # parent is named, else `main`; rated_kw bounds a plausible electricity step
+    role: MeterRole | None = None
+    parent: Id | None = None
+    rated_kw: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
 
 class SiteSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -42,8 +53,8 @@ class SiteSpec(msgspec.Struct, forbid_unknown_fields=True):
     enterprise: str
     industry: str
     area_m2: Annotated[float, msgspec.Meta(gt=0)]
-    energy_quota_tce_day: float | None = None
-    energy_quota_tce_year: float | None = None
+    energy_quota_tce_day: Quota | None = None
+    energy_quota_tce_year: Quota | None = None
     greening_min_pct: Pct | None = None
     greening_max_pct: Pct | None = None
     devices: list[DeviceSpec] = []
@@ -86,7 +97,9 @@ def _locate(root: yaml.Node, message: str) -> tuple[int, str]:
     return node.start_mark.line + 1, key
 
 
-def parse_park_file(text: str, path: str = "<park file>") -> ParkFile:
+def parse_park_file(text: str, path: str = "<park file>", reference: Reference | None = None) -> ParkFile:
+    """A park file checked against its types and then its meaning (time zone, region and source types known to
+    ``reference`` (default: the shipped reference data), greening band, meter hierarchy)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -101,7 +114,49 @@ def parse_park_file(text: str, path: str = "<park file>") -> ParkFile:
         line, key = _locate(root, str(exc))
         raise ParkFileError(str(exc), path=path, line=line, key=key) from exc
     _check_unique(park, path)
+    _check_meaning(park, root, path, reference)
     return park
+
+
+def _check_meaning(park: ParkFile, root: yaml.Node, path: str, ref: Reference | None) -> None:
+    """What the types cannot say, checked before anything is stored: a park that loads cannot break a KPI."""
+    for where, key, message in _problems(park, ref or default_reference()):
+        node = _node_at(root, where)
+        raise ParkFileError(message, path=path, line=node.start_mark.line + 1, key=key)
+
+
+def _problems(park: ParkFile, ref: Reference) -> Iterator[tuple[str, str, str]]:
+    """(msgspec-style path, key, message) of every semantic error, in file order."""
+    tz, region = park.park.timezone, park.park.region
+    if not valid_timezone(tz):
+        yield "$.park.timezone", "timezone", f"unknown time zone {tz!r} (an IANA name such as Asia/Shanghai)"
+    regions = sorted(ref.energy.grid_co2_kg_per_kwh)
+    if region not in regions:
+        yield "$.park.region", "region", f"region {region!r} is not in the reference data ({', '.join(regions)})"
+    for i, site in enumerate(park.sites):
+        yield from _site_problems(f"$.sites[{i}]", site, ref)
+
+
+def _site_problems(at: str, site: SiteSpec, ref: Reference) -> Iterator[tuple[str, str, str]]:
+    low, high = site.greening_min_pct, site.greening_max_pct
+    if low is not None and high is not None and low > high:
+        yield f"{at}.greening_min_pct", "greening_min_pct", f"greening_min_pct {low} is above greening_max_pct {high}"
+    sources = ref.emissions.source_types
+    for j, dev in enumerate(site.devices):
+        if dev.kind == "cems" and dev.source_type not in sources:
+            what = f"source_type {dev.source_type!r} is unknown" if dev.source_type else "needs a source_type"
+            yield (f"{at}.devices[{j}]" + (".source_type" if dev.source_type else ""), "source_type",
+                   f"CEMS {dev.id!r} {what} (one of {', '.join(sorted(sources))})")
+    for j, key, message in hierarchy_errors([(d.id, d.kind, d.role, d.parent) for d in site.devices]):
+        yield f"{at}.devices[{j}].{key}", key, message
+
+
+def valid_timezone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _check_unique(park: ParkFile, path: str) -> None:
@@ -120,9 +175,9 @@ def _check_unique(park: ParkFile, path: str) -> None:
             seen_devices.add(device.id)
 
 
-def read_park_file(path: Path) -> ParkFile:
+def read_park_file(path: Path, reference: Reference | None = None) -> ParkFile:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ParkFileError(str(exc), path=str(path)) from exc
-    return parse_park_file(text, str(path))
+    return parse_park_file(text, str(path), reference)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from smartpark.core.errors import RegistryError
 from smartpark.core.ids import SERVICE_PREFIX, reserved_device_id
+from smartpark.core.registry.hierarchy import hierarchy_errors
 from smartpark.core.registry.models import ApiKey, Base, Device, Park, Site
 from smartpark.core.registry.parkfile import ParkFile
 from smartpark.core.registry.secrets import DEVICE_PBKDF2_ITERATIONS, hash_password, new_api_key, new_password
@@ -62,6 +63,7 @@ class Registry:
                 s.merge(Site(park_id=park.park.id, **site_fields))
                 for dev in spec.devices:
                     self._upsert_device(s, spec.id, dev.id, dev.kind, dev.source_type)
+                    self._set_meter(s, dev.id, dev.role, dev.parent, dev.rated_kw)
                     n_devices += 1
         return len(park.sites), n_devices
 
@@ -74,6 +76,13 @@ class Registry:
         if existing.site_id != site:
             raise RegistryError(f"device {device!r} is bound to site {existing.site_id!r}, not {site!r}")
         existing.kind, existing.source_type = kind, source_type
+
+    @staticmethod
+    def _set_meter(s: Session, device: str, role: str | None, parent: str | None, rated_kw: float | None) -> None:
+        """The meter hierarchy fields of a device just upserted (validated with its park file)."""
+        row = s.get(Device, device)
+        if row is not None:
+            row.role, row.parent_id, row.rated_kw = role, parent, rated_kw
 
     # --- lookups
     def park(self) -> Park | None:
@@ -211,6 +220,23 @@ class Registry:
             for name, value in fields.items() if device is not None else ():
                 setattr(device, name, value)
             return device
+
+    def hierarchy_problem(self, site_id: str, device_id: str, fields: dict[str, Any]) -> str | None:
+        """What would break the site's meter hierarchy if ``device_id`` got ``fields`` (created when new)."""
+        lines = []
+        for d in self.devices(site_id):
+            if d.id != device_id:
+                lines.append((d.id, d.kind, d.role, d.parent_id))
+        current = self.device(device_id)
+        merged = {"kind": None, "role": None, "parent_id": None}
+        if current is not None:
+            merged |= {"kind": current.kind, "role": current.role, "parent_id": current.parent_id}
+        merged |= {k: v for k, v in fields.items() if k in merged}
+        lines.append((device_id, str(merged["kind"]), merged["role"], merged["parent_id"]))
+        for i, _, message in hierarchy_errors(lines):
+            if i == len(lines) - 1 or lines[i][3] == device_id:  # this device, or one beneath it
+                return message
+        return None
 
     def delete_device(self, device_id: str) -> bool:
         with self.session() as s:

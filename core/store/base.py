@@ -13,8 +13,24 @@ import msgspec
 
 from smartpark.core.points import Point
 
-__all__ = ["AGGREGATES", "Agg", "HourQuery", "HourSum", "LatestValue", "MinuteQuery", "MinuteRow", "Series",
-           "SeriesQuery", "TimeSeriesStore", "hour_sums_from_minutes"]
+__all__ = [
+    "AGGREGATES",
+    "Agg",
+    "CounterEvent",
+    "CounterKind",
+    "HourQuery",
+    "HourSum",
+    "LatestValue",
+    "MinuteQuery",
+    "MinuteRow",
+    "Series",
+    "SeriesQuery",
+    "TimeSeriesStore",
+    "counter_event",
+    "delta_series",
+    "hour_sums_from_minutes",
+    "lookback_ms",
+]
 
 # `delta`: a counter's consumption per window, reset-aware (see SeriesQuery)
 Agg = Literal["mean", "min", "max", "last", "sum", "count", "delta"]
@@ -30,8 +46,16 @@ class SeriesQuery(msgspec.Struct, frozen=True):
     Windows are aligned to ``every_ms`` from the epoch (as InfluxDB's GROUP BY time does) and labelled by
     their start; empty windows are left out.
 
-    ``delta`` (counters): each minute's last value minus the previous minute's last value (the minute before
-    ``start`` included), summed per window. A decrease is a meter reset: that step counts 0, never negative.
+    ``delta`` (counters; the rules in one place, README "Counter rules"): the counter is read as the last
+    value of each minute, and a *step* is the difference between two successive such readings of a device. A
+    step belongs to the window of its later reading, whatever lies between (a meter every 15 minutes has one
+    step per 15 minutes, the first one of a day reaching back into the day before), so windows, days and
+    months add up exactly. Windows of ``delta`` start at ``start_ms`` (``start + k x every``). A decrease is a
+    reset: the reading after it counts as consumption since the reset (Prometheus ``increase()``). A step
+    spanning more than ``max_gap_ms`` is counted in no window (a gap), and a step (or a reading after a reset)
+    above ``(elapsed + 1 minute) x`` the device's bound per hour (``device_max_per_h``, else ``max_per_h``;
+    the minute covers where in their minutes the two readings fell) is implausible and not counted either.
+    What was not counted is listed by ``counter_deltas``.
     """
 
     measurement: str
@@ -43,6 +67,33 @@ class SeriesQuery(msgspec.Struct, frozen=True):
     site: str | None = None
     device: str | None = None
     group_by: Literal["device", "site"] = "device"
+    # delta only (see above): the longest step counted, and the plausibility bounds in units per hour
+    max_gap_ms: int = DAY_MS
+    max_per_h: float | None = None
+    device_max_per_h: tuple[tuple[str, float], ...] = ()
+
+    def bound_per_ms(self, device: str) -> float | None:
+        """The device's plausibility bound in units per millisecond (None: unbounded)."""
+        per_h = dict(self.device_max_per_h).get(device, self.max_per_h)
+        return None if per_h is None else per_h / HOUR_MS
+
+
+CounterKind = Literal["reset", "implausible", "gap"]
+
+
+class CounterEvent(NamedTuple):
+    """A step of a counter that was not an ordinary increase: a reset (counted: the reading after it), an
+    implausible step or a gap (not counted: ``excluded``)."""
+
+    site: str
+    device: str
+    ts_ms: int  # minute of the later reading
+    elapsed_ms: int  # since the previous reading's minute
+    reading: float  # the counter's value after the step
+    step: float  # reading minus the previous reading (negative for a reset)
+    kind: CounterKind
+    counted: float
+    excluded: float
 
 
 class Series(NamedTuple):
@@ -137,6 +188,10 @@ class TimeSeriesStore(Protocol):
     def latest_many(self, sites: Sequence[str], *, lookback_ms: int = 7 * DAY_MS) -> dict[str, list[LatestValue]]:
         """latest() of several sites, by site (every site a key), in as few store round trips as it can."""
 
+    def counter_deltas(self, query: SeriesQuery) -> tuple[list[Series], list[CounterEvent]]:
+        """``series`` of a ``delta`` query and its counters' resets, implausible steps and gaps (ordered by
+        site, device, time), from one pass of the store."""
+
     def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
         """Minute rows (device, minute) ordered by device and time, computed by the store."""
 
@@ -148,6 +203,55 @@ class TimeSeriesStore(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+StepRow = tuple[str, str, int, float, float, int]  # (site, device, minute, reading, step, elapsed ms)
+
+
+def counter_event(query: SeriesQuery, row: StepRow) -> CounterEvent | None:
+    """Classify one step that a store found outside the ordinary (the rules of SeriesQuery's ``delta``)."""
+    site, device, ts_ms, reading, step, elapsed_ms = row
+    if elapsed_ms > query.max_gap_ms:
+        return CounterEvent(site, device, ts_ms, elapsed_ms, reading, step, "gap", 0.0,
+                            step if step >= 0 else reading)
+    bound = query.bound_per_ms(device)
+    limit = None if bound is None else bound * (elapsed_ms + MINUTE_MS)
+    amount = step if step >= 0 else reading
+    if limit is not None and amount > limit:
+        return CounterEvent(site, device, ts_ms, elapsed_ms, reading, step, "implausible", 0.0, amount)
+    if step < 0:
+        return CounterEvent(site, device, ts_ms, elapsed_ms, reading, step, "reset", reading, 0.0)
+    return None
+
+
+def delta_series(query: SeriesQuery, sums: Iterable[tuple[str, str, int, float]],
+                 events: Iterable[CounterEvent]) -> list[Series]:
+    """``delta`` windows from the stores' sums of ordinary steps per (site, device, window) plus what resets
+    count; windows before ``start`` (the lookback for the first step) left out; grouped as the query says."""
+    acc: dict[tuple[str, str | None], dict[int, float]] = {}
+
+    def add(site: str, device: str, window: int, value: float) -> None:
+        if query.start_ms <= window < query.end_ms:
+            key = (site, device if query.group_by == "device" else None)
+            windows = acc.setdefault(key, {})
+            windows[window] = windows.get(window, 0.0) + value
+
+    for site, device, window, value in sums:
+        add(site, device, window, value)
+    for ev in events:
+        if ev.counted:
+            add(ev.site, ev.device, window_of(query, ev.ts_ms), ev.counted)
+    keys = sorted(acc, key=lambda k: (k[0], k[1] or ""))
+    return [Series(site, dev, sorted(acc[site, dev].items())) for site, dev in keys]
+
+
+def window_of(query: SeriesQuery, ts_ms: int) -> int:
+    return ts_ms - (ts_ms - query.start_ms) % query.every_ms
+
+
+def lookback_ms(query: SeriesQuery) -> int:
+    """Where a ``delta`` query starts reading: a gap before the first minute, so its first step is found."""
+    return query.start_ms - query.start_ms % MINUTE_MS - query.max_gap_ms
 
 
 def check_points(points: Sequence[Point]) -> None:

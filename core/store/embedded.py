@@ -19,7 +19,8 @@ from smartpark.core.errors import StoreRejected, StoreUnavailable
 from smartpark.core.points import Point
 from smartpark.core.store.base import (
     DAY_MS,
-    MINUTE_MS,
+    HOUR_MS,
+    CounterEvent,
     HourQuery,
     HourSum,
     LatestValue,
@@ -28,7 +29,10 @@ from smartpark.core.store.base import (
     Series,
     SeriesQuery,
     check_points,
+    counter_event,
+    delta_series,
     hour_sums_from_minutes,
+    lookback_ms,
     minute_query,
 )
 
@@ -55,18 +59,29 @@ WHERE excluded.ts >= latest.ts
 AGG_SQL = {"mean": "AVG(p.value)", "min": "MIN(p.value)", "max": "MAX(p.value)", "sum": "SUM(p.value)",
            "count": "COUNT(p.value)", "last": "p.value"}
 
-# delta: the last value of each minute (bare column beside MAX), differenced per series with LAG, negative
-# steps (meter resets) dropped, summed per window; the minute before the start gives the first predecessor.
-DELTA_SQL = """
+# delta (rules in SeriesQuery): the last value of each minute (bare column beside MAX), and per series with LAG
+# the step to it and the time since the previous reading's minute; :r is the device's bound per ms (NULL: none).
+STEPS_SQL = """
 WITH m AS (
     SELECT s.site AS site, s.device AS device, p.ts - (p.ts % 60000) AS minute, p.value AS v, MAX(p.ts)
     FROM points p JOIN series s ON s.id = p.series_id
     WHERE s.measurement = :m AND p.field = :f AND p.ts >= :lookback AND p.ts < :end AND p.value IS NOT NULL
     {filters}
     GROUP BY p.series_id, minute),
-d AS (SELECT site, device, minute, v - LAG(v) OVER (PARTITION BY site, device ORDER BY minute) AS dv FROM m)
-SELECT site, {device_col} AS dev, minute - (minute % :every) AS w, SUM(dv) FROM d WHERE dv >= 0
-GROUP BY site, dev, w ORDER BY site, dev, w
+d AS (SELECT site, device, minute, v, v - LAG(v) OVER w AS dv, minute - LAG(minute) OVER w AS e
+      FROM m WINDOW w AS (PARTITION BY site, device ORDER BY minute)),
+b AS (SELECT d.*, COALESCE((SELECT value FROM json_each(:bounds) WHERE key = d.device), :rate) AS r
+      FROM d WHERE minute >= :start AND dv IS NOT NULL)
+"""
+DELTA_SQL = STEPS_SQL + """
+SELECT site, device, :start + ((minute - :start) / :every) * :every AS w, SUM(dv) FROM b
+WHERE dv >= 0 AND e <= :gap AND (r IS NULL OR dv <= (e + 60000) * r)
+GROUP BY site, device, w ORDER BY site, device, w
+"""
+EVENTS_SQL = STEPS_SQL + """
+SELECT site, device, minute, v, dv, e FROM b
+WHERE dv < 0 OR e > :gap OR (r IS NOT NULL AND dv > (e + 60000) * r)
+ORDER BY site, device, minute
 """
 
 # Minute means of several fields with, per field, the count of readings whose flag is not a valid one.
@@ -191,16 +206,30 @@ class EmbeddedStore:
         return [Series(site, dev, pts) for (site, dev), pts in out.items()]
 
     def _delta(self, query: SeriesQuery) -> list[Series]:
+        return self.counter_deltas(query)[0]
+
+    def counter_deltas(self, query: SeriesQuery) -> tuple[list[Series], list[CounterEvent]]:
+        sums = [(site, dev, w, float(v)) for site, dev, w, v in self._steps(DELTA_SQL, query)]
+        events = self.counter_events(query)
+        return delta_series(query, sums, events), events
+
+    def counter_events(self, query: SeriesQuery) -> list[CounterEvent]:
+        out = []
+        for site, device, minute, v, dv, e in self._steps(EVENTS_SQL, query):
+            ev = counter_event(query, (site, device, minute, float(v), float(dv), int(e)))
+            if ev is not None:
+                out.append(ev)
+        return out
+
+    def _steps(self, sql: str, query: SeriesQuery) -> sqlite3.Cursor:
         filters = (" AND s.site = :site" if query.site is not None else "") + (
             " AND s.device = :device" if query.device is not None else "")
-        sql = DELTA_SQL.format(filters=filters, device_col="device" if query.group_by == "device" else "NULL")
-        first = query.start_ms - query.start_ms % MINUTE_MS
-        params = {"every": query.every_ms, "m": query.measurement, "f": query.field, "lookback": first - MINUTE_MS,
-                  "end": query.end_ms, "site": query.site, "device": query.device}
-        out: dict[tuple[str, str | None], list[tuple[int, float]]] = {}
-        for site, dev, w, value in self._conn().execute(sql, params):
-            out.setdefault((site, dev), []).append((w, float(value)))
-        return [Series(site, dev, pts) for (site, dev), pts in out.items()]
+        rate = query.max_per_h / HOUR_MS if query.max_per_h is not None else None
+        bounds = {d: v / HOUR_MS for d, v in query.device_max_per_h}
+        params = {"every": query.every_ms, "m": query.measurement, "f": query.field, "start": query.start_ms,
+                  "lookback": lookback_ms(query), "end": query.end_ms, "site": query.site, "device": query.device,
+                  "gap": query.max_gap_ms, "rate": rate, "bounds": json.dumps(bounds)}
+        return self._conn().execute(sql.format(filters=filters), params)
 
     def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
         sql = MINUTES_SQL.format(filters=" AND s.device = :device" if query.device is not None else "")

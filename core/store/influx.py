@@ -58,6 +58,7 @@ from smartpark.core.store.base import (
     DAY_MS,
     HOUR_MS,
     MINUTE_MS,
+    CounterEvent,
     HourQuery,
     HourSum,
     LatestValue,
@@ -65,7 +66,10 @@ from smartpark.core.store.base import (
     MinuteRow,
     Series,
     SeriesQuery,
+    counter_event,
+    delta_series,
     hour_sums_from_minutes,
+    lookback_ms,
     minute_query,
 )
 from smartpark.core.store.rollups import RAW_RP, RESAMPLE_FOR, ROLLUPS, late_spans, marks_body, rollup_select
@@ -453,9 +457,10 @@ class InfluxStore:
             raise ValueError(f"unknown aggregate {query.agg!r}; one of {', '.join(AGGREGATES)}")
         if query.every_ms <= 0 or query.end_ms <= query.start_ms:
             raise ValueError(f"bad window: every {query.every_ms} ms from {query.start_ms} to {query.end_ms}")
-        statement = self._delta_statement(query) if query.agg == "delta" else self._agg_statement(query)
+        if query.agg == "delta":
+            return self._delta(query)
         out = []
-        for result in self.query(statement):
+        for result in self.query(self._agg_statement(query)):
             for s in result.get("series", []):
                 tags = s.get("tags", {})
                 points = [(int(row[0]), float(row[1])) for row in s.get("values", []) if row[1] is not None]
@@ -483,21 +488,71 @@ class InfluxStore:
             f"WHERE {where} GROUP BY time({int(query.every_ms)}ms), {group} fill(none)"
         )
 
-    def _delta_statement(self, query: SeriesQuery) -> str:
-        """Minute lasts differenced per device (negative steps, i.e. resets, dropped), summed per window.
+    def _delta(self, query: SeriesQuery) -> list[Series]:
+        return self.counter_deltas(query)[0]
 
-        The inner range starts a minute early so the first minute has a predecessor; the outer query takes
-        its time range from the inner one (an outer WHERE on time would cut the inner range again).
-        """
-        first = query.start_ms - query.start_ms % MINUTE_MS
-        where = self._where(query.site, query.device, first - MINUTE_MS, query.end_ms)
-        inner = (
-            f"SELECT non_negative_difference(last({quote_ident(query.field)})) AS \"d\" "  # noqa: S608 (InfluxQL; names and values quoted)
-            f"FROM {self._from(query.measurement)} WHERE {where} "
-            f'GROUP BY time({MINUTE_MS}ms), "site", "device" fill(none)'
-        )
-        group = '"site"' if query.group_by == "site" else '"site", "device"'
-        return f'SELECT sum("d") FROM ({inner}) GROUP BY time({int(query.every_ms)}ms), {group} fill(none)'  # noqa: S608
+    def counter_deltas(self, query: SeriesQuery) -> tuple[list[Series], list[CounterEvent]]:
+        """Ordinary steps summed by InfluxDB per window; resets and excluded steps, rare, classified here."""
+        sums_result, events_result = self.query(f"{self._delta_statement(query)}; {self._events_statement(query)}")
+        sums = [(s["tags"]["site"], s["tags"]["device"], int(row[0]), float(row[1]))
+                for s in sums_result.get("series", []) for row in s.get("values", []) if row[1] is not None]
+        events = self._events(query, events_result)
+        return delta_series(query, sums, events), events
+
+    @staticmethod
+    def _events(query: SeriesQuery, result: dict[str, Any]) -> list[CounterEvent]:
+        out = []
+        for s in result.get("series", []):
+            site, device = s["tags"]["site"], s["tags"]["device"]
+            for ts, v, d, e in s.get("values", []):
+                if int(ts) >= query.start_ms and None not in (v, d, e):
+                    ev = counter_event(query, (site, device, int(ts), float(v), float(d), int(e)))
+                    if ev is not None:
+                        out.append(ev)
+        out.sort(key=lambda ev: (ev.site, ev.device, ev.ts_ms))
+        return out
+
+    def _steps(self, query: SeriesQuery) -> str:
+        """Per device and minute: the minute's last reading, the step to it and the time since the previous
+        reading's minute, from a gap before the start (so the first step is found); rules in SeriesQuery."""
+        where = self._where(query.site, query.device, lookback_ms(query), query.end_ms)
+        f = quote_ident(query.field)
+        return (f'SELECT last({f}) AS "v", difference(last({f})) AS "d", elapsed(last({f}), 1ms) AS "e" '  # noqa: S608 (InfluxQL; names and values quoted)
+                f"FROM {self._from(query.measurement)} WHERE {where} "
+                f'GROUP BY time({MINUTE_MS}ms), "site", "device" fill(none)')
+
+    @staticmethod
+    def _bounds(query: SeriesQuery, ok: bool) -> str:
+        """The plausibility condition on a step (``ok``) or its violation, per device bound and the default
+        ("true"/"false" when there is no bound; never sent). Bounds are per hour, times as ms: d x 1h vs e x bound."""
+        cmp = "<=" if ok else ">"
+
+        def within(per_h: float) -> str:
+            return f'"d" * {HOUR_MS} {cmp} ("e" + {MINUTE_MS}) * {per_h:.6f}'
+
+        parts, listed = [], []
+        for device, per_h in query.device_max_per_h:
+            listed.append(f'"device" != {quote_literal(device)}')
+            parts.append(f'("device" = {quote_literal(device)} AND {within(per_h)})')
+        if query.max_per_h is not None:
+            parts.append("(" + " AND ".join([*listed, within(query.max_per_h)]) + ")")
+        elif ok and listed:
+            parts.append("(" + " AND ".join(listed) + ")")
+        return " OR ".join(parts) or ("true" if ok else "false")
+
+    def _delta_statement(self, query: SeriesQuery) -> str:
+        """Ordinary steps (no reset, no gap, plausible) summed per device and window; windows start at start."""
+        ok = self._bounds(query, ok=True)
+        bounded = "" if ok == "true" else f" AND ({ok})"
+        offset = query.start_ms % query.every_ms
+        return (f'SELECT sum("d") FROM ({self._steps(query)}) WHERE "d" >= 0 AND "e" <= {int(query.max_gap_ms)}'  # noqa: S608
+                f'{bounded} GROUP BY time({int(query.every_ms)}ms, {offset}ms), "site", "device" fill(none)')
+
+    def _events_statement(self, query: SeriesQuery) -> str:
+        bad = self._bounds(query, ok=False)
+        bounded = "" if bad == "false" else f" OR {bad}"
+        return (f'SELECT "v", "d", "e" FROM ({self._steps(query)}) '  # noqa: S608
+                f'WHERE "d" < 0 OR "e" > {int(query.max_gap_ms)}{bounded} GROUP BY "site", "device"')
 
     def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
         """Day by day: a month of minutes per device is more rows than InfluxDB returns in one series."""
