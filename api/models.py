@@ -105,7 +105,7 @@ class DeviceBase(BaseModel):
     # meter hierarchy (energy meters; rules in core/registry/hierarchy.py)
     role: MeterRole | None = Field(None, description="Energy meters: main (site supply), sub (beneath `parent`) "
                                    "or generation; default sub where a parent is given, else main")
-    parent_id: str | None = Field(None, pattern=ID_PATTERN, description="Sub-meters: the meter above, same site")
+    parent_id: str | None = Field(None, pattern=ID_SCHEMA_PATTERN, description="Sub-meters: the meter above, same site")
     rated_kw: float | None = Field(None, gt=0, le=1e8, description="Rated power: bounds a plausible counter step")
 
 
@@ -120,7 +120,7 @@ class DeviceUpdate(BaseModel):
     kind: DeviceKind | None = None
     source_type: str | None = Field(None, max_length=40)
     role: MeterRole | None = None
-    parent_id: str | None = Field(None, pattern=ID_PATTERN)
+    parent_id: str | None = Field(None, pattern=ID_SCHEMA_PATTERN)
     rated_kw: float | None = Field(None, gt=0, le=1e8)
 
 

@@ -118,7 +118,8 @@ class Platform:
         self.registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
         self.registry.init()
         self.registry.load_park(parse_park_file(park_yaml))
-        self.settings = Settings(_env_file=None, data_dir=tmp_path, ingest_client_id=f"ingest-{uuid.uuid4().hex[:8]}",  # type: ignore[call-arg]
+        client = f"smartpark-ingest-{uuid.uuid4().hex[:8]}"
+        self.settings = Settings(_env_file=None, data_dir=tmp_path, ingest_client_id=client,  # type: ignore[call-arg]
                                  ingest_batch_age_s=0.1, retention_days=3650)
         creds: dict[str, Any]
         if kind == "embedded":
@@ -126,13 +127,14 @@ class Platform:
 
             ingest_pw, tester_pw = secrets.token_hex(8), secrets.token_hex(8)
             self.host, self.port = "127.0.0.1", free_port()
-            broker = EmbeddedBroker(self.registry, self.host, self.port, {"ingest": ingest_pw, "tester": tester_pw})
+            logins = {"smartpark-ingest": ingest_pw, "smartpark-tester": tester_pw}  # service accounts
+            broker = EmbeddedBroker(self.registry, self.host, self.port, logins)
             broker.start()
             request.addfinalizer(broker.stop)
             self.store: TimeSeriesStore = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
             self.store.init()
-            creds, pub = {"username": "ingest", "password": ingest_pw, "mqtt5": False}, {"username": "tester",
-                                                                                        "password": tester_pw}
+            creds = {"username": "smartpark-ingest", "password": ingest_pw, "mqtt5": False}
+            pub = {"username": "smartpark-tester", "password": tester_pw}
         else:
             server = request.getfixturevalue("mosquitto")
             self.store = _influx_store(request)
