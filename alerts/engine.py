@@ -71,7 +71,7 @@ class AlertEngine:
         self.repo.init(default_rules(reference))
         self.book = StateBook(self.repo.states())
         self.stream = StreamEvaluator(catalog, reference, self.book, retention_ms=settings.retention_ms,
-                                      device=self._device)
+                                      window_ms=settings.window_ms, device=self._device)
         self.stream.seen = self.repo.seen()
         self.scheduled = ScheduledEvaluator(self.repo, store, registry, reference,
                                             valid_minutes=settings.kpi_min_valid_minutes,

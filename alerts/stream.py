@@ -37,9 +37,9 @@ class StreamEvaluator:
     """Evaluates one message at a time into a batch's Changes (the engine commits, then acks)."""
 
     def __init__(self, catalog: Catalog, reference: Reference, book: StateBook, *, retention_ms: int,
-                 device: Callable[[str], DeviceInfo | None]) -> None:
+                 device: Callable[[str], DeviceInfo | None], window_ms: int | None = None) -> None:
         self.catalog, self.reference, self.book = catalog, reference, book
-        self.decoder = ReadingDecoder(catalog, retention_ms=retention_ms)
+        self.decoder = ReadingDecoder(catalog, retention_ms=retention_ms, window_ms=window_ms)  # as the ingest
         self.device = device
         self.seen: dict[str, int] = {}
         self.skipped = 0  # messages that raised while evaluated (skipped, logged)
@@ -124,7 +124,7 @@ class StreamEvaluator:
             return
         if state not in ("online", "offline") or not isinstance(ts, int) or isinstance(ts, bool):
             return
-        if not now_ms - self.decoder.retention_ms <= ts <= now_ms + FUTURE_TOLERANCE_MS:
+        if not now_ms - self.decoder.window_ms <= ts <= now_ms + FUTURE_TOLERANCE_MS:
             ts = now_ms  # a device clock far off (as the ingest does): a future ts would mute later statuses
         for rule in self._rules_for(dev):
             if rule.kind == "device_offline":

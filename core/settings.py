@@ -72,7 +72,11 @@ class Settings(BaseSettings):
     and InfluxDB more CPU than the bytes are worth (bench_ingest, batch payloads: ~277k readings/s plain, ~250k
     gzip'd); turn it on when InfluxDB is across a slow or metered link."""
     retention_days: int = Field(3650, ge=1)
-    """Readings older than this are rejected (`ts_out_of_window`); also the raw retention policy."""
+    """The raw retention policy; no reading older than this is accepted either."""
+    store_forward_days: float = Field(7.0, gt=0, le=3650)
+    """Store-and-forward window: a reading older than this when it arrives (device time) is rejected with
+    `ts_out_of_window`. A gateway's outage buffer must fit in it (5G outages of hours to a long weekend); it
+    bounds how far back a device can write. Older history goes straight to the store (`simulate --mode backfill`)."""
 
     # --- local state
     data_dir: Path = Path("smartpark-data")
@@ -180,6 +184,11 @@ class Settings(BaseSettings):
     @property
     def retention_ms(self) -> int:
         return self.retention_days * 86_400_000
+
+    @property
+    def window_ms(self) -> int:
+        """How old a reading may be when it arrives: the store-and-forward window, within the retention."""
+        return min(round(self.store_forward_days * 86_400_000), self.retention_ms)
 
 
 def _placeholder_token(token: str) -> bool:
