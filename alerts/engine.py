@@ -69,7 +69,7 @@ class AlertEngine:
         self.settings, self.registry, self.store = settings, registry, store
         self.repo = AlertRepo(registry.engine)
         self.repo.init(default_rules(reference))
-        self.book = StateBook(self.repo.states())
+        self.book = StateBook(self.repo.states(), max_per_hour=settings.alerts_max_episodes_per_hour)
         self.stream = StreamEvaluator(catalog, reference, self.book, retention_ms=settings.retention_ms,
                                       window_ms=settings.window_ms, device=self._device)
         self.stream.seen = self.repo.seen()
@@ -187,8 +187,10 @@ class AlertEngine:
         changes = Changes()
         with self._lock:
             now = now_ms()
+            self.book.late_touched.clear()
             for topic, payload, _mid, _gen in batch:
                 self.stream.handle(topic, payload, now, changes)
+            self.book.close_idle_late(changes)  # late data that stopped coming: its episodes end where it did
             if changes and not self._commit(changes):
                 return  # stopping with the database down: not acked, the broker keeps the messages
         self.source.ack([(gen, mid) for _t, _p, mid, gen in batch])

@@ -34,10 +34,20 @@ class State:
     peak: float | None = None
     evidence: list[dict[str, Any]] = field(default_factory=list)
     mark: int = 0  # scheduled rules: the last window evaluated (hour start, day start)
+    # readings older than last_ts (back-dated, reordered) are judged on a timeline of their own: see StateBook
+    late: State | None = None
+    # the episode rate limit (StateBook): episodes opened in the clock hour starting at rate_hour (receive time)
+    rate_hour: int = 0
+    rate_count: int = 0
+    suppressed: int = 0  # episodes not opened because of the rate limit, ever
+    suppressed_since: int = 0  # ... since the last episode that was opened (which reports them)
 
     @classmethod
     def load(cls, data: dict[str, Any] | None) -> State:
-        return cls(**data) if data else cls()
+        if not data:
+            return cls()
+        late = data.get("late")
+        return cls(**{**data, "late": cls.load(late) if late else None})
 
     def dump(self) -> dict[str, Any]:
         return asdict(self)

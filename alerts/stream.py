@@ -1,7 +1,9 @@
 """Instant rules on the live stream: thresholds (hysteresis, duration, any/all) and device status.
 
-Readings are decoded with the contract's decoder; a reading at or before the last one a rule took from
-that device is a replay (the broker redelivers what was not acked before a crash) and changes nothing.
+Readings are decoded with the contract's decoder (with the ingest's store-and-forward window). A reading
+older than the last one a threshold rule took from that device (back-dated, reordered) is judged on its own
+timestamp, on the rule's late timeline (alerts/book.py); one at or before the last reading of the timeline it
+falls in is a replay (the broker redelivers what was not acked before a crash) and changes nothing.
 The per-minute sums of valid O2-corrected pollutants that the hourly rules read are gathered here too.
 """
 
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from smartpark.alerts.book import Observation, StateBook, Subject
-from smartpark.alerts.evaluate import condition_value, threshold_active
+from smartpark.alerts.evaluate import State, condition_value, threshold_active
 from smartpark.alerts.repo import Changes
 from smartpark.alerts.rules import Condition, RuleSpec
 from smartpark.core.catalog import Catalog
@@ -92,10 +94,15 @@ class StreamEvaluator:
 
     def _threshold(self, rule: RuleSpec, dev: DeviceInfo, r: Reading, changes: Changes) -> None:
         state = self.book.get(rule.id, dev.id)
-        if r.ts_ms <= state.last_ts:
-            return  # a replay
+        late = r.ts_ms <= state.last_ts
+        target = state
+        if late:
+            target = state.late or State()
+            if r.ts_ms <= target.last_ts:
+                return  # a replay
+            state.late = target
         source = self.reference.source_type(dev.source_type)
-        result = threshold_active(rule, state, r, source, self.reference)
+        result = threshold_active(rule, target, r, source, self.reference)
         if result is None:
             return
         active, value, limit = result
@@ -103,7 +110,8 @@ class StreamEvaluator:
         sample = {"ts": r.ts_ms, "value": value, "metrics": r.metrics, "flags": r.flags}
         obs = Observation(active, r.ts_ms, value, limit, metric, self.catalog[metric].unit,
                           f"{rule.duration_s:g}s" if rule.duration_s else "instant", rule.name, sample)
-        self.book.observe(rule, Subject(dev.site, dev.id), obs, changes, duration_ms=int(rule.duration_s * 1000))
+        self.book.observe(rule, Subject(dev.site, dev.id), obs, changes, duration_ms=int(rule.duration_s * 1000),
+                          late=late)
 
     def _bucket(self, dev: DeviceInfo, r: Reading, changes: Changes) -> None:
         """Add the reading's valid O2-corrected pollutants to their minute (what hourly means are made of)."""

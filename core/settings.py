@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     """How often window, no-data, quota and greening rules are evaluated against the store."""
     alerts_no_data_s: float = Field(900.0, gt=0)
     """No reading from a device for this long fires a no-data rule (a rule may set its own `after_s`)."""
+    alerts_max_episodes_per_hour: int = Field(6, ge=1, le=10_000)
+    """Episodes one rule may open on one device (or site) per clock hour; more are suppressed and counted (log,
+    rule state, and the next episode's message), so a flapping sensor or a back-dated batch cannot flood receivers."""
     alerts_webhook_timeout_s: float = Field(10.0, gt=0, le=120)
     """Timeout of one webhook attempt (connect, send, answer)."""
     alerts_webhook_max_attempts: int = Field(10, ge=1, le=100)

@@ -200,3 +200,96 @@ def test_a_rewrite_right_after_a_restart_is_audited(pipeline: Pipeline) -> None:
     pipeline.settle(2)
     rows, _ = AuditTrail(pipeline.registry.engine).rewrites()
     assert [(r.ts_ms, r.old_value, r.new_value) for r in rows] == [(t0, 80.0, 8.0)]
+
+
+# ------------------------------------------------------------------------------------------------ episodes
+NOX_TOPIC = "smartpark/v1/steel/sinter-cems/telemetry"
+RULE = "nox-over-limit"  # a default rule: sinter NOx (O2-corrected; at 16 % O2 as measured) over 50 for 5 minutes
+
+
+@dataclass
+class Alerts:
+    engine: Any
+    repo: Any
+    publisher: Publisher
+
+    def send(self, body: dict[str, Any]) -> None:
+        before = self.engine.processed
+        self.publisher.publish(NOX_TOPIC, body)
+        wait_for(lambda: self.engine.processed > before)
+
+    def episodes(self) -> list[Any]:
+        rows, _ = self.repo.episodes(sites=None, active=None, limit=1000)
+        return sorted((e for e in rows if e.rule_id == RULE), key=lambda e: e.started_ms)
+
+
+@pytest.fixture
+def alerts(tmp_path: Path, mosquitto: Any) -> Iterator[Alerts]:
+    from smartpark.platform import alert_engine
+
+    settings = Settings(_env_file=None, data_dir=tmp_path, alerts_client_id=f"alerts-{uuid.uuid4().hex[:8]}",  # type: ignore[call-arg]
+                        alerts_eval_interval_s=3600, retention_days=30)  # schedule rules out of the way
+    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
+    registry.init()
+    registry.load_park(parse_park_file(PARK_YAML))
+    store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
+    store.init()
+    engine = alert_engine(settings, registry, store, default_catalog(), host=mosquitto.host, port=mosquitto.port,
+                          username=None, password=None, mqtt5=True)
+    engine.start()
+    publisher = Publisher(mosquitto.host, mosquitto.port)
+    try:
+        yield Alerts(engine, engine.repo, publisher)
+    finally:
+        publisher.close()
+        engine.stop()
+        store.close()
+        registry.close()
+        forget_session(mosquitto.host, mosquitto.port, settings.alerts_client_id)
+
+
+def nox(value: float, ts: int) -> dict[str, Any]:
+    return {"ts": ts, "metrics": {"nox_mg_m3": value, "o2_pct": 16.0}}
+
+
+def test_a_back_dated_65_kb_batch_opens_at_most_the_rate_limit_and_counts_the_rest(alerts: Alerts) -> None:
+    """1,000 invented readings five minutes apart, days back: over, over (5 minutes: fires), under (resolves).
+    It opened 333 episodes (and their webhooks) at once; now the first 6 of the hour, the rest counted."""
+    step = 300_000
+    t0 = (now_ms() - 5 * DAY_MS) // step * step
+    batch = {"readings": [nox(900.0 if i % 3 != 2 else 1.0, t0 + i * step) for i in range(1000)]}
+    body = payload(batch).replace(b" ", b"")
+    assert 60_000 < len(body) <= 64 * 1024
+    alerts.send(body)  # type: ignore[arg-type]
+    episodes = alerts.episodes()
+    assert [(e.started_ms, e.ended_ms, e.state) for e in episodes] == [
+        (t0 + 3 * k * step, t0 + (3 * k + 2) * step, "resolved") for k in range(6)]  # the first six, as they were
+    assert alerts.engine.book.suppressed == 327
+    assert alerts.repo.states()[(RULE, "sinter-cems")].suppressed == 327  # committed with the batch
+    alerts.engine.book.clock = lambda: now_ms() + 3_600_000  # the next hour: episodes open again
+    later = t0 + 1000 * step
+    alerts.send({"readings": [nox(1.0, later), nox(900.0, later + step), nox(900.0, later + 2 * step)]})
+    (newest,) = [e for e in alerts.episodes() if e.started_ms == later + step]
+    assert "327 earlier episodes suppressed by the rate limit" in newest.message
+
+
+def test_a_reading_older_than_the_last_seen_is_judged_on_its_own_timestamp(alerts: Alerts) -> None:
+    """Back-dated readings were not evaluated at all; now on a late timeline: their own episode (beside the
+    live one), resolved where the late data clears or ends, and not again when redelivered."""
+    now = now_ms() // 1000 * 1000
+    alerts.send({"readings": [nox(80.0, now - 400_000), nox(80.0, now - 60_000)]})  # live: firing
+    (live,) = alerts.episodes()
+    t = now - 7_200_000
+    past = {"readings": [nox(70.0, t + i * 60_000) for i in range(7)] + [nox(10.0, t + 420_000)]}
+    alerts.send(past)
+    alerts.send(past)  # a redelivery: nothing new
+    first = [e for e in alerts.episodes() if e.id != live.id]
+    assert [(e.started_ms, e.ended_ms, e.state) for e in first] == [(t, t + 420_000, "resolved")]
+    assert first[0].message.startswith("late data: ")
+    t2 = t + 1_800_000  # a late segment that ends while over the limit
+    alerts.send({"readings": [nox(70.0, t2 + i * 60_000) for i in range(7)]})
+    alerts.send(nox(80.0, now - 30_000))  # the next batch carries no late data: the late episode ends
+    by_start = {e.started_ms: e for e in alerts.episodes()}
+    assert (by_start[t2].state, by_start[t2].ended_ms) == ("resolved", t2 + 360_000)
+    assert by_start[live.started_ms].state == "firing"  # the live episode was never disturbed
+    assert len(by_start) == 3
