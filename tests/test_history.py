@@ -7,7 +7,10 @@ value is kept and audited (a redelivery of the same value is not); a back-dated 
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,11 +22,14 @@ import pytest
 from smartpark.api.app import create_app
 from smartpark.core.catalog import default_catalog
 from smartpark.core.contract import ReadingDecoder
+from smartpark.core.errors import ConfigError
 from smartpark.core.registry import AuditTrail, Registry, parse_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import TimeSeriesStore
 from smartpark.core.store.embedded import EmbeddedStore
 from smartpark.ingest.service import IngestService
+from smartpark.simulators.modes import check_publish_window, window
+from smartpark.simulators.scenario import default_scenario
 
 from factories import PARK_YAML, Publisher, ServedApp, forget_session, now_ms, payload, reading, wait_for
 from servers import free_port
@@ -125,6 +131,23 @@ def test_the_decoder_names_the_bound_and_keeps_its_fast_paths() -> None:
     longer = ReadingDecoder(default_catalog(), retention_ms=DAY_MS, window_ms=3 * DAY_MS)  # the retention bounds
     (rejected,) = longer.decode("s", "d", payload(reading(ts=ok, power_kw=1.0)), now).rejections
     assert "1-day retention" in rejected.detail
+
+
+def test_publishing_history_beyond_the_window_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    """`simulate --publish` / accelerated go through the ingest: a run older than the window would be
+    dead-lettered, so it is refused up front (a backfill straight into the store is not bounded)."""
+    scenario = default_scenario()
+    now = now_ms()
+    check_publish_window(window(scenario, "accelerated", 2.9, now_ms=now), 3 * DAY_MS, now_ms=now)
+    with pytest.raises(ConfigError, match="3-day store-and-forward window"):
+        check_publish_window(window(scenario, "backfill", 3.1, now_ms=now), 3 * DAY_MS, now_ms=now)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTPARK_")}
+    env |= {"SMARTPARK_DATA_DIR": str(tmp_path / "data"), "SMARTPARK_MQTT_URL": "mqtt://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "-m", "smartpark", "simulate", "--mode", "backfill", "--publish",
+                           "--days", "8"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0
+    assert "7-day store-and-forward window" in done.stderr
+    assert "published" not in done.stderr
 
 
 # ------------------------------------------------------------------------------------------------ the audit trail
