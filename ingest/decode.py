@@ -104,8 +104,17 @@ class MessageDecoder:
         dead = [DeadLetter(now_ms, r.reason.value, topic, r.index, r.detail, payload)
                 for r in result.rejections] if result.rejections else []
         readings = result.readings
-        late = self._late(parsed.device, readings, now_ms) if readings else None
-        return DecodedMessage(to_points(readings, self.catalog), len(readings), dead, None, late)
+        points = to_points(readings, self.catalog)
+        late = None
+        if len(readings) == 1:  # the common message, inline: a compare and a store
+            ts = readings[0].ts_ms
+            if ts > self.last_ts.get(parsed.device, -1):
+                self.last_ts[parsed.device] = ts
+            else:
+                late = [(now_ms, p) for p in points]
+        elif readings:
+            late = self._late(parsed.device, readings, now_ms)
+        return DecodedMessage(points, len(readings), dead, None, late)
 
     def _late(self, device: str, readings: list[Reading], now_ms: int) -> list[tuple[int, Point]] | None:
         """Points of the readings not newer than the device's last one (one compare per reading: devices send
