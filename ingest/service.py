@@ -81,11 +81,11 @@ class IngestService:
         # collector's scans, and young collections made rarer. Decoding allocates a dict or two per reading,
         # and the collector's passes over a large heap cost ~1 µs a reading (bench/bench_ingest.py). Process-wide:
         # under `smartpark up` the other services' objects are frozen and collected less often too.
+        self.audit.init()
+        self._seed_last_seen()
         gc.collect()  # what is garbage now would never be freed once frozen
         gc.freeze()
         gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-        self.audit.init()
-        self._seed_last_seen()
         self._writer.start()
         try:
             self.source.start()
