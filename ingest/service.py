@@ -113,9 +113,9 @@ class IngestService:
         try:
             latest = self.store.latest_many([s.id for s in self.registry.sites()],
                                             lookback_ms=self.settings.window_ms)
-        except StoreError as exc:
+        except Exception as exc:  # StoreError, odd stored data: the ingest starts all the same
             log.warning("could not read the devices' last readings (%s); rewrites of a device's first "
-                        "message after this start go unchecked", exc)
+                        "message after this start go unchecked", exc, exc_info=not isinstance(exc, StoreError))
             return
         last = self.decoder.last_ts
         for values in latest.values():
