@@ -1,9 +1,10 @@
 """Instant rules on the live stream: thresholds (hysteresis, duration, any/all) and device status.
 
 Readings are decoded with the contract's decoder (with the ingest's store-and-forward window). A reading
-older than the last one a threshold rule took from that device (back-dated, reordered) is judged on its own
-timestamp, on the rule's late timeline (alerts/book.py); one at or before the last reading of the timeline it
-falls in is a replay (the broker redelivers what was not acked before a crash) and changes nothing.
+older than the last one a threshold rule took from that device is a duplicate or a replay (the broker redelivers
+what was not acked before a crash) where the live timeline covered that time, and changes nothing; in a gap of
+it (back-dated data, a buffer flushed after live readings resumed) it is late data, judged on its own timestamp
+on the rule's late timeline (alerts/book.py), where one at or before the timeline's last reading is a replay.
 The per-minute sums of valid O2-corrected pollutants that the hourly rules read are gathered here too.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from smartpark.alerts.book import Observation, StateBook, Subject
-from smartpark.alerts.evaluate import State, condition_value, threshold_active
+from smartpark.alerts.evaluate import State, condition_value, covered, extend_live, threshold_active
 from smartpark.alerts.repo import Changes
 from smartpark.alerts.rules import Condition, RuleSpec
 from smartpark.core.catalog import Catalog
@@ -97,9 +98,11 @@ class StreamEvaluator:
         late = r.ts_ms <= state.last_ts
         target = state
         if late:
+            if covered(state, r.ts_ms):
+                return  # a duplicate, or a redelivery after a crash, of what the live timeline judged
             target = state.late or State()
             if r.ts_ms <= target.last_ts:
-                return  # a replay
+                return  # a redelivery of late data already judged
             state.late = target
         source = self.reference.source_type(dev.source_type)
         result = threshold_active(rule, target, r, source, self.reference)
@@ -110,6 +113,8 @@ class StreamEvaluator:
         sample = {"ts": r.ts_ms, "value": value, "metrics": r.metrics, "flags": r.flags}
         obs = Observation(active, r.ts_ms, value, limit, metric, self.catalog[metric].unit,
                           f"{rule.duration_s:g}s" if rule.duration_s else "instant", rule.name, sample)
+        if not late:
+            extend_live(state, r.ts_ms)
         self.book.observe(rule, Subject(dev.site, dev.id), obs, changes, duration_ms=int(rule.duration_s * 1000),
                           late=late)
 

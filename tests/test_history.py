@@ -306,6 +306,7 @@ def test_a_reading_older_than_the_last_seen_is_judged_on_its_own_timestamp(alert
     past = {"readings": [nox(70.0, t + i * 60_000) for i in range(7)] + [nox(10.0, t + 420_000)]}
     alerts.send(past)
     alerts.send(past)  # a redelivery: nothing new
+    alerts.send(nox(80.0, now - 400_000))  # a duplicate of a live reading: nothing new either
     first = [e for e in alerts.episodes() if e.id != live.id]
     assert [(e.started_ms, e.ended_ms, e.state) for e in first] == [(t, t + 420_000, "resolved")]
     assert first[0].message.startswith("late data: ")
