@@ -317,3 +317,26 @@ def test_a_reading_older_than_the_last_seen_is_judged_on_its_own_timestamp(alert
     assert (by_start[t2].state, by_start[t2].ended_ms) == ("resolved", t2 + 360_000)
     assert by_start[live.started_ms].state == "firing"  # the live episode was never disturbed
     assert len(by_start) == 3
+
+
+def test_live_spans_tell_duplicates_from_late_data() -> None:
+    from smartpark.alerts.evaluate import LIVE_GAP_MS, LIVE_SPANS, State, covered, extend_live
+
+    state = State()
+    for ts in (1_000, 61_000, 121_000, 121_000 + LIVE_GAP_MS + 1):  # a gap longer than LIVE_GAP_MS after 121 s
+        extend_live(state, ts)
+        state.last_ts = ts
+    assert state.live == [[1_000, 121_000], [121_000 + LIVE_GAP_MS + 1] * 2]
+    assert covered(state, 61_000)  # a duplicate
+    assert not covered(state, 500)  # before the first span: late data
+    assert not covered(state, 200_000)  # in the gap: late data
+    legacy = State(last_ts=50_000)  # kept before spans existed: everything up to last_ts counts as judged
+    assert covered(legacy, 10)
+    extend_live(legacy, 60_000)
+    assert legacy.live == [[0, 60_000]]
+    sparse = State()
+    for k in range(LIVE_SPANS + 5):
+        extend_live(sparse, k * 10 * LIVE_GAP_MS)
+    assert len(sparse.live) == LIVE_SPANS  # bounded: the oldest gaps merge (and count as covered)
+    assert covered(sparse, 15 * LIVE_GAP_MS)
+    assert not covered(sparse, (LIVE_SPANS + 3) * 10 * LIVE_GAP_MS + 5 * LIVE_GAP_MS)
