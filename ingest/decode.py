@@ -1,4 +1,5 @@
-"""Message -> points, dead letters and status updates: the contract checks plus the registry binding."""
+"""Message -> points, dead letters and status updates: the contract checks plus the registry binding; and, per
+device, its newest reading time, which marks the points of older readings as late (ingest/rewrites.py)."""
 
 from __future__ import annotations
 
