@@ -340,3 +340,18 @@ def test_live_spans_tell_duplicates_from_late_data() -> None:
     assert len(sparse.live) == LIVE_SPANS  # bounded: the oldest gaps merge (and count as covered)
     assert covered(sparse, 15 * LIVE_GAP_MS)
     assert not covered(sparse, (LIVE_SPANS + 3) * 10 * LIVE_GAP_MS + 5 * LIVE_GAP_MS)
+
+
+def test_stored_fields_finds_exactly_the_stored_keys_in_both_stores(store: TimeSeriesStore) -> None:
+    """The batched look-up: keys far apart (several InfluxQL ranges), another device, flags, keys never stored."""
+    from smartpark.core.points import Point
+
+    t0 = (now_ms() - 2 * DAY_MS) // 1000 * 1000
+    stamps = [t0, t0 + 1000, t0 + 3_600_000, t0 + DAY_MS]
+    store.write([Point("emissions", *CEMS, ts, {"so2_mg_m3": float(i), "so2_mg_m3_flag": "C"})
+                 for i, ts in enumerate(stamps)] + [Point("emissions", "steel", "other", t0, {"so2_mg_m3": 9.0})])
+    asked = [Point("emissions", *CEMS, ts, {"so2_mg_m3": 0.0}) for ts in [*stamps, t0 + 500, t0 + 7_200_000]]
+    found = store.stored_fields(asked)
+    assert {k: v["so2_mg_m3"] for k, v in found.items()} == {
+        ("emissions", *CEMS, ts): float(i) for i, ts in enumerate(stamps)}
+    assert store.stored_fields([]) == {}

@@ -138,7 +138,8 @@ class TimeSeriesStore(Protocol):
 
     def stored_fields(self, points: Sequence[Point]) -> StoredFields:
         """The fields already stored at the points' keys (measurement, site, device, time), for the keys that
-        have any: what writing ``points`` would overwrite. Batched: a few queries for many points."""
+        have any: what writing ``points`` would overwrite (at least the numeric fields the points carry; flags
+        may be left out). Batched: a few queries for many points."""
 
     def series(self, query: SeriesQuery) -> list[Series]:
         """Aggregate one field over windows, computed by the store."""
