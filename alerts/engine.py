@@ -71,13 +71,13 @@ class AlertEngine:
         self.settings, self.registry, self.store = settings, registry, store
         self.repo = AlertRepo(registry.engine)
         self.repo.init(default_rules(reference))
-        self.book = StateBook(self.repo.states())
+        self.book = StateBook(self.repo.states(), max_per_hour=settings.alerts_max_episodes_per_hour)
         self.stream = StreamEvaluator(catalog, reference, self.book, retention_ms=settings.retention_ms,
-                                      device=self._device)
+                                      window_ms=settings.window_ms, device=self._device)
         self.stream.seen = self.repo.seen()
         # Devices heard of before a restart count as heard at start: each gets a full no-data interval.
         self.stream.heard = dict.fromkeys(self.stream.seen, now_ms())
-        self.late_window_ms = int(settings.alerts_late_window_h * 3_600_000)
+        self.late_window_ms = settings.window_ms  # readings can arrive this late at most (store and forward)
         self.scheduled = ScheduledEvaluator(self.repo, store, registry, reference,
                                             valid_minutes=settings.kpi_min_valid_minutes,
                                             no_data_s=settings.alerts_no_data_s, late_window_ms=self.late_window_ms,
@@ -196,8 +196,10 @@ class AlertEngine:
         changes = Changes()
         with self._lock:
             now = now_ms()
+            self.book.late_touched.clear()
             for topic, payload, _mid, _gen in batch:
                 self.stream.handle(topic, payload, now, changes)
+            self.book.close_idle_late(changes)  # late data that stopped coming: its episodes end where it did
             if changes and not self._commit(changes):
                 return  # stopping with the database down: not acked, the broker keeps the messages
         self.source.ack([(gen, mid) for _t, _p, mid, gen in batch])

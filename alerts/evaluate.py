@@ -16,11 +16,13 @@ from smartpark.core.contract import Reading
 from smartpark.core.emissions import is_valid_flag, o2_correct
 from smartpark.core.reference import Reference, SourceType
 
-__all__ = ["EVIDENCE_MAX", "State", "Step", "advance", "condition_bounds", "condition_value",
-           "day_start", "hour_start", "hourly_mean", "next_day", "threshold_active"]
+__all__ = ["EVIDENCE_MAX", "State", "Step", "advance", "condition_bounds", "condition_value", "covered",
+           "day_start", "extend_live", "hour_start", "hourly_mean", "next_day", "threshold_active"]
 
 MINUTE_MS = 60_000
 EVIDENCE_MAX = 20  # readings kept as the evidence of an episode
+LIVE_GAP_MS = 300_000  # live readings closer than this form one covered span (State.live)
+LIVE_SPANS = 32
 Step = Literal["fire", "resolve", "peak"] | None
 
 
@@ -38,13 +40,48 @@ class State:
     # closed-hour rules (alerts/hours.py): hour start -> [valid minutes, exceeding (None: invalid), mean, judged at]
     hours: dict[str, list[Any]] = field(default_factory=dict)
     runs: dict[str, list[Any]] = field(default_factory=dict)  # run start -> [episode id, end or None, peak]
+    # device-time spans the live timeline covered densely ([start, end], gaps up to LIVE_GAP_MS): a reading older
+    # than last_ts inside one is a duplicate or a redelivery; one in a gap (before, between) is late data
+    live: list[list[int]] = field(default_factory=list)
+    # late data (back-dated, or filling a gap after live readings resumed) is judged on a timeline of its own
+    late: State | None = None
+    # the episode rate limit (StateBook): episodes opened in the clock hour starting at rate_hour (receive time)
+    rate_hour: int = 0
+    rate_count: int = 0
+    suppressed: int = 0  # episodes not opened because of the rate limit, ever
+    suppressed_since: int = 0  # ... since the last episode that was opened (which reports them)
 
     @classmethod
     def load(cls, data: dict[str, Any] | None) -> State:
-        return cls(**data) if data else cls()
+        if not data:
+            return cls()
+        late = data.get("late")
+        return cls(**{**data, "late": cls.load(late) if late else None})
 
     def dump(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def covered(state: State, ts_ms: int) -> bool:
+    """Whether the live timeline has judged the device around ``ts_ms`` (at or before last_ts). A state from
+    before the spans were kept covers everything up to its last_ts."""
+    if not state.live:
+        return ts_ms <= state.last_ts
+    return any(start <= ts_ms <= end for start, end in state.live)
+
+
+def extend_live(state: State, ts_ms: int) -> None:
+    """Record a reading the live timeline judged (newest last): it extends the last span or opens one; at most
+    LIVE_SPANS are kept, the oldest two merging (a gap forgotten that way counts as covered)."""
+    live = state.live
+    if not live and state.last_ts:
+        live.append([0, state.last_ts])  # a state from before spans were kept
+    if live and ts_ms - live[-1][1] <= LIVE_GAP_MS:
+        live[-1][1] = max(live[-1][1], ts_ms)
+        return
+    live.append([ts_ms, ts_ms])
+    if len(live) > LIVE_SPANS:
+        live[0:2] = [[live[0][0], live[1][1]]]
 
 
 def advance(state: State, active: bool, ts_ms: int, *, duration_ms: int, sample: dict[str, Any],

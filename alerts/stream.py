@@ -1,7 +1,10 @@
 """Instant rules on the live stream: thresholds (hysteresis, duration, any/all) and device status.
 
-Readings are decoded with the contract's decoder; a reading at or before the last one a rule took from
-that device is a replay (the broker redelivers what was not acked before a crash) and changes nothing.
+Readings are decoded with the contract's decoder (with the ingest's store-and-forward window). A reading
+older than the last one a threshold rule took from that device is a duplicate or a replay (the broker redelivers
+what was not acked before a crash) where the live timeline covered that time, and changes nothing; in a gap of
+it (back-dated data, a buffer flushed after live readings resumed) it is late data, judged on its own timestamp
+on the rule's late timeline (alerts/book.py), where one at or before the timeline's last reading is a replay.
 The valid O2-corrected pollutant values that the hourly rules read are kept here too, one row per reading
 and whatever its lateness (a late or redelivered reading overwrites its own row), with the earliest time
 each device touched since the last schedule round, so the closed hours that changed are judged again.
@@ -15,7 +18,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from smartpark.alerts.book import Observation, StateBook, Subject
-from smartpark.alerts.evaluate import condition_value, threshold_active
+from smartpark.alerts.evaluate import State, condition_value, covered, extend_live, threshold_active
 from smartpark.alerts.repo import Changes
 from smartpark.alerts.rules import Condition, RuleSpec
 from smartpark.core.catalog import Catalog
@@ -38,9 +41,9 @@ class StreamEvaluator:
     """Evaluates one message at a time into a batch's Changes (the engine commits, then acks)."""
 
     def __init__(self, catalog: Catalog, reference: Reference, book: StateBook, *, retention_ms: int,
-                 device: Callable[[str], DeviceInfo | None]) -> None:
+                 device: Callable[[str], DeviceInfo | None], window_ms: int | None = None) -> None:
         self.catalog, self.reference, self.book = catalog, reference, book
-        self.decoder = ReadingDecoder(catalog, retention_ms=retention_ms)
+        self.decoder = ReadingDecoder(catalog, retention_ms=retention_ms, window_ms=window_ms)  # as the ingest
         self.device = device
         self.seen: dict[str, int] = {}
         self.touched: dict[str, int] = {}  # device -> earliest reading time bucketed since the last schedule round
@@ -96,10 +99,17 @@ class StreamEvaluator:
 
     def _threshold(self, rule: RuleSpec, dev: DeviceInfo, r: Reading, changes: Changes) -> None:
         state = self.book.get(rule.id, dev.id)
-        if r.ts_ms <= state.last_ts:
-            return  # a replay
+        late = r.ts_ms <= state.last_ts
+        target = state
+        if late:
+            if covered(state, r.ts_ms):
+                return  # a duplicate, or a redelivery after a crash, of what the live timeline judged
+            target = state.late or State()
+            if r.ts_ms <= target.last_ts:
+                return  # a redelivery of late data already judged
+            state.late = target
         source = self.reference.source_type(dev.source_type)
-        result = threshold_active(rule, state, r, source, self.reference)
+        result = threshold_active(rule, target, r, source, self.reference)
         if result is None:
             return
         active, value, limit = result
@@ -107,7 +117,10 @@ class StreamEvaluator:
         sample = {"ts": r.ts_ms, "value": value, "metrics": r.metrics, "flags": r.flags}
         obs = Observation(active, r.ts_ms, value, limit, metric, self.catalog[metric].unit,
                           f"{rule.duration_s:g}s" if rule.duration_s else "instant", rule.name, sample)
-        self.book.observe(rule, Subject(dev.site, dev.id), obs, changes, duration_ms=int(rule.duration_s * 1000))
+        if not late:
+            extend_live(state, r.ts_ms)
+        self.book.observe(rule, Subject(dev.site, dev.id), obs, changes, duration_ms=int(rule.duration_s * 1000),
+                          late=late)
 
     def _bucket(self, dev: DeviceInfo, r: Reading, changes: Changes) -> None:
         """Keep the reading's valid O2-corrected pollutants (what hourly means are made of), late ones too."""
@@ -129,7 +142,7 @@ class StreamEvaluator:
             return
         if state not in ("online", "offline") or not isinstance(ts, int) or isinstance(ts, bool):
             return
-        if not now_ms - self.decoder.retention_ms <= ts <= now_ms + FUTURE_TOLERANCE_MS:
+        if not now_ms - self.decoder.window_ms <= ts <= now_ms + FUTURE_TOLERANCE_MS:
             ts = now_ms  # a device clock far off (as the ingest does): a future ts would mute later statuses
         for rule in self._rules_for(dev):
             if rule.kind == "device_offline":

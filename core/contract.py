@@ -154,9 +154,12 @@ def _schema_reason(exc: msgspec.ValidationError) -> Reason:
 class ReadingDecoder:
     """Turns a telemetry payload into validated readings and rejections with reasons."""
 
-    def __init__(self, catalog: Catalog, *, retention_ms: int) -> None:
+    def __init__(self, catalog: Catalog, *, retention_ms: int, window_ms: int | None = None) -> None:
+        """``window_ms``: the store-and-forward window, how old a reading may be when it arrives (device time
+        against receive time); None or longer than the retention: the retention bounds it."""
         self.catalog = catalog
         self.retention_ms = retention_ms
+        self.window_ms = retention_ms if window_ms is None else min(window_ms, retention_ms)
         self._bounds = {m.name: (m.min, m.max) for m in catalog.metrics.values()}  # hot loop: no attribute loads
 
     def decode(self, site: str, device: str, payload: bytes, now_ms: int) -> Decoded:
@@ -231,7 +234,7 @@ class ReadingDecoder:
         """A one-reading message (the envelope is the reading: no copy). The plain reading is checked inline,
         as in _typed_batch; anything else goes through _one, which finds the exact reason."""
         ts = env.ts
-        if (type(ts) is int and now_ms - self.retention_ms <= ts <= now_ms + FUTURE_TOLERANCE_MS
+        if (type(ts) is int and now_ms - self.window_ms <= ts <= now_ms + FUTURE_TOLERANCE_MS
                 and not env.flags and self._in_bounds(env.metrics)):  # type: ignore[arg-type]
             return Decoded([Reading(site, device, ts, env.metrics, {}, env.seq)], [])  # type: ignore[arg-type]
         return self._one(site, device, env, now_ms, None)
@@ -252,7 +255,7 @@ class ReadingDecoder:
         readings: list[Reading] = []
         rejections: list[Rejection] = []
         in_bounds = self._in_bounds
-        oldest, newest = now_ms - self.retention_ms, now_ms + FUTURE_TOLERANCE_MS
+        oldest, newest = now_ms - self.window_ms, now_ms + FUTURE_TOLERANCE_MS
         for i, raw in enumerate(raws):
             ts = raw.ts
             if type(ts) is int and oldest <= ts <= newest and not raw.flags and in_bounds(raw.metrics):
@@ -295,11 +298,19 @@ class ReadingDecoder:
         ts_ms = ts if isinstance(ts, int) else (ts - EPOCH) // MS  # exact: no float rounding
         if ts_ms > now_ms + FUTURE_TOLERANCE_MS:
             return ts_ms, (Reason.TS_OUT_OF_WINDOW, f"ts {ts_ms} is more than 5 minutes in the future")
-        if ts_ms < now_ms - self.retention_ms:
-            days = self.retention_ms // 86_400_000
-            return ts_ms, (Reason.TS_OUT_OF_WINDOW,
-                           f"ts {ts_ms} is older than the {days}-day retention (sent in s, not ms?)")
+        if ts_ms < now_ms - self.window_ms:
+            return ts_ms, (Reason.TS_OUT_OF_WINDOW, self._too_old(ts_ms, now_ms))
         return ts_ms, None
+
+    def _too_old(self, ts_ms: int, now_ms: int) -> str:
+        """Which lower bound refused it: the store-and-forward window, or the retention (when it is shorter)."""
+        age_h = (now_ms - ts_ms) / 3_600_000
+        if self.window_ms < self.retention_ms:
+            return (f"ts {ts_ms} is {age_h:.1f} h old, older than the {self.window_ms / 86_400_000:g}-day "
+                    "store-and-forward window (SMARTPARK_STORE_FORWARD_DAYS); older history is loaded with a "
+                    "backfill, straight into the store")
+        return (f"ts {ts_ms} is older than the {self.retention_ms / 86_400_000:g}-day retention "
+                "(SMARTPARK_RETENTION_DAYS; sent in s, not ms?)")
 
 
 def _as_is(obj: _RawReading) -> _RawReading:

@@ -75,7 +75,11 @@ class Settings(BaseSettings):
     and InfluxDB more CPU than the bytes are worth (bench_ingest, batch payloads: ~277k readings/s plain, ~250k
     gzip'd); turn it on when InfluxDB is across a slow or metered link."""
     retention_days: int = Field(3650, ge=1)
-    """Readings older than this are rejected (`ts_out_of_window`); also the raw retention policy."""
+    """The raw retention policy; no reading older than this is accepted either."""
+    store_forward_days: float = Field(7.0, gt=0, le=3650)
+    """Store-and-forward window: a reading older than this when it arrives (device time) is rejected with
+    `ts_out_of_window`. A gateway's outage buffer must fit in it (5G outages of hours to a long weekend); it
+    bounds how far back a device can write. Older history goes straight to the store (`simulate --mode backfill`)."""
 
     # --- local state
     data_dir: Path = Path("smartpark-data")
@@ -160,9 +164,9 @@ class Settings(BaseSettings):
     alerts_no_data_s: float = Field(900.0, gt=0)
     """No message from a device for this long (by the engine's clock, so a device replaying its past is not
     silent) fires a no-data rule (a rule may set its own `after_s`)."""
-    alerts_late_window_h: float = Field(72.0, gt=0, le=24 * 31)
-    """Closed hours are judged again when late readings (a gateway's store-and-forward flush) change them, up
-    to this long after they closed; older readings no longer change an hourly alert."""
+    alerts_max_episodes_per_hour: int = Field(6, ge=1, le=10_000)
+    """Episodes one rule may open on one device (or site) per clock hour; more are suppressed and counted (log,
+    rule state, and the next episode's message), so a flapping sensor or a back-dated batch cannot flood receivers."""
     alerts_webhook_timeout_s: float = Field(10.0, gt=0, le=120)
     """Timeout of one webhook attempt (connect, send, answer)."""
     alerts_webhook_max_attempts: int = Field(10, ge=1, le=100)
@@ -224,6 +228,11 @@ class Settings(BaseSettings):
     @property
     def retention_ms(self) -> int:
         return self.retention_days * 86_400_000
+
+    @property
+    def window_ms(self) -> int:
+        """How old a reading may be when it arrives: the store-and-forward window, within the retention."""
+        return min(round(self.store_forward_days * 86_400_000), self.retention_ms)
 
 
 def _placeholder_token(token: str) -> bool:

@@ -13,6 +13,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from smartpark.core.points import Point
+from smartpark.core.registry.audit import Rewrite
 from smartpark.ingest.deadletter import DeadLetter
 from smartpark.ingest.decode import DecodedMessage, StatusUpdate
 
@@ -33,6 +34,9 @@ class Batch:
     written: bool = False  # points durable (store or spool): a retried commit must not write them again
     rewrite: bool = False  # written to the store while an earlier batch went to the spool: write again after it
     recorded: bool = False  # dead letters recorded: a retried commit must not record them twice
+    late: list[tuple[int, Point]] = field(default_factory=list)  # (received ms, point) that may change history
+    rewrites: list[Rewrite] = field(default_factory=list)  # stored values these points change (audit trail)
+    audited: bool = False  # rewrites recorded: a retried commit must not record them twice
 
     def add(self, msg: DecodedMessage, ack: tuple[int, int]) -> None:
         if not self.messages:
@@ -41,6 +45,8 @@ class Batch:
         self.dead += msg.dead
         if msg.status is not None:
             self.status[msg.status.device] = msg.status
+        if msg.late:
+            self.late += msg.late
         self.acks.append(ack)
         self.readings += msg.readings
         self.messages += 1

@@ -1,4 +1,5 @@
-"""Message -> points, dead letters and status updates: the contract checks plus the registry binding."""
+"""Message -> points, dead letters and status updates: the contract checks plus the registry binding; and, per
+device, its newest reading time, which marks the points of older readings as late (ingest/rewrites.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import NamedTuple
 import msgspec
 
 from smartpark.core.catalog import Catalog
-from smartpark.core.contract import ReadingDecoder, Reason, Rejection, parse_topic, to_points
+from smartpark.core.contract import Reading, ReadingDecoder, Reason, Rejection, parse_topic, to_points
 from smartpark.core.points import Point
 from smartpark.ingest.deadletter import DeadLetter
 
@@ -33,6 +34,9 @@ class DecodedMessage(msgspec.Struct, gc=False):  # a Struct: built once per mess
     readings: int
     dead: list[DeadLetter]
     status: StatusUpdate | None = None
+    # points of readings at or before their device's last seen time, with the receive time: they may change
+    # a stored value (ingest/rewrites.py looks them up); None on the normal path (device time moving on)
+    late: list[tuple[int, Point]] | None = None
 
 
 class _Status(msgspec.Struct):
@@ -70,10 +74,11 @@ class Bindings:
 
 
 class MessageDecoder:
-    def __init__(self, catalog: Catalog, bindings: Bindings, retention_ms: int) -> None:
+    def __init__(self, catalog: Catalog, bindings: Bindings, retention_ms: int, window_ms: int | None = None) -> None:
         self.catalog = catalog
         self.bindings = bindings
-        self.readings = ReadingDecoder(catalog, retention_ms=retention_ms)
+        self.readings = ReadingDecoder(catalog, retention_ms=retention_ms, window_ms=window_ms)
+        self.last_ts: dict[str, int] = {}  # device -> newest reading time seen (seeded from the store at start)
 
     def decode(self, topic: str, payload: bytes, now_ms: int) -> DecodedMessage:
         """Points, dead letters or a status update; whatever the payload, this returns (never raises)."""
@@ -99,7 +104,33 @@ class MessageDecoder:
         result = self.readings.decode(parsed.site, parsed.device, payload, now_ms)
         dead = [DeadLetter(now_ms, r.reason.value, topic, r.index, r.detail, payload)
                 for r in result.rejections] if result.rejections else []
-        return DecodedMessage(to_points(result.readings, self.catalog), len(result.readings), dead)
+        readings = result.readings
+        points = to_points(readings, self.catalog)
+        late = None
+        if len(readings) == 1:  # the common message, inline: a compare and a store
+            ts = readings[0].ts_ms
+            if ts > self.last_ts.get(parsed.device, -1):
+                self.last_ts[parsed.device] = ts
+            else:
+                late = [(now_ms, p) for p in points]
+        elif readings:
+            late = self._late(parsed.device, readings, now_ms)
+        return DecodedMessage(points, len(readings), dead, None, late)
+
+    def _late(self, device: str, readings: list[Reading], now_ms: int) -> list[tuple[int, Point]] | None:
+        """Points of the readings not newer than the device's last one (one compare per reading: devices send
+        in time order, so this is empty but for resends, corrections and back-dated messages)."""
+        last = self.last_ts.get(device, -1)
+        late: list[Reading] | None = None
+        for r in readings:
+            if r.ts_ms > last:
+                last = r.ts_ms
+            elif late is None:
+                late = [r]
+            else:
+                late.append(r)
+        self.last_ts[device] = last
+        return None if late is None else [(now_ms, p) for p in to_points(late, self.catalog)]
 
     def _status(self, topic: str, device: str, payload: bytes, now_ms: int) -> DecodedMessage:
         try:
@@ -115,7 +146,7 @@ class MessageDecoder:
         """The device's own time when it is plausible (a retained status replayed on every reconnect must not
         move last-seen), else the receive time."""
         ts = status.ts
-        if isinstance(ts, int) and now_ms - self.readings.retention_ms <= ts <= now_ms + 300_000:
+        if isinstance(ts, int) and now_ms - self.readings.window_ms <= ts <= now_ms + 300_000:
             return ts
         return now_ms
 

@@ -8,7 +8,9 @@ still writes the last, and acks stay in receive order (the oldest batch always c
 spool holds data, new batches queue behind it so replay stays in order; a batch the store took while an
 earlier one went to the spool is spooled again behind it, so a replay never puts older values over newer
 ones. A full spool stops the acks: the broker holds the rest (bounded by Receive Maximum), so nothing is ever
-dropped.
+dropped. Points at or before their device's last reading time (resends, corrections, back-dated messages) are
+looked up before their batch is written; a changed value is kept and recorded in the audit trail with its
+batch's commit (ingest/rewrites.py, core/registry/audit.py).
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from datetime import UTC, datetime
 from smartpark.core.catalog import Catalog
 from smartpark.core.errors import StoreError
 from smartpark.core.points import Point
-from smartpark.core.registry import Registry
+from smartpark.core.registry import AuditTrail, Registry
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import TimeSeriesStore
 from smartpark.ingest.batch import Batch, Batcher
 from smartpark.ingest.deadletter import DeadLetter, DeadLetterBox
 from smartpark.ingest.decode import Bindings, MessageDecoder
 from smartpark.ingest.errors import BrokerUnreachable
+from smartpark.ingest.rewrites import find_rewrites
 from smartpark.ingest.session import Mqtt5Session
 from smartpark.ingest.source import MqttSource
 from smartpark.ingest.spool import Spool, SpoolFull
@@ -55,7 +58,7 @@ class IngestService:
         self.registry = registry
         self.stats = IngestStats()
         self.dead_letters = DeadLetterBox(settings.data_dir / "dead-letters.sqlite")
-        self.decoder = MessageDecoder(catalog, Bindings(registry.bindings), settings.retention_ms)
+        self.decoder = MessageDecoder(catalog, Bindings(registry.bindings), settings.retention_ms, settings.window_ms)
         self.batcher = Batcher(settings.ingest_batch_size, settings.ingest_batch_age_s)
         # The mqtt5-codec session costs ~3 µs per message against paho's ~45 (bench/bench_ingest.py).
         source_class = Mqtt5Session if mqtt5 and settings.ingest_mqtt_client == "session" else MqttSource
@@ -64,6 +67,7 @@ class IngestService:
             password=password, mqtt5=mqtt5, receive_maximum=2 * settings.ingest_batch_size,
             shared=settings.ingest_shared, on_message=self._on_message)
         self.spool = Spool(settings.data_dir / "spool", settings.spool_max_bytes)
+        self.audit = AuditTrail(registry.engine)
         self._next_replay = 0.0
         self._replay_delay = REPLAY_MIN_S
         self._stop = threading.Event()
@@ -77,6 +81,8 @@ class IngestService:
         # collector's scans, and young collections made rarer. Decoding allocates a dict or two per reading,
         # and the collector's passes over a large heap cost ~1 µs a reading (bench/bench_ingest.py). Process-wide:
         # under `smartpark up` the other services' objects are frozen and collected less often too.
+        self.audit.init()
+        self._seed_last_seen()
         gc.collect()  # what is garbage now would never be freed once frozen
         gc.freeze()
         gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
@@ -100,6 +106,22 @@ class IngestService:
         self.source.stop()
         self._store_writer.shutdown(wait=True)
         self.dead_letters.close()
+
+    def _seed_last_seen(self) -> None:
+        """Each device's newest stored reading within the window, so that a rewrite arriving right after a
+        restart is checked too (best effort: with the store away, the first message of each device is not)."""
+        try:
+            latest = self.store.latest_many([s.id for s in self.registry.sites()],
+                                            lookback_ms=self.settings.window_ms)
+        except Exception as exc:  # StoreError, odd stored data: the ingest starts all the same
+            log.warning("could not read the devices' last readings (%s); rewrites of a device's first "
+                        "message after this start go unchecked", exc, exc_info=not isinstance(exc, StoreError))
+            return
+        last = self.decoder.last_ts
+        for values in latest.values():
+            for v in values:
+                if v.ts_ms > last.get(v.device, -1):
+                    last[v.device] = v.ts_ms
 
     # --- MQTT thread
     def _on_message(self, topic: str, payload: bytes, mid: int, generation: int) -> None:
@@ -149,10 +171,26 @@ class IngestService:
         """Start the batch's store write in the background; not while the spool holds data (the batch then
         queues behind it, written when completed) nor without points."""
         batch.taken = time.perf_counter()
+        if batch.late:
+            self._find_rewrites(batch)
         if self.spool or not batch.points:
             return
         batch.write = self._store_writer.submit(self.store.write, batch.points)
         batch.write.add_done_callback(lambda _: self.batcher.wake())
+
+    def _find_rewrites(self, batch: Batch) -> None:
+        """Before its write: which stored values the batch's late points change (the earlier batches still in
+        the store's hands count as stored). With the store unable to answer, the points are stored unchecked,
+        counted and logged (a spooled batch's values are not seen by the look-up either)."""
+        late, batch.late = batch.late, []
+        try:
+            batch.rewrites = find_rewrites(late, [b.points for b in self._in_flight], batch.points,
+                                           self.store.stored_fields)
+        except Exception as exc:  # StoreError, or anything else: the check must never cost the batch itself
+            log.warning("could not check %d late points for changed values (%s); stored unchecked", len(late), exc,
+                        exc_info=not isinstance(exc, StoreError))
+            self.stats.add("rewrite_checks_failed", len(late))
+        self.stats.add("late_points_checked", len(late))
 
     def _complete(self, batch: Batch) -> bool:
         """Wait for the batch's write; when it failed (or never started), the synchronous path decides:
@@ -185,10 +223,16 @@ class IngestService:
         """Make the batch durable, record its dead letters and status, ack it; False if it stays unacked."""
         if not batch.messages:
             return True
+        if batch.late:  # a batch that never went through _start_write (the final drain)
+            self._find_rewrites(batch)
         if not batch.written and not self._write_points(batch):
             log.warning("stopping with the store down: %d messages left unacked for redelivery", batch.messages)
             return False
         batch.written = True  # a retry after a failure below must not write (or spool) the points again
+        if batch.rewrites and not batch.audited:
+            self.audit.record(batch.rewrites)
+            self.stats.add("rewrites_recorded", len(batch.rewrites))
+            batch.audited = True
         if not batch.recorded:
             self.dead_letters.add(batch.dead)
             batch.recorded = True

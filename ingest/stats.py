@@ -32,6 +32,9 @@ HELP = {
     "last_batch_points": "points in the last batch",
     "last_write_seconds": "seconds the last batch took to hand off",
     "in_flight_messages": "messages received but not yet acked",
+    "late_points_checked": "points at or before their device's last reading time, looked up for changed values",
+    "rewrites_recorded": "stored values changed by a later reading, recorded in the audit trail",
+    "rewrite_checks_failed": "late points stored unchecked because the store could not be asked",
 }
 
 

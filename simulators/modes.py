@@ -16,6 +16,7 @@ from typing import Literal
 import msgspec
 
 from smartpark.core.catalog import Catalog
+from smartpark.core.errors import ConfigError
 from smartpark.core.registry import ParkFile, read_park_file
 from smartpark.core.store.base import TimeSeriesStore
 from smartpark.simulators.backfill import BackfillResult, backfill
@@ -26,7 +27,8 @@ from smartpark.simulators.scenario import Scenario, default_scenario, load_scena
 from smartpark.simulators.timeline import Frame, Timeline
 from smartpark.simulators.truth import TruthWriter
 
-__all__ = ["ACCELERATED_SPEED", "Mode", "Window", "load_run", "run_backfill", "run_publish", "window"]
+__all__ = ["ACCELERATED_SPEED", "Mode", "Window", "check_publish_window", "load_run", "run_backfill", "run_publish",
+           "window"]
 
 Mode = Literal["live", "accelerated", "backfill"]
 ACCELERATED_SPEED = 1440.0  # a day of plant time per minute
@@ -66,6 +68,19 @@ def window(scenario: Scenario, mode: Mode, days: float, *, now_ms: int | None = 
     if mode == "live":
         return Window(start, None, 1.0)
     return Window(start, start + round(days * DAY_MS), speed if mode == "accelerated" else 0.0)
+
+
+def check_publish_window(win: Window, window_ms: int, *, now_ms: int | None = None) -> None:
+    """Published history reaches the ingest, which refuses readings older than its store-and-forward window:
+    refuse a run that starts before it (ConfigError) rather than have it dead-lettered. (A backfill straight
+    into the store has no such bound.)"""
+    now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    if win.start_ms < now - window_ms:
+        raise ConfigError(
+            f"this run starts {(now - win.start_ms) / DAY_MS:.1f} days back, beyond the ingest's "
+            f"{window_ms / DAY_MS:g}-day store-and-forward window (SMARTPARK_STORE_FORWARD_DAYS), which would "
+            "reject those readings: use --mode backfill without --publish (straight into the store), fewer "
+            "--days, or a longer window")
 
 
 def run_backfill(store: TimeSeriesStore, park: ParkFile, scenario: Scenario, win: Window, catalog: Catalog, *,

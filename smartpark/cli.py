@@ -204,6 +204,8 @@ def simulate(  # noqa: PLR0917 (typer options)
         catalog, registry, store = open_core(settings)
         registry.load_park(parsed)
         win = modes.window(scen, mode, days, speed=speed)  # type: ignore[arg-type]
+        if not direct:
+            modes.check_publish_window(win, settings.window_ms)
         if direct:
             done = modes.run_backfill(store, parsed, scen, win, catalog, truth_path=truth)
             err.print(f"backfilled {done.readings:,} readings in {done.seconds:.1f} s "

@@ -26,7 +26,7 @@ from factories import PARK_YAML, ServedApp, now_ms
 OWN, OTHER = "steel", "park-green"
 IDS = {"site": {OWN: OWN, OTHER: OTHER}, "device": {OWN: "steel-meter", OTHER: "green-1"},
        "episode_id": {OWN: "ep-steel", OTHER: "ep-green"}}
-ADMIN_ONLY = ("/v1/keys", "/v1/alerts/rules", "/v1/alerts/webhooks")  # park-wide: a site key gets 403
+ADMIN_ONLY = ("/v1/keys", "/v1/alerts/rules", "/v1/alerts/webhooks", "/v1/audit")  # park-wide: a site key gets 403
 PUBLIC = {"/healthz", "/readyz", "/metrics"}  # health: no key
 PAGE = {"/", "/login", "/logout"}  # the overview page has its own login (tested in test_overview_page.py)
 BODIES: dict[tuple[str, str], dict[str, Any]] = {

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from smartpark.core.catalog import default_catalog
-from smartpark.core.registry import ParkFile, Registry, parse_park_file, read_park_file
+from smartpark.core.registry import AuditTrail, ParkFile, Registry, parse_park_file, read_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store.influx import InfluxStore, quote_ident
 from smartpark.ingest.service import IngestService
@@ -119,6 +119,9 @@ def test_outage_readings_all_arrive_after_reconnect_none_lost_none_doubled(
         time.sleep(0.5)  # anything sent twice would show as more readings stored than sent
         assert ingest.stats.counters["readings_stored"] == stats.sent
         assert_matches_truth(stored_rows(influx_store), generated)
+        # duplicates and reordered readings are looked up, and none of them is taken for a rewrite
+        assert ingest.stats.counters["late_points_checked"] > 0
+        assert AuditTrail(registry.engine).rewrites()[1] == 0
         t0, t1 = start + 30 * 60_000, start + 70 * 60_000
         during = [r for r in generated if t0 <= r["ts"] < t1 and r["site"] == "plant"]
         flushed = [r for r in records if r["type"] == "event" and r["kind"] == "flush"]

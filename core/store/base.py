@@ -11,7 +11,7 @@ from typing import Literal, NamedTuple, Protocol
 
 import msgspec
 
-from smartpark.core.points import Point
+from smartpark.core.points import FieldValue, Point
 
 __all__ = [
     "AGGREGATES",
@@ -23,13 +23,16 @@ __all__ = [
     "LatestValue",
     "MinuteQuery",
     "MinuteRow",
+    "PointKey",
     "Series",
     "SeriesQuery",
+    "StoredFields",
     "TimeSeriesStore",
     "counter_event",
     "delta_series",
     "hour_sums_from_minutes",
     "lookback_ms",
+    "point_key",
 ]
 
 # `delta`: a counter's consumption per window, reset-aware (see SeriesQuery)
@@ -38,6 +41,14 @@ AGGREGATES: tuple[Agg, ...] = ("mean", "min", "max", "last", "sum", "count", "de
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
+
+
+PointKey = tuple[str, str, str, int]  # (measurement, site, device, ts_ms): what a write overwrites
+StoredFields = dict[PointKey, dict[str, FieldValue]]
+
+
+def point_key(p: Point) -> PointKey:
+    return (p.measurement, p.site, p.device, p.ts_ms)
 
 
 class SeriesQuery(msgspec.Struct, frozen=True):
@@ -178,6 +189,11 @@ class TimeSeriesStore(Protocol):
 
     def write(self, points: Sequence[Point]) -> None:
         """Write points; a point with the same measurement, tags and time overwrites (redelivery-safe)."""
+
+    def stored_fields(self, points: Sequence[Point]) -> StoredFields:
+        """The fields already stored at the points' keys (measurement, site, device, time), for the keys that
+        have any: what writing ``points`` would overwrite (at least the numeric fields the points carry; flags
+        may be left out). Batched: a few queries for many points."""
 
     def series(self, query: SeriesQuery) -> list[Series]:
         """Aggregate one field over windows, computed by the store."""

@@ -28,6 +28,7 @@ from smartpark.core.store.base import (
     MinuteRow,
     Series,
     SeriesQuery,
+    StoredFields,
     check_points,
     counter_event,
     delta_series,
@@ -102,6 +103,9 @@ LEFT JOIN latest f ON f.series_id = l.series_id AND f.field = l.field || '_flag'
 WHERE s.site = ? AND l.value IS NOT NULL AND l.ts >= ?
 ORDER BY s.device, l.field
 """
+
+
+LOOKUP_CHUNK = 500  # times per stored_fields statement (SQLite's bound-parameter limit is far above)
 
 
 class EmbeddedStore:
@@ -180,6 +184,27 @@ class EmbeddedStore:
         return rows
 
     # --- queries
+    def stored_fields(self, points: Sequence[Point]) -> StoredFields:
+        """Per series, the rows at the points' times (an index seek per chunk of LOOKUP_CHUNK times)."""
+        stamps: dict[tuple[str, str, str], set[int]] = {}
+        for p in points:
+            stamps.setdefault((p.measurement, p.site, p.device), set()).add(p.ts_ms)
+        conn = self._conn()
+        out: StoredFields = {}
+        for key, times in stamps.items():
+            row = conn.execute("SELECT id FROM series WHERE measurement = ? AND site = ? AND device = ?",
+                               key).fetchone()
+            if row is None:
+                continue
+            ordered = sorted(times)
+            for i in range(0, len(ordered), LOOKUP_CHUNK):
+                part = ordered[i:i + LOOKUP_CHUNK]
+                marks = ",".join("?" * len(part))
+                sql = f"SELECT ts, field, value, text FROM points WHERE series_id = ? AND ts IN ({marks})"  # noqa: S608
+                for ts, field, value, text in conn.execute(sql, (row[0], *part)):
+                    out.setdefault((*key, ts), {})[field] = value if text is None else text
+        return out
+
     def series(self, query: SeriesQuery) -> list[Series]:
         if query.every_ms <= 0:
             raise StoreRejected("every must be positive")

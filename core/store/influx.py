@@ -66,6 +66,7 @@ from smartpark.core.store.base import (
     MinuteRow,
     Series,
     SeriesQuery,
+    StoredFields,
     counter_event,
     delta_series,
     hour_sums_from_minutes,
@@ -93,6 +94,10 @@ WRITE_CHUNK = 2500  # points per /write request of a large batch
 # /write requests in flight at once: InfluxDB answers each after its WAL write, so with two the server idled
 # between requests; four (two ingest batches of two chunks) took batch payloads from ~240k to ~270k readings/s
 WRITE_REQUESTS = 4
+
+# stored_fields: times of one series closer than this are read in one range; statements per request
+LOOKUP_SPAN_MS = 15 * MINUTE_MS
+LOOKUP_STATEMENTS = 100
 
 # hour_sums: hourly results kept per query (LRU) and how many requests compute uncached hours concurrently
 HOUR_CACHE_QUERIES = 256  # kept HourQuery keys (about one per site with stacks)
@@ -214,6 +219,17 @@ def lines(points: Iterable[Point]) -> bytes:
 
 
 _FIELD_KEYS: dict[str, str] = {}  # _field_key's results by key, for lines(): a dict lookup beats a call
+
+
+def _spans(stamps: list[int], span_ms: int) -> list[tuple[int, int]]:
+    """Sorted times grouped into (first, last) ranges no longer than ``span_ms``."""
+    out: list[tuple[int, int]] = []
+    for ts in stamps:
+        if out and ts - out[-1][0] <= span_ms:
+            out[-1] = (out[-1][0], ts)
+        else:
+            out.append((ts, ts))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ InfluxQL
@@ -451,6 +467,35 @@ class InfluxStore:
             body = gzip.compress(body, compresslevel=1)  # level 1: 90 % smaller for 0.16 µs a point (+ InfluxDB's)
             headers["Content-Encoding"] = "gzip"
         self._send("POST", "/write", params=params, content=body, headers=headers)
+
+    def stored_fields(self, points: Sequence[Point]) -> StoredFields:
+        """Per series, its float fields over ranges of at most LOOKUP_SPAN_MS covering the points' times (InfluxQL
+        cannot OR time conditions), filtered to those times here; LOOKUP_STATEMENTS statements per request."""
+        wanted: dict[tuple[str, str, str], tuple[set[int], set[str]]] = {}
+        for p in points:
+            stamps, fields = wanted.setdefault((p.measurement, p.site, p.device), (set(), set()))
+            stamps.add(p.ts_ms)
+            fields.update(k for k, v in p.fields.items() if not isinstance(v, str))
+        statements: list[tuple[tuple[str, str, str], set[int], str]] = []
+        for key, (stamps, fields) in wanted.items():
+            if not fields:
+                continue
+            measurement, site, device = key
+            select = ", ".join(quote_ident(f) for f in sorted(fields))
+            for lo, hi in _spans(sorted(stamps), LOOKUP_SPAN_MS):
+                statements.append((key, stamps, f"SELECT {select} FROM {self._from(measurement)} WHERE "  # noqa: S608 (InfluxQL; names and values quoted)
+                                   f"{self._where(site, device, lo, hi + 1)}"))
+        out: StoredFields = {}
+        for i in range(0, len(statements), LOOKUP_STATEMENTS):
+            part = statements[i:i + LOOKUP_STATEMENTS]
+            for (key, stamps, _), result in zip(part, self.query("; ".join(s for _, _, s in part)), strict=True):
+                for series in result.get("series", []):
+                    names = series["columns"][1:]
+                    for row in series.get("values", []):
+                        if int(row[0]) in stamps:
+                            out[(*key, int(row[0]))] = {n: v for n, v in zip(names, row[1:], strict=True)
+                                                        if v is not None}
+        return out
 
     def series(self, query: SeriesQuery) -> list[Series]:
         if query.agg not in AGGREGATES:
