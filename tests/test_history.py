@@ -58,20 +58,20 @@ def pipeline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pipelin
     registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
     registry.init()
     registry.load_park(parse_park_file(PARK_YAML))
-    settings = Settings(_env_file=None, data_dir=tmp_path, ingest_client_id=f"ingest-{uuid.uuid4().hex[:8]}",  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, ingest_client_id=f"smartpark-ingest-{uuid.uuid4().hex[:8]}",  # type: ignore[call-arg]
                         ingest_batch_age_s=0.1, retention_days=30, ingest_stats_interval_s=0.3)
     if request.param == "embedded":
         from smartpark.broker import EmbeddedBroker
 
         ingest_pw, tester_pw = secrets.token_hex(8), secrets.token_hex(8)
         host, port = "127.0.0.1", free_port()
-        broker = EmbeddedBroker(registry, host, port, {"ingest": ingest_pw, "tester": tester_pw})
+        broker = EmbeddedBroker(registry, host, port, {"smartpark-ingest": ingest_pw, "smartpark-tester": tester_pw})
         broker.start()
         request.addfinalizer(broker.stop)  # noqa: PT021 - only this branch owns a broker
         store: TimeSeriesStore = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
         store.init()
-        creds: dict[str, Any] = {"username": "ingest", "password": ingest_pw, "mqtt5": False}
-        pub_creds: dict[str, Any] = {"username": "tester", "password": tester_pw}
+        creds: dict[str, Any] = {"username": "smartpark-ingest", "password": ingest_pw, "mqtt5": False}
+        pub_creds: dict[str, Any] = {"username": "smartpark-tester", "password": tester_pw}
     else:
         server = request.getfixturevalue("mosquitto")
         store = request.getfixturevalue("influx_store")
@@ -250,7 +250,7 @@ class Alerts:
 def alerts(tmp_path: Path, mosquitto: Any) -> Iterator[Alerts]:
     from smartpark.platform import alert_engine
 
-    settings = Settings(_env_file=None, data_dir=tmp_path, alerts_client_id=f"alerts-{uuid.uuid4().hex[:8]}",  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, alerts_client_id=f"smartpark-alerts-{uuid.uuid4().hex[:8]}",  # type: ignore[call-arg]
                         alerts_eval_interval_s=3600, retention_days=30)  # schedule rules out of the way
     registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
     registry.init()

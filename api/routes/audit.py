@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from smartpark.api.deps import AdminDep
 from smartpark.api.errors import ADMIN_ERRORS
-from smartpark.core.ids import ID_PATTERN
+from smartpark.core.ids import ID_SCHEMA_PATTERN
 from smartpark.core.registry import AuditTrail, ValueRewrite
 
 __all__ = ["router"]
@@ -24,7 +24,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ADMIN_ERRORS)
 _init_lock = threading.Lock()
 
-Id = Annotated[str | None, Query(pattern=ID_PATTERN)]  # pydantic's (Rust) regex: `$` is the very end
+Id = Annotated[str | None, Query(pattern=ID_SCHEMA_PATTERN)]  # pydantic's (Rust) regex: `$` is the very end
 Offset = Annotated[int, Query(ge=0, le=10_000_000)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
