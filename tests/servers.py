@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,17 +26,21 @@ import pytest
 __all__ = [
     "INFLUXD",
     "MOSQUITTO",
+    "PG_BIN",
     "InfluxServer",
     "MosquittoServer",
+    "PostgresServer",
     "free_port",
     "influxd_config",
     "need",
     "start_influxd",
     "start_mosquitto",
+    "start_postgres",
 ]
 
 INFLUXD = "/usr/bin/influxd"
 MOSQUITTO = "/usr/sbin/mosquitto"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's postgresql-15
 START_TIMEOUT_S = 30.0
 
 
@@ -269,3 +274,56 @@ def _start_mosquitto(config_text: str, tmp_path: Path) -> MosquittoServer:
             time.sleep(0.05)
     _stop(proc)
     raise RuntimeError(f"mosquitto did not listen on {host}:{port} in {START_TIMEOUT_S:.0f} s:\n{_tail(log)}")
+
+
+# ------------------------------------------------------------------------------------------- PostgreSQL
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on a free port of 127.0.0.1 (trust auth); ``url(db)`` names a database."""
+
+    def __init__(self, root: Path, port: int, run_as: list[str]) -> None:
+        self.root, self.port, self.run_as = root, port, run_as
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://smartpark@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; returns its SQLAlchemy URL."""
+        subprocess.run([*self.run_as, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                        "-U", "smartpark", name], check=True, capture_output=True, timeout=30)
+        return self.url(name)
+
+    def stop(self) -> None:
+        subprocess.run([*self.run_as, str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w",
+                        "stop"], check=False, capture_output=True, timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_postgres() -> PostgresServer:
+    """initdb + pg_ctl start in a fresh temp dir; as root, the cluster runs as the ``postgres`` user.
+
+    PostgreSQL refuses to run as root, and pytest's tmp dirs are private to root, so the cluster lives in its
+    own ``/tmp`` dir owned by whoever runs it.
+    """
+    need(str(PG_BIN / "initdb"))
+    run_as: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="smartpark-pg-"))
+    if os.geteuid() == 0:
+        run_as = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres", "postgres")
+    subprocess.run([*run_as, str(PG_BIN / "initdb"), "-D", str(root / "data"), "-U", "smartpark", "--auth=trust",
+                    "--no-sync", "-E", "UTF8", "--locale=C"], check=True, capture_output=True, timeout=120)
+    return _on_free_ports(lambda: _start_postgres(root, run_as))
+
+
+def _start_postgres(root: Path, run_as: list[str]) -> PostgresServer:
+    port = free_port()
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    proc = subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "pg.log"),
+                           "-o", options, "-w", "-t", str(int(START_TIMEOUT_S)), "start"],
+                          capture_output=True, timeout=START_TIMEOUT_S + 10, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"postgres did not start: {proc.stdout.decode()}{proc.stderr.decode()}\n"
+                           f"{_tail(root / 'pg.log')}")
+    return PostgresServer(root, port, run_as)

@@ -13,7 +13,8 @@ from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from smartpark.core.errors import RegistryError
-from smartpark.core.registry.models import ApiKey, Base, Device, Park, Site
+from smartpark.core.migrations import upgrade_schema
+from smartpark.core.registry.models import ApiKey, Device, Park, Site
 from smartpark.core.registry.parkfile import ParkFile
 from smartpark.core.registry.secrets import hash_password, new_api_key, new_password
 
@@ -40,7 +41,8 @@ class Registry:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def init(self) -> None:
-        Base.metadata.create_all(self.engine)
+        """Bring the metadata database's schema to this version's head (migrations; nothing to do when there)."""
+        upgrade_schema(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
