@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -83,10 +84,11 @@ def _tail(path: Path, limit: int = 4000) -> str:
 
 
 class InfluxServer:
-    """A running influxd: ``url`` is its HTTP API."""
+    """A running influxd: ``url`` is its HTTP API; with auth on, ``admin`` is its admin's (user, password)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, root: Path) -> None:
-        self.proc, self.url, self.root = proc, url, root
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, root: Path,
+                 admin: tuple[str, str] | None = None) -> None:
+        self.proc, self.url, self.root, self.admin = proc, url, root, admin
 
     @property
     def log_path(self) -> Path:
@@ -120,7 +122,7 @@ def _set(text: str, section: str, key: str, value: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def influxd_config(root: Path, http_port: int, rpc_port: int) -> str:
+def influxd_config(root: Path, http_port: int, rpc_port: int, *, auth: bool = False) -> str:
     """influxd's own default config (``influxd config``) rewritten to live in ``root`` on the given ports."""
     text = subprocess.run(
         [INFLUXD, "config"], capture_output=True, check=True, timeout=30, cwd=root
@@ -145,6 +147,7 @@ def influxd_config(root: Path, http_port: int, rpc_port: int) -> str:
         ("logging", "level", q("warn")),
         ("logging", "suppress-logo", "true"),
         ("continuous_queries", "log-enabled", "false"),
+        ("http", "auth-enabled", "true" if auth else "false"),
     ]:
         text = _set(text, section, key, value)
     return text
@@ -181,22 +184,33 @@ def _on_free_ports(start: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def start_influxd(root: Path) -> InfluxServer:
-    """Start influxd with a throwaway config and data under ``root``; returns when /ping answers 204."""
+def start_influxd(root: Path, *, auth: bool = False) -> InfluxServer:
+    """Start influxd with a throwaway config and data under ``root``; returns when /ping answers 204.
+
+    ``auth``: HTTP authentication on, and an admin created (InfluxDB lets the first user in without
+    credentials, as the official image's init does); ``.admin`` holds its credentials.
+    """
     need(INFLUXD)
     root.mkdir(parents=True, exist_ok=True)
-    return _on_free_ports(lambda: _start_influxd(root))
+    return _on_free_ports(lambda: _start_influxd(root, auth))
 
 
-def _start_influxd(root: Path) -> InfluxServer:
+def _start_influxd(root: Path, auth: bool = False) -> InfluxServer:
     (root / "influxd.log").unlink(missing_ok=True)  # an earlier attempt's error must not decide this one's
     http_port, rpc_port = free_port(), free_port()
     conf = root / "influxdb.conf"
-    conf.write_text(influxd_config(root, http_port, rpc_port), encoding="utf-8")
+    conf.write_text(influxd_config(root, http_port, rpc_port, auth=auth), encoding="utf-8")
     proc = _spawn_influxd(root)
     url = f"http://127.0.0.1:{http_port}"
     _wait_http(url, proc, root / "influxd.log")
-    return InfluxServer(proc, url, root)
+    admin = None
+    if auth:
+        admin = ("admin", "admin-" + os.urandom(12).hex())
+        statement = f"CREATE USER {admin[0]} WITH PASSWORD '{admin[1]}' WITH ALL PRIVILEGES"
+        data = urllib.parse.urlencode({"q": statement}).encode()
+        with urllib.request.urlopen(f"{url}/query", data=data, timeout=10) as resp:  # noqa: S310 (http://127.0.0.1)
+            assert b'"error"' not in resp.read()
+    return InfluxServer(proc, url, root, admin)
 
 
 def _spawn_influxd(root: Path) -> subprocess.Popen[bytes]:
