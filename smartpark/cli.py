@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -15,6 +16,9 @@ from rich.logging import RichHandler
 
 from smartpark.core.errors import SmartparkError
 from smartpark.core.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from smartpark.core.registry import Registry
 
 app = typer.Typer(help="smartpark: IoT telemetry for industrial parks (energy, emissions, greening).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -173,6 +177,9 @@ def simulate(  # noqa: PLR0917 (typer options)
     speed: Annotated[float, typer.Option(help="Accelerated: plant seconds per real second.")] = 1440.0,
     publish: Annotated[bool, typer.Option(help="Backfill over MQTT instead of straight into the store.")
                        ] = False,
+    credentials: Annotated[Path | None, typer.Option(
+        help="Keep the devices' MQTT passwords in this file (mode 600) and reuse them on the next run, so a "
+             "broker's exported passwd stays valid across restarts (compose).")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Run a scenario: publish to SMARTPARK_MQTT_URL (live, accelerated) or backfill the configured store.
@@ -198,7 +205,7 @@ def simulate(  # noqa: PLR0917 (typer options)
             err.print(f"backfilled {done.readings:,} readings in {done.seconds:.1f} s "
                       f"({done.rate:,.0f}/s).", highlight=False)
             return
-        creds = {d.id: registry.provision_device(d.id) for s in parsed.sites for d in s.devices}
+        creds = _device_credentials(registry, [d.id for s in parsed.sites for d in s.devices], credentials)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
@@ -210,6 +217,20 @@ def simulate(  # noqa: PLR0917 (typer options)
         _fail(f"MQTT {settings.mqtt.host}:{settings.mqtt.port}: {exc}")  # type: ignore[union-attr]
     err.print(f"published {stats.messages:,} messages ({stats.readings:,} readings) in {stats.seconds:.1f} s.",
               highlight=False)
+
+
+def _device_credentials(registry: Registry, devices: list[str], keep: Path | None) -> dict[str, str]:
+    """Fresh MQTT passwords per run; with ``keep``, the ones that file holds, and new ones added to it."""
+    kept: dict[str, str] = {}
+    if keep is not None and keep.exists():
+        rows = (r.partition(":") for r in keep.read_text().splitlines())
+        kept = {name: password for name, sep, password in rows if sep and password}
+    creds = {d: registry.provision_device(d, kept.get(d)) for d in devices}
+    if keep is not None:
+        fd = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.writelines(f"{d}:{p}\n" for d, p in creds.items())
+    return creds
 
 
 @db_app.command("init")

@@ -184,29 +184,28 @@ def _on_free_ports(start: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def start_influxd(root: Path, *, auth: bool = False) -> InfluxServer:
+def start_influxd(root: Path, *, admin: tuple[str, str] | None = None) -> InfluxServer:
     """Start influxd with a throwaway config and data under ``root``; returns when /ping answers 204.
 
-    ``auth``: HTTP authentication on, and an admin created (InfluxDB lets the first user in without
-    credentials, as the official image's init does); ``.admin`` holds its credentials.
+    ``admin`` (user, password): HTTP authentication on, with that admin created as the official image does on
+    its first start (InfluxDB lets the first user be created without credentials).
     """
     need(INFLUXD)
     root.mkdir(parents=True, exist_ok=True)
-    return _on_free_ports(lambda: _start_influxd(root, auth))
+    return _on_free_ports(lambda: _start_influxd(root, admin))
 
 
-def _start_influxd(root: Path, auth: bool = False) -> InfluxServer:
+def _start_influxd(root: Path, admin: tuple[str, str] | None = None) -> InfluxServer:
     (root / "influxd.log").unlink(missing_ok=True)  # an earlier attempt's error must not decide this one's
     http_port, rpc_port = free_port(), free_port()
     conf = root / "influxdb.conf"
-    conf.write_text(influxd_config(root, http_port, rpc_port, auth=auth), encoding="utf-8")
+    conf.write_text(influxd_config(root, http_port, rpc_port, auth=admin is not None), encoding="utf-8")
     proc = _spawn_influxd(root)
     url = f"http://127.0.0.1:{http_port}"
     _wait_http(url, proc, root / "influxd.log")
-    admin = None
-    if auth:
-        admin = ("admin", "admin-" + os.urandom(12).hex())
-        statement = f"CREATE USER {admin[0]} WITH PASSWORD '{admin[1]}' WITH ALL PRIVILEGES"
+    if admin is not None:
+        user, password = (x.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'") for x in admin)
+        statement = f"CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES"
         data = urllib.parse.urlencode({"q": statement}).encode()
         with urllib.request.urlopen(f"{url}/query", data=data, timeout=10) as resp:  # noqa: S310 (http://127.0.0.1)
             assert b'"error"' not in resp.read()

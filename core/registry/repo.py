@@ -108,9 +108,9 @@ class Registry:
             return {d: (site, h) for d, site, h in rows if h}
 
     # --- device credentials and state
-    def provision_device(self, device_id: str) -> str:
-        """Give a device a new MQTT password; returns it (shown once, stored hashed)."""
-        password = new_password()
+    def provision_device(self, device_id: str, password: str | None = None) -> str:
+        """Give a device a new MQTT password (or ``password``); returns it (shown once, stored hashed)."""
+        password = password or new_password()
         with self.session() as s:
             device = s.get(Device, device_id)
             if device is None:
