@@ -38,7 +38,7 @@ out = Console()
 def _settings(verbose: bool = False) -> Settings:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=err, show_path=False)])
-    for noisy in ("amqtt", "transitions", "httpx", "uvicorn.error"):
+    for noisy in ("amqtt", "transitions", "httpx", "uvicorn.error", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return load_settings()
