@@ -41,7 +41,9 @@ __all__ = [
 
 INFLUXD = "/usr/bin/influxd"
 MOSQUITTO = "/usr/sbin/mosquitto"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's postgresql-15
+# Debian's postgresql (15 on bookworm): the newest installed major version's binaries
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit()
+             else 0, default=Path("/usr/lib/postgresql/15/bin"))
 START_TIMEOUT_S = 30.0
 
 
