@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -39,10 +38,16 @@ pytestmark = [pytest.mark.influx, pytest.mark.mosquitto]
 WAIT_S = 90.0
 
 
-def filled_env() -> dict[str, str]:
-    """deploy/.env.example as an operator fills it: every secret generated, the rest as shipped."""
-    rows = [r.partition("=") for r in ENV_EXAMPLE.read_text().splitlines() if r and not r.startswith("#")]
-    env = {k: v or (secrets.token_urlsafe(24) if SECRET_KEY.search(k) else "") for k, _, v in rows}
+def filled_env(workdir: Path) -> dict[str, str]:
+    """deploy/.env.example filled as the README's production steps fill it (their secrets one-liner)."""
+    steps = re.search(r"### Steps\n+```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)  # type: ignore[union-attr]
+    fill = next(line for line in steps.splitlines() if "secrets.token_urlsafe" in line)
+    workdir.mkdir()
+    (workdir / ".env").write_text(ENV_EXAMPLE.read_text())
+    subprocess.run(["bash", "-c", fill], cwd=workdir, check=True, timeout=30)
+    rows = [r.partition("=") for r in (workdir / ".env").read_text().splitlines() if r and not r.startswith("#")]
+    env = {k: v for k, _, v in rows}
+    assert all(v for k, v in env.items() if SECRET_KEY.search(k)), "the README's step left a secret empty"
     env["SMARTPARK_EDGE_SUBNET"] = "127.0.0.0/8"  # the proxy's network is the loopback here
     return env
 
@@ -173,7 +178,7 @@ def local_mosquitto_config(stack: Stack) -> str:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    dotenv = filled_env()
+    dotenv = filled_env(tmp_path / "project")
     services = yaml.safe_load(interpolate(COMPOSE_FILE.read_text(), dotenv))["services"]
     admin = (dotenv["INFLUXDB_ADMIN_USER"], dotenv["INFLUXDB_ADMIN_PASSWORD"])
     influx = start_influxd(tmp_path / "influxd", admin=admin)  # the image's first start: auth on, this admin
@@ -235,11 +240,10 @@ def test_the_compose_stack_starts_healthy_with_least_privilege(stack: Stack) -> 
     stack.run_once("init", ["smartpark broker export /srv/mosquitto-auth"])
     stack.mosquitto.proc.send_signal(signal.SIGHUP)
     api_port = running["api"].env["SMARTPARK_API_PORT"]
-    api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", headers={"Authorization": f"Bearer {key}"},
-                       timeout=10)
+    base_url = f"http://127.0.0.1:{api_port}"
 
     def readings_arrive() -> bool:
-        latest = api.get("/v1/sites/steel-works/latest")
+        latest = httpx.get(f"{base_url}/v1/sites/steel-works/latest", headers={"Authorization": f"Bearer {key}"})
         return latest.status_code == 200 and "power_kw" in latest.text
 
     wait_healthy(sim, also=readings_arrive, restart=True)
@@ -264,11 +268,11 @@ def test_the_compose_stack_starts_healthy_with_least_privilege(stack: Stack) -> 
         ("smartpark-grafana", False)}
 
     # 6. the overview login works over plain HTTP (cookie not Secure) and behind the TLS proxy (Secure)
-    plain = httpx.Client(base_url=api.base_url, timeout=10)
-    resp = plain.post("/login", data={"api_key": key})
-    assert resp.status_code == 303
-    assert "secure" not in resp.headers["set-cookie"].lower()
-    assert 'name="api_key"' not in plain.get("/").text  # logged in: the page, not the login form
-    proxied = httpx.Client(base_url=api.base_url, timeout=10, headers={"X-Forwarded-Proto": "https"})
-    resp = proxied.post("/login", data={"api_key": key})
-    assert "; secure" in resp.headers["set-cookie"].lower()
+    with httpx.Client(base_url=base_url, timeout=10) as plain:
+        resp = plain.post("/login", data={"api_key": key})
+        assert resp.status_code == 303
+        assert "secure" not in resp.headers["set-cookie"].lower()
+        assert 'name="api_key"' not in plain.get("/").text  # logged in: the page, not the login form
+    with httpx.Client(base_url=base_url, timeout=10, headers={"X-Forwarded-Proto": "https"}) as proxied:
+        resp = proxied.post("/login", data={"api_key": key})
+        assert "; secure" in resp.headers["set-cookie"].lower()
