@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -169,3 +170,29 @@ def test_the_wheel_carries_the_migrations(tmp_path: Path) -> None:
     assert {"smartpark/core/migrations/env.py", "smartpark/core/migrations/script.py.mako"} <= names
 
 
+
+
+@pytest.mark.postgres
+def test_services_starting_together_migrate_once(postgres: PostgresServer) -> None:
+    """Every service upgrades at start: on PostgreSQL concurrent upgrades wait for each other's lock."""
+    url = postgres.create_database(f"m_{uuid.uuid4().hex[:12]}")
+    engines = [create_engine(url) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def upgrade(eng: Engine) -> None:
+        try:
+            upgrade_schema(eng)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not [t for t in threads if t.is_alive()]
+    assert errors == []
+    assert schema_revision(engines[0]) == head_revision()
+    assert schema_diff(engines[0]) == []
+    for eng in engines:
+        eng.dispose()

@@ -23,6 +23,7 @@ from smartpark.core.errors import RegistryError
 __all__ = ["MIGRATIONS_DIR", "alembic_config", "head_revision", "schema_revision", "upgrade_schema"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
+MIGRATION_LOCK = 0x5350_4D49  # "SPMI": the PostgreSQL advisory lock held while migrating
 
 
 def alembic_config(connection: Connection | None = None, target_metadata: MetaData | None = None) -> Config:
@@ -56,6 +57,8 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> None:
                 _pragma(conn, "foreign_keys=OFF")
             try:
                 with conn.begin():
+                    if conn.dialect.name == "postgresql":  # services starting together: one migrates, the rest wait
+                        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
                     command.upgrade(alembic_config(conn), revision)
             finally:
                 if sqlite:
