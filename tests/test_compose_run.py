@@ -276,3 +276,9 @@ def test_the_compose_stack_starts_healthy_with_least_privilege(stack: Stack) -> 
     with httpx.Client(base_url=base_url, timeout=10, headers={"X-Forwarded-Proto": "https"}) as proxied:
         resp = proxied.post("/login", data={"api_key": key})
         assert "; secure" in resp.headers["set-cookie"].lower()
+
+    # 7. no secret of .env in any service's output
+    for c in stack.containers:
+        if c.proc is not None:
+            leaked = [k for k, v in env.items() if SECRET_KEY.search(k) and v in c.log]
+            assert leaked == [], f"{c.name} logged {leaked}"
