@@ -32,7 +32,7 @@ import pytest
 import yaml
 from test_compose import COMPOSE_FILE, ENV_EXAMPLE, ROOT, SECRET_KEY, interpolate
 
-from servers import InfluxServer, MosquittoServer, free_port, start_influxd, start_mosquitto
+from servers import InfluxServer, MosquittoServer, free_port, need, start_influxd, start_mosquitto
 
 pytestmark = [pytest.mark.influx, pytest.mark.mosquitto]
 WAIT_S = 90.0
@@ -178,6 +178,7 @@ def local_mosquitto_config(stack: Stack) -> str:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
+    need("mosquitto_sub")  # mosquitto's own healthcheck (Debian: mosquitto-clients)
     dotenv = filled_env(tmp_path / "project")
     services = yaml.safe_load(interpolate(COMPOSE_FILE.read_text(), dotenv))["services"]
     admin = (dotenv["INFLUXDB_ADMIN_USER"], dotenv["INFLUXDB_ADMIN_PASSWORD"])
