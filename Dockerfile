@@ -13,7 +13,8 @@ COPY ingest ingest
 COPY api api
 COPY alerts alerts
 COPY simulators simulators
-RUN /opt/smartpark/bin/pip install . && /opt/smartpark/bin/smartpark --help > /dev/null
+# the postgres extra: the PostgreSQL driver, for SMARTPARK_DATABASE_URL=postgresql+psycopg://...
+RUN /opt/smartpark/bin/pip install ".[postgres]" && /opt/smartpark/bin/smartpark --help > /dev/null
 
 FROM ${PYTHON_IMAGE} AS runtime
 # a fixed non-root uid/gid so volume ownership is predictable across rebuilds

@@ -1,8 +1,8 @@
 """Alert tables in the metadata database: rules, evaluation state, episodes, webhook subscriptions, the
 delivery outbox and its attempt log, and the per-minute means the hourly rules read.
 
-They share the registry's declarative ``Base`` (one metadata database) but are created here, by the alert
-engine and the API, with ``create_tables``: the core never imports a service. Times are epoch milliseconds
+They share the registry's declarative ``Base`` (one metadata database, one migration history in
+core/migrations: `Registry.init` creates them, whatever was imported). Times are epoch milliseconds
 (integers: exact, and the same in SQLite and PostgreSQL).
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Engine, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from smartpark.core.registry.models import Base
 
 __all__ = ["AlertMinute", "AlertRule", "AlertSeen", "AlertState", "Delivery", "DeliveryAttempt", "Episode",
-           "WebhookSubscription", "create_tables"]
+           "WebhookSubscription"]
 
 
 class AlertRule(Base):
@@ -134,11 +134,3 @@ class AlertSeen(Base):
     device: Mapped[str] = mapped_column(String(63), primary_key=True)
     last_ms: Mapped[int] = mapped_column(BigInteger)
 
-
-TABLES = [AlertRule.__table__, AlertState.__table__, Episode.__table__, WebhookSubscription.__table__,
-          Delivery.__table__, DeliveryAttempt.__table__, AlertMinute.__table__, AlertSeen.__table__]
-
-
-def create_tables(engine: Engine) -> None:
-    """Create the alert tables (idempotent); the registry's own tables are the registry's business."""
-    Base.metadata.create_all(engine, tables=TABLES)  # type: ignore[arg-type]

@@ -28,7 +28,6 @@ from smartpark.alerts.models import (
     DeliveryAttempt,
     Episode,
     WebhookSubscription,
-    create_tables,
 )
 from smartpark.alerts.rules import RuleSpec
 from smartpark.alerts.signing import message_id
@@ -114,8 +113,7 @@ class AlertRepo:
             yield s
 
     def init(self, defaults: Iterable[RuleSpec] = ()) -> None:
-        """Create the tables; seed the default rules the first time only (an admin may delete them)."""
-        create_tables(self.engine)
+        """Seed the default rules the first time only (an admin may delete them); the tables are the migrations'."""
         with self.session() as s:
             if s.get(AlertState, SEED_MARK) is not None:
                 return

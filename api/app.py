@@ -6,16 +6,18 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from smartpark.api.errors import install_error_handlers
 from smartpark.api.headers import SecurityHeaders
 from smartpark.api.limits import BodyLimit, KeyLimits
 from smartpark.api.routes import alerts, audit, devices, health, keys, kpis, page, series, sites
-from smartpark.api.sessions import SESSION_TTL_S, create_session_table
+from smartpark.api.sessions import SESSION_TTL_S
 from smartpark.api.warm import KpiWarmer
 from smartpark.core.catalog import Catalog
 from smartpark.core.reference import Reference, load_reference
@@ -23,7 +25,24 @@ from smartpark.core.registry import Registry
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import TimeSeriesStore
 
-__all__ = ["create_app"]
+__all__ = ["SchemeSessionMiddleware", "create_app"]
+
+
+class SchemeSessionMiddleware:
+    """Starlette's session cookie, `Secure` when the request came over HTTPS (or always, if so configured).
+
+    The scheme is the connection's or, behind a reverse proxy the API trusts (SMARTPARK_API_FORWARDED_ALLOW_IPS,
+    uvicorn's proxy headers), the proxy's X-Forwarded-Proto: the login works over TLS and over plain HTTP.
+    """
+
+    def __init__(self, app: ASGIApp, *, always_secure: bool = False, **options: Any) -> None:
+        self._plain = SessionMiddleware(app, https_only=False, **options)
+        self._secure = SessionMiddleware(app, https_only=True, **options)
+        self._always = always_secure
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        secure = self._always or scope.get("scheme") in ("https", "wss")
+        await (self._secure if secure else self._plain)(scope, receive, send)
 
 
 def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore, catalog: Catalog,
@@ -55,10 +74,10 @@ def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore
     install_error_handlers(app)
     # the overview page's login: a signed cookie holding a session token (api/sessions.py, never the API key);
     # a random secret per process in development (settings refuse a missing or placeholder one in production)
-    create_session_table(registry.engine)
-    app.add_middleware(SessionMiddleware, secret_key=settings.api_session_secret or secrets.token_urlsafe(32),
+    settings.check_session_secret()
+    app.add_middleware(SchemeSessionMiddleware, secret_key=settings.api_session_secret or secrets.token_urlsafe(32),
                        session_cookie="smartpark_session", same_site="strict", max_age=SESSION_TTL_S,
-                       https_only=settings.env == "production")
+                       always_secure=settings.api_secure_cookie == "always")
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)  # outermost: before any auth
     app.state.limits = KeyLimits(settings)

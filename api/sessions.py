@@ -12,14 +12,14 @@ import hashlib
 import secrets
 import time
 
-from sqlalchemy import BigInteger, Engine, String, delete
+from sqlalchemy import BigInteger, String, delete
 from sqlalchemy.orm import Mapped, mapped_column
 
 from smartpark.api.deps import Principal
 from smartpark.core.registry import Registry
 from smartpark.core.registry.models import Base
 
-__all__ = ["SESSION_TTL_S", "PageSession", "create_session_table", "mint_session", "revoke_session",
+__all__ = ["SESSION_TTL_S", "PageSession", "mint_session", "revoke_session",
            "session_principal"]
 
 SESSION_TTL_S = 8 * 3600
@@ -32,10 +32,6 @@ class PageSession(Base):
     key_id: Mapped[str] = mapped_column(String(16), index=True)  # the API key the login was made with
     created_ms: Mapped[int] = mapped_column(BigInteger)
     expires_ms: Mapped[int] = mapped_column(BigInteger, index=True)
-
-
-def create_session_table(engine: Engine) -> None:
-    Base.metadata.create_all(engine, tables=[PageSession.__table__])  # type: ignore[list-item]
 
 
 def _now_ms() -> int:

@@ -68,6 +68,27 @@ class Settings(BaseSettings):
     """InfluxDB 1.x password."""
     influx_token: str = ""
     """InfluxDB 2.x/3.x token (sent as `Authorization: Token ...`); wins over user/password."""
+    influx_admin_username: str = ""
+    """InfluxDB 1.x admin for `smartpark db init` only (database, retention policies, CQs, the users below).
+    Empty: db init uses SMARTPARK_INFLUX_USERNAME/_PASSWORD. Give it to no long-running service."""
+    influx_admin_password: str = ""
+    """Password of SMARTPARK_INFLUX_ADMIN_USERNAME."""
+    influx_ingest_username: str = ""
+    """The ingest's InfluxDB 1.x user (WRITE on the database), created or updated by `smartpark db init`."""
+    influx_ingest_password: str = ""
+    """Its password (db init sets it; the ingest itself logs in with SMARTPARK_INFLUX_USERNAME/_PASSWORD)."""
+    influx_alerts_username: str = ""
+    """The alert engine's InfluxDB user (ALL on the database: reads readings, writes the `alerts` annotations)."""
+    influx_alerts_password: str = ""
+    """Its password."""
+    influx_api_username: str = ""
+    """The API's InfluxDB user (READ only: the internet-facing service cannot write or drop anything)."""
+    influx_api_password: str = ""
+    """Its password."""
+    influx_grafana_username: str = ""
+    """Grafana's InfluxDB user (READ only)."""
+    influx_grafana_password: str = ""
+    """Its password."""
     influx_timeout_s: float = Field(10.0, gt=0)
     """Timeout of one InfluxDB HTTP call."""
     influx_gzip: bool = False
@@ -98,7 +119,13 @@ class Settings(BaseSettings):
     """Port of the API."""
     api_session_secret: str = ""
     """Signs the overview page's session cookie (it holds the API key). Empty in development: a random one per
-    process (logins end with a restart); production needs a real secret of at least 32 characters."""
+    process (logins end with a restart); the API in production needs a real secret of at least 32 characters."""
+    api_secure_cookie: Literal["auto", "always"] = "auto"
+    """`auto`: the session cookie is `Secure` when the request came over HTTPS (directly, or per a trusted
+    proxy's X-Forwarded-Proto), so login works over plain HTTP too; `always`: `Secure` on every response."""
+    api_forwarded_allow_ips: str = "127.0.0.1"
+    """Addresses or networks (comma-separated, e.g. 172.30.0.0/16) of reverse proxies whose X-Forwarded-Proto
+    and X-Forwarded-For the API believes; `*` trusts every client (only when nothing else can reach the port)."""
     api_stale_after_s: float = Field(300.0, gt=0)
     """A device whose latest reading is older than this is shown as stale (age in /latest, the overview page)."""
     kpi_min_valid_minutes: int = Field(45, ge=1, le=60)
@@ -211,11 +238,26 @@ class Settings(BaseSettings):
             raise ValueError("SMARTPARK_MQTT_URL carries a placeholder password; set a real one")
         if self.influx_token and _placeholder_token(self.influx_token):
             raise ValueError("SMARTPARK_INFLUX_TOKEN is a placeholder; set a real token in production")
-        if not self.influx_token and self.influx_password in PLACEHOLDER_SECRETS:
+        if not self.influx_token and (self.influx_password or self.influx_admin_password) in PLACEHOLDER_SECRETS:
             raise ValueError("set SMARTPARK_INFLUX_TOKEN or a real SMARTPARK_INFLUX_PASSWORD in production")
-        if self.api_session_secret in PLACEHOLDER_SECRETS or len(self.api_session_secret) < 32:
-            raise ValueError("set SMARTPARK_API_SESSION_SECRET to a real secret of 32+ characters in production")
+        for name, (user, password) in self.influx_users().items():
+            if user and password.lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(f"set a real SMARTPARK_INFLUX_{name.upper()}_PASSWORD in production")
         return self
+
+    def influx_users(self) -> dict[str, tuple[str, str]]:
+        """The per-service InfluxDB users `db init` manages: service -> (user, password); unset ones left out."""
+        users = {"ingest": (self.influx_ingest_username, self.influx_ingest_password),
+                 "alerts": (self.influx_alerts_username, self.influx_alerts_password),
+                 "api": (self.influx_api_username, self.influx_api_password),
+                 "grafana": (self.influx_grafana_username, self.influx_grafana_password)}
+        return {name: pair for name, pair in users.items() if pair[0]}
+
+    def check_session_secret(self) -> None:
+        """The API's own check (only the API holds the secret): a real one in production."""
+        if self.env == "production" and (self.api_session_secret in PLACEHOLDER_SECRETS
+                                         or len(self.api_session_secret) < 32):
+            raise ConfigError("set SMARTPARK_API_SESSION_SECRET to a real secret of 32+ characters in production")
 
     @cached_property
     def mqtt(self) -> MqttTarget | None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -16,6 +17,9 @@ from rich.logging import RichHandler
 
 from smartpark.core.errors import SmartparkError
 from smartpark.core.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from smartpark.core.registry import Registry
 
 app = typer.Typer(help="smartpark: IoT telemetry for industrial parks (energy, emissions, greening).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -35,7 +39,7 @@ out = Console()
 def _settings(verbose: bool = False) -> Settings:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=err, show_path=False)])
-    for noisy in ("amqtt", "transitions", "httpx", "uvicorn.error"):
+    for noisy in ("amqtt", "transitions", "httpx", "uvicorn.error", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return load_settings()
@@ -132,10 +136,13 @@ def api(verbose: Verbose = False) -> None:
     settings = _settings(verbose)
     try:
         catalog, registry, store = open_core(settings)
+        app_ = create_app(settings, registry=registry, store=store, catalog=catalog)
     except SmartparkError as exc:
         _fail(str(exc))
-    uvicorn.run(create_app(settings, registry=registry, store=store, catalog=catalog),
-                host=settings.api_host, port=settings.api_port, log_level="info")
+    # proxy headers (X-Forwarded-Proto/-For) only from SMARTPARK_API_FORWARDED_ALLOW_IPS: the cookie's Secure
+    # flag follows the scheme the client used at the TLS proxy
+    uvicorn.run(app_, host=settings.api_host, port=settings.api_port, log_level="info", proxy_headers=True,
+                forwarded_allow_ips=settings.api_forwarded_allow_ips)
 
 
 @app.command()
@@ -242,16 +249,60 @@ def simulate(  # noqa: PLR0917 (typer options)
 
 @db_app.command("init")
 def db_init(verbose: Verbose = False) -> None:
-    """Create the metadata schema and the time-series database (InfluxDB: RPs and rollup CQs). Idempotent."""
-    from smartpark.platform import open_core
+    """Upgrade the metadata schema, create the time-series database (InfluxDB: RPs, rollup CQs) and the
+    per-service InfluxDB users (SMARTPARK_INFLUX_*_USERNAME) as the admin. Idempotent."""
+    from smartpark.core.migrations import head_revision
+    from smartpark.platform import init_databases
 
     settings = _settings(verbose)
     try:
-        open_core(settings, create=True)
+        users = init_databases(settings)
     except SmartparkError as exc:
         _fail(str(exc))
     where = settings.influx_url or str(settings.data_dir / "timeseries.sqlite")
-    err.print(f"metadata: {settings.metadata_url}\ntime series: {where}\nready.", highlight=False)
+    err.print(f"metadata: {_safe_url(settings.metadata_url)} at revision {head_revision()}\ntime series: {where}"
+              + (f"\nInfluxDB users: {', '.join(users)}" if users else "") + "\nready.", highlight=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade(verbose: Verbose = False) -> None:
+    """Apply the metadata database's migrations up to this version (after installing a new smartpark)."""
+    from smartpark.core.migrations import head_revision, schema_revision
+    from smartpark.core.registry import Registry
+
+    settings = _settings(verbose)
+    try:
+        registry = Registry(settings.metadata_url)
+        before = schema_revision(registry.engine)
+        registry.init()
+        registry.close()
+    except SmartparkError as exc:
+        _fail(str(exc))
+    err.print(f"metadata: {_safe_url(settings.metadata_url)} at revision {head_revision()} "
+              f"(was {before or 'unversioned'}).", highlight=False)
+
+
+@db_app.command("revision")
+def db_revision(message: Annotated[str, typer.Option("--message", "-m", help="What the migration does.")]) -> None:
+    """Development: write a new migration into core/migrations/versions from the models' changes."""
+    import tempfile
+
+    from smartpark.schema import new_revision
+
+    _settings()
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            paths = new_revision(message, Path(scratch))
+        except SmartparkError as exc:
+            _fail(str(exc))
+    err.print("\n".join(f"wrote {p}: review it, then run the tests (test_migrations)" for p in paths),
+              highlight=False)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @db_app.command("repair-rollups")

@@ -23,15 +23,20 @@ from smartpark.core.errors import ConfigError, StoreError
 from smartpark.core.registry import ParkFile, Registry, read_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store import TimeSeriesStore, open_store
+from smartpark.core.store.influx import InfluxStore
 from smartpark.ingest.service import IngestService
 
 if TYPE_CHECKING:
     from smartpark.alerts import AlertEngine
     from smartpark.core.store.rollups import RollupRepairer
 
-__all__ = ["Platform", "admin_key", "alert_engine", "demo_park_path", "open_core", "rollup_repairer"]
+__all__ = ["INFLUX_PRIVILEGES", "Platform", "admin_key", "alert_engine", "demo_park_path", "init_databases",
+           "open_core", "rollup_repairer"]
 
 log = logging.getLogger("smartpark")
+# Least privilege on InfluxDB 1.x: what each service's own user may do on the database (`smartpark db init`).
+# The ingest reads too: stored values to audit rewrites, raw windows to repair rollups (SELECT ... INTO).
+INFLUX_PRIVILEGES = {"ingest": "ALL", "alerts": "ALL", "api": "READ", "grafana": "READ"}
 INGEST_USER = "smartpark-ingest"
 ALERTS_USER = "smartpark-alerts"
 
@@ -60,6 +65,32 @@ def open_core(settings: Settings, *, create: bool = False) -> tuple[Catalog, Reg
         except StoreError as exc:  # the ingest spools until it is back; the API answers 503
             log.warning("time-series store not reachable yet: %s", exc)
     return catalog, registry, store
+
+
+def init_databases(settings: Settings) -> list[str]:
+    """`smartpark db init`: metadata schema at the head, the time-series database, the per-service users.
+
+    Runs as the InfluxDB admin (SMARTPARK_INFLUX_ADMIN_*, else the process's own credentials); the services
+    then log in with their own users. Returns the users set up, as ``name (PRIVILEGE)``.
+    """
+    admin = settings
+    if settings.influx_admin_username:
+        admin = settings.model_copy(update={"influx_username": settings.influx_admin_username,
+                                            "influx_password": settings.influx_admin_password})
+    _, registry, store = open_core(admin, create=True)
+    try:
+        users = settings.influx_users() if settings.influx_url else {}
+        if users and not (isinstance(store, InfluxStore) and store.is_v1()):
+            raise ConfigError("SMARTPARK_INFLUX_*_USERNAME are InfluxDB 1.x users; on 2.x/3.x give each service "
+                              "its own token (SMARTPARK_INFLUX_TOKEN) instead")
+        done = []
+        for service, (user, password) in users.items():
+            store.ensure_user(user, password, INFLUX_PRIVILEGES[service])  # type: ignore[union-attr]
+            done.append(f"{user} ({INFLUX_PRIVILEGES[service]})")
+        return done
+    finally:
+        store.close()
+        registry.close()
 
 
 def alert_engine(settings: Settings, registry: Registry, store: TimeSeriesStore, catalog: Catalog, *, host: str,
@@ -170,7 +201,8 @@ class Platform:
         metrics = [self.ingest.stats.registry] if self.ingest else []
         app = create_app(self.settings, registry=registry, store=store, catalog=catalog, metrics=metrics)
         config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,
-                                log_level="warning", lifespan="on")
+                                log_level="warning", lifespan="on",
+                                forwarded_allow_ips=self.settings.api_forwarded_allow_ips)
         server = self.api_server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name="api", daemon=True)
         thread.start()

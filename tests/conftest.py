@@ -13,7 +13,7 @@ from smartpark.core.store.base import TimeSeriesStore
 from smartpark.core.store.embedded import EmbeddedStore
 from smartpark.core.store.influx import InfluxStore, quote_ident
 
-from servers import InfluxServer, MosquittoServer, start_influxd, start_mosquitto
+from servers import InfluxServer, MosquittoServer, PostgresServer, start_influxd, start_mosquitto, start_postgres
 
 # fixtures that start a real server, and the marker a test using them gets (so -m 'not influx' starts no influxd)
 SERVER_FIXTURES = {"influxd": "influx", "influx_store": "influx", "own_influxd": "influx", "mosquitto": "mosquitto"}
@@ -63,6 +63,14 @@ def influx_store(influxd: InfluxServer) -> Iterator[InfluxStore]:
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoServer]:
     """A throwaway anonymous mosquitto on a free port of 127.0.0.1 (``.host``, ``.port``)."""
     server = start_mosquitto(MOSQUITTO_CONFIG, tmp_path_factory.mktemp("mosquitto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL 15 cluster on a free port (``.create_database(name)`` gives a URL)."""
+    server = start_postgres()
     yield server
     server.stop()
 

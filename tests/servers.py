@@ -13,8 +13,10 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -25,17 +27,23 @@ import pytest
 __all__ = [
     "INFLUXD",
     "MOSQUITTO",
+    "PG_BIN",
     "InfluxServer",
     "MosquittoServer",
+    "PostgresServer",
     "free_port",
     "influxd_config",
     "need",
     "start_influxd",
     "start_mosquitto",
+    "start_postgres",
 ]
 
 INFLUXD = "/usr/bin/influxd"
 MOSQUITTO = "/usr/sbin/mosquitto"
+# Debian's postgresql (15 on bookworm): the newest installed major version's binaries
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit()
+             else 0, default=Path("/usr/lib/postgresql/15/bin"))
 START_TIMEOUT_S = 30.0
 
 
@@ -78,10 +86,11 @@ def _tail(path: Path, limit: int = 4000) -> str:
 
 
 class InfluxServer:
-    """A running influxd: ``url`` is its HTTP API."""
+    """A running influxd: ``url`` is its HTTP API; with auth on, ``admin`` is its admin's (user, password)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, root: Path) -> None:
-        self.proc, self.url, self.root = proc, url, root
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, root: Path,
+                 admin: tuple[str, str] | None = None) -> None:
+        self.proc, self.url, self.root, self.admin = proc, url, root, admin
 
     @property
     def log_path(self) -> Path:
@@ -115,7 +124,7 @@ def _set(text: str, section: str, key: str, value: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def influxd_config(root: Path, http_port: int, rpc_port: int) -> str:
+def influxd_config(root: Path, http_port: int, rpc_port: int, *, auth: bool = False) -> str:
     """influxd's own default config (``influxd config``) rewritten to live in ``root`` on the given ports."""
     text = subprocess.run(
         [INFLUXD, "config"], capture_output=True, check=True, timeout=30, cwd=root
@@ -140,6 +149,7 @@ def influxd_config(root: Path, http_port: int, rpc_port: int) -> str:
         ("logging", "level", q("warn")),
         ("logging", "suppress-logo", "true"),
         ("continuous_queries", "log-enabled", "false"),
+        ("http", "auth-enabled", "true" if auth else "false"),
     ]:
         text = _set(text, section, key, value)
     return text
@@ -176,22 +186,32 @@ def _on_free_ports(start: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def start_influxd(root: Path) -> InfluxServer:
-    """Start influxd with a throwaway config and data under ``root``; returns when /ping answers 204."""
+def start_influxd(root: Path, *, admin: tuple[str, str] | None = None) -> InfluxServer:
+    """Start influxd with a throwaway config and data under ``root``; returns when /ping answers 204.
+
+    ``admin`` (user, password): HTTP authentication on, with that admin created as the official image does on
+    its first start (InfluxDB lets the first user be created without credentials).
+    """
     need(INFLUXD)
     root.mkdir(parents=True, exist_ok=True)
-    return _on_free_ports(lambda: _start_influxd(root))
+    return _on_free_ports(lambda: _start_influxd(root, admin))
 
 
-def _start_influxd(root: Path) -> InfluxServer:
+def _start_influxd(root: Path, admin: tuple[str, str] | None = None) -> InfluxServer:
     (root / "influxd.log").unlink(missing_ok=True)  # an earlier attempt's error must not decide this one's
     http_port, rpc_port = free_port(), free_port()
     conf = root / "influxdb.conf"
-    conf.write_text(influxd_config(root, http_port, rpc_port), encoding="utf-8")
+    conf.write_text(influxd_config(root, http_port, rpc_port, auth=admin is not None), encoding="utf-8")
     proc = _spawn_influxd(root)
     url = f"http://127.0.0.1:{http_port}"
     _wait_http(url, proc, root / "influxd.log")
-    return InfluxServer(proc, url, root)
+    if admin is not None:
+        user, password = (x.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'") for x in admin)
+        statement = f"CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES"
+        data = urllib.parse.urlencode({"q": statement}).encode()
+        with urllib.request.urlopen(f"{url}/query", data=data, timeout=10) as resp:  # noqa: S310 (http://127.0.0.1)
+            assert b'"error"' not in resp.read()
+    return InfluxServer(proc, url, root, admin)
 
 
 def _spawn_influxd(root: Path) -> subprocess.Popen[bytes]:
@@ -269,3 +289,56 @@ def _start_mosquitto(config_text: str, tmp_path: Path) -> MosquittoServer:
             time.sleep(0.05)
     _stop(proc)
     raise RuntimeError(f"mosquitto did not listen on {host}:{port} in {START_TIMEOUT_S:.0f} s:\n{_tail(log)}")
+
+
+# ------------------------------------------------------------------------------------------- PostgreSQL
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on a free port of 127.0.0.1 (trust auth); ``url(db)`` names a database."""
+
+    def __init__(self, root: Path, port: int, run_as: list[str]) -> None:
+        self.root, self.port, self.run_as = root, port, run_as
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://smartpark@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; returns its SQLAlchemy URL."""
+        subprocess.run([*self.run_as, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                        "-U", "smartpark", name], check=True, capture_output=True, timeout=30)
+        return self.url(name)
+
+    def stop(self) -> None:
+        subprocess.run([*self.run_as, str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w",
+                        "stop"], check=False, capture_output=True, timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_postgres() -> PostgresServer:
+    """initdb + pg_ctl start in a fresh temp dir; as root, the cluster runs as the ``postgres`` user.
+
+    PostgreSQL refuses to run as root, and pytest's tmp dirs are private to root, so the cluster lives in its
+    own ``/tmp`` dir owned by whoever runs it.
+    """
+    need(str(PG_BIN / "initdb"))
+    run_as: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="smartpark-pg-"))
+    if os.geteuid() == 0:
+        run_as = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres", "postgres")
+    subprocess.run([*run_as, str(PG_BIN / "initdb"), "-D", str(root / "data"), "-U", "smartpark", "--auth=trust",
+                    "--no-sync", "-E", "UTF8", "--locale=C"], check=True, capture_output=True, timeout=120)
+    return _on_free_ports(lambda: _start_postgres(root, run_as))
+
+
+def _start_postgres(root: Path, run_as: list[str]) -> PostgresServer:
+    port = free_port()
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    proc = subprocess.run([*run_as, str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "pg.log"),
+                           "-o", options, "-w", "-t", str(int(START_TIMEOUT_S)), "start"],
+                          capture_output=True, timeout=START_TIMEOUT_S + 10, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"postgres did not start: {proc.stdout.decode()}{proc.stderr.decode()}\n"
+                           f"{_tail(root / 'pg.log')}")
+    return PostgresServer(root, port, run_as)

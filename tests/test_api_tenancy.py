@@ -63,9 +63,8 @@ def env(tmp_path: Path) -> Iterator[tuple[FastAPI, httpx.Client, Registry]]:
 
 def add_episodes(registry: Registry) -> None:
     """One firing episode per site, written where the alert engine writes them."""
-    from smartpark.alerts.models import Episode, create_tables
+    from smartpark.alerts.models import Episode
 
-    create_tables(registry.engine)
     with registry.session() as s:
         for site, ep in IDS["episode_id"].items():
             s.add(Episode(id=ep, rule_id="r", subject=site, open_key=f"r|{site}", site=site, severity="warning",

@@ -123,8 +123,9 @@ def _variables() -> list[tuple[str, str | None, str]]:
 def test_secrets_are_required_with_no_defaults() -> None:
     """Every password reaches a container only through a `${VAR:?message}` that stops `up` when unset."""
     required = {name for name, op, _ in _variables() if op == ":?"}
-    assert {"INFLUXDB_ADMIN_PASSWORD", "INFLUXDB_READ_PASSWORD", "MQTT_INGEST_PASSWORD",
-            "GRAFANA_ADMIN_PASSWORD"} <= required
+    assert {"INFLUXDB_ADMIN_PASSWORD", "INFLUXDB_INGEST_PASSWORD", "INFLUXDB_ALERTS_PASSWORD", "INFLUXDB_API_PASSWORD",
+            "INFLUXDB_GRAFANA_PASSWORD", "MQTT_INGEST_PASSWORD", "GRAFANA_ADMIN_PASSWORD",
+            "SMARTPARK_API_SESSION_SECRET"} <= required
     for name, op, default in _variables():
         if SECRET_KEY.search(name):
             assert op == ":?", f"{name} must be required"
@@ -157,8 +158,8 @@ def test_env_example_lists_exactly_the_variables_used() -> None:
 
 def test_missing_secret_fails_fast_and_filled_example_resolves() -> None:
     env = _env_example()
-    filled = {k: v or f"s3cret-{k.lower()}" for k, v in env.items()}
-    empty = [k for k, v in env.items() if not v]
+    filled = _filled()
+    empty = [k for k, v in env.items() if not v and SECRET_KEY.search(k)]
     assert empty  # the example ships no secrets
     for name in empty:
         with pytest.raises(ValueError, match=f"required variable {name} "):
@@ -167,7 +168,7 @@ def test_missing_secret_fails_fast_and_filled_example_resolves() -> None:
     url = resolved["services"]["ingest"]["environment"]["SMARTPARK_MQTT_URL"]
     assert url == "mqtt://smartpark-ingest:s3cret-mqtt_ingest_password@mosquitto:1883"
     assert resolved["services"]["grafana"]["environment"]["GF_SMARTPARK_INFLUX_PASSWORD"] == \
-        "s3cret-influxdb_read_password"
+        "s3cret-influxdb_grafana_password"
 
 
 def test_mosquitto_runs_the_repo_config_with_exported_auth() -> None:
@@ -211,3 +212,59 @@ def test_dockerfile_is_multistage_pinned_non_root() -> None:
     assert package_dirs <= copied
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not package_dirs & set(ignored)
+
+
+
+def _filled() -> dict[str, str]:
+    """deploy/.env.example with every secret filled in (the optional empty values stay empty)."""
+    return {k: v or (f"s3cret-{k.lower()}" if SECRET_KEY.search(k) else "") for k, v in _env_example().items()}
+
+
+def _resolved() -> dict[str, Any]:
+    return yaml.safe_load(interpolate(COMPOSE_FILE.read_text(), _filled()))["services"]
+
+
+def test_only_what_faces_the_network_is_published() -> None:
+    """HTTPS (Caddy) and MQTT over TLS on every interface; the API and Grafana on loopback; nothing else."""
+    public, loopback = {}, {}
+    for name, service in _resolved().items():
+        for port in service.get("ports", []):
+            host, _, container = str(port).rpartition(":")
+            (loopback if host.startswith("127.0.0.1:") else public).setdefault(name, set()).add(int(container))
+    assert public == {"caddy": {443, 80}, "mosquitto": {8883}}
+    assert loopback == {"api": {8000}, "grafana": {3000}}
+
+
+def test_each_service_gets_only_its_own_influx_user() -> None:
+    """The admin goes to init alone; the API reads as its own user (refused writes: test_compose_run)."""
+    services = _resolved()
+    users = {name: (s.get("environment") or {}).get("SMARTPARK_INFLUX_USERNAME")
+             for name, s in services.items() if "build" in s}
+    assert users == {"init": None, "ingest": "smartpark-ingest", "api": "smartpark-api", "alerts": "smartpark-alerts",
+                     "simulator": "smartpark-ingest"}
+    for name, service in services.items():
+        env = service.get("environment") or {}
+        admin = {k for k, v in env.items() if v == "s3cret-influxdb_admin_password"}
+        assert admin == ({"SMARTPARK_INFLUX_ADMIN_PASSWORD"} if name == "init" else
+                         {"INFLUXDB_ADMIN_PASSWORD"} if name == "influxdb" else set()), name
+        if name != "init":
+            assert not any(k.startswith(("SMARTPARK_INFLUX_INGEST", "SMARTPARK_INFLUX_API")) for k in env), name
+    assert "SMARTPARK_API_SESSION_SECRET" in services["api"]["environment"]
+    assert [n for n, s in services.items() if "SMARTPARK_API_SESSION_SECRET" in (s.get("environment") or {})] == ["api"]
+    assert services["grafana"]["environment"]["GF_SMARTPARK_INFLUX_USER"] == "smartpark-grafana"
+
+
+def test_the_tls_proxy_fronts_the_api_and_grafana() -> None:
+    services = _resolved()
+    caddy = services["caddy"]
+    assert caddy["networks"] == ["edge"]
+    assert dict(_mounts(SERVICES["caddy"]))["./deploy/caddy/Caddyfile"] == "/etc/caddy/Caddyfile"
+    caddyfile = (ROOT / "deploy/caddy/Caddyfile").read_text()
+    assert "reverse_proxy api:8000" in caddyfile
+    assert "reverse_proxy grafana:3000" in caddyfile
+    assert "tls {$SMARTPARK_TLS}" in caddyfile
+    subnet = yaml.safe_load(interpolate(COMPOSE_FILE.read_text(), _filled()))["networks"]["edge"]["ipam"]["config"][0][
+        "subnet"]
+    assert services["api"]["environment"]["SMARTPARK_API_FORWARDED_ALLOW_IPS"] == subnet
+    assert {"default", "edge"} == set(services["api"]["networks"]) == set(services["grafana"]["networks"])
+    assert services["grafana"]["environment"]["GF_SERVER_ROOT_URL"] == "https://localhost/grafana/"

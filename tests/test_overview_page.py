@@ -60,9 +60,8 @@ def page(tmp_path: Path) -> Iterator[tuple[ServedApp, Registry]]:
 
 
 def add_alert(registry: Registry) -> None:
-    from smartpark.alerts.models import Episode, create_tables
+    from smartpark.alerts.models import Episode
 
-    create_tables(registry.engine)
     with registry.session() as s:
         s.add(Episode(id="ep-1", rule_id="nox-sinter", subject="sinter-1-cems", open_key="nox|sinter-1-cems",
                       site="steel-works", device="sinter-1-cems", metric="nox_mg_m3", severity="critical",
@@ -202,13 +201,12 @@ def test_page_login_refuses_a_body_over_4_kib_before_reading_it_all(page: tuple[
 
 def test_active_alerts_are_scoped_before_the_limit(tmp_path: Path) -> None:
     """Hundreds of firing episodes elsewhere in the park must not crowd a site key's own out of the page."""
-    from smartpark.alerts.models import Episode, create_tables
+    from smartpark.alerts.models import Episode
     from smartpark.api.overview import active_alerts
     from smartpark.core.registry import Registry
 
     registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
     registry.init()
-    create_tables(registry.engine)
     with registry.session() as s:
         for i in range(250):
             s.add(Episode(id=f"other-{i}", rule_id="r", subject=f"x{i}", site="other", severity="high",

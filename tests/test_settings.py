@@ -56,13 +56,46 @@ def test_production_refuses_placeholders_and_embedded_defaults(monkeypatch: pyte
     with pytest.raises(ConfigError, match="SMARTPARK_INFLUX_TOKEN"):
         load_settings(_env_file=None)
     monkeypatch.setenv("SMARTPARK_INFLUX_TOKEN", "a-real-token")
+    assert load_settings(_env_file=None).env == "production"  # a service without the API needs no session secret
     with pytest.raises(ConfigError, match="SMARTPARK_API_SESSION_SECRET"):
-        load_settings(_env_file=None)
+        load_settings(_env_file=None).check_session_secret()
     monkeypatch.setenv("SMARTPARK_API_SESSION_SECRET", "changeme")
     with pytest.raises(ConfigError, match="SMARTPARK_API_SESSION_SECRET"):
-        load_settings(_env_file=None)
+        load_settings(_env_file=None).check_session_secret()
     monkeypatch.setenv("SMARTPARK_API_SESSION_SECRET", "k" * 40)
-    assert load_settings(_env_file=None).env == "production"
+    load_settings(_env_file=None).check_session_secret()
+
+
+def test_the_api_refuses_a_missing_session_secret_in_production(tmp_path: Path) -> None:
+    from smartpark.api.app import create_app
+    from smartpark.core.catalog import default_catalog
+    from smartpark.core.registry import Registry
+    from smartpark.core.store.embedded import EmbeddedStore
+
+    settings = Settings(_env_file=None, env="production", mqtt_url="mqtt://i:Xk3-long-secret@m:1883",  # type: ignore[call-arg]
+                        influx_url="http://i:8086", influx_password="Xk3-long-secret", data_dir=tmp_path)
+    registry, store = Registry(settings.metadata_url), EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
+    with pytest.raises(ConfigError, match="SMARTPARK_API_SESSION_SECRET"):
+        create_app(settings, registry=registry, store=store, catalog=default_catalog())
+    registry.close()
+    store.close()
+
+
+def test_production_refuses_a_placeholder_service_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMARTPARK_ENV", "production")
+    monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtt://ingest:Xk3-long-secret@mosquitto:1883")
+    monkeypatch.setenv("SMARTPARK_INFLUX_URL", "http://influxdb:8086")
+    monkeypatch.setenv("SMARTPARK_INFLUX_ADMIN_USERNAME", "admin")
+    monkeypatch.setenv("SMARTPARK_INFLUX_ADMIN_PASSWORD", "Xk3-long-secret")
+    assert load_settings(_env_file=None).influx_users() == {}  # db init with the admin alone
+    monkeypatch.setenv("SMARTPARK_INFLUX_API_USERNAME", "smartpark-api")
+    with pytest.raises(ConfigError, match="SMARTPARK_INFLUX_API_PASSWORD"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("SMARTPARK_INFLUX_API_PASSWORD", "Changeme")
+    with pytest.raises(ConfigError, match="SMARTPARK_INFLUX_API_PASSWORD"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("SMARTPARK_INFLUX_API_PASSWORD", "Xk3-other-secret")
+    assert load_settings(_env_file=None).influx_users() == {"api": ("smartpark-api", "Xk3-other-secret")}
 
 
 @pytest.mark.parametrize("token", ["changeme", "CHANGEME", "password", "secret", " admin ", "admin:changeme"])

@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from smartpark.core.errors import RegistryError
 from smartpark.core.ids import SERVICE_PREFIX, reserved_device_id
+from smartpark.core.migrations import upgrade_schema
 from smartpark.core.registry.hierarchy import hierarchy_errors
-from smartpark.core.registry.models import ApiKey, Base, Device, Park, Site
+from smartpark.core.registry.models import ApiKey, Device, Park, Site
 from smartpark.core.registry.parkfile import ParkFile
 from smartpark.core.registry.secrets import DEVICE_PBKDF2_ITERATIONS, hash_password, new_api_key, new_password
 
@@ -42,7 +43,8 @@ class Registry:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def init(self) -> None:
-        Base.metadata.create_all(self.engine)
+        """Bring the metadata database's schema to this version's head (migrations; nothing to do when there)."""
+        upgrade_schema(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -116,9 +118,9 @@ class Registry:
             return {d: (site, h) for d, site, h in rows if h}
 
     # --- device credentials and state
-    def provision_device(self, device_id: str) -> str:
-        """Give a device a new MQTT password; returns it (shown once, stored hashed)."""
-        password = new_password()
+    def provision_device(self, device_id: str, password: str | None = None) -> str:
+        """Give a device a new MQTT password (or ``password``); returns it (shown once, stored hashed)."""
+        password = password or new_password()
         with self.session() as s:
             device = s.get(Device, device_id)
             if device is None:

@@ -422,6 +422,29 @@ class InfluxStore:
                 # same name, other text (the catalog changed): replace it
                 self.query(f"DROP CONTINUOUS QUERY {quote_ident(name)} ON {db}; {create}")
 
+    def ensure_user(self, user: str, password: str, privilege: str) -> None:
+        """Create or update a non-admin 1.x user with exactly ``privilege`` (READ, WRITE, ALL) on the database.
+
+        Needs admin credentials (`smartpark db init`). An existing user gets the password given here (rotation:
+        change it in the settings and run init again) and loses admin rights and other grants on this database.
+        Errors never carry the password.
+        """
+        if privilege not in ("READ", "WRITE", "ALL"):
+            raise ValueError(f"privilege must be READ, WRITE or ALL, not {privilege!r}")
+        who, db, secret = quote_ident(user), quote_ident(self.database), quote_literal(password)
+        users = {row[0]: row[1] for result in self.query("SHOW USERS", with_db=False)
+                 for series in result.get("series", []) for row in series.get("values", [])}
+        statements = [f"SET PASSWORD FOR {who} = {secret}" if user in users
+                      else f"CREATE USER {who} WITH PASSWORD {secret}"]
+        if users.get(user):
+            statements.append(f"REVOKE ALL PRIVILEGES FROM {who}")  # no admin
+        statements += [f"REVOKE ALL ON {db} FROM {who}", f"GRANT {privilege} ON {db} TO {who}"]
+        try:
+            self.query("; ".join(statements), with_db=False)
+        except StoreRejected as exc:
+            message = str(exc).replace(password, "***") if password else str(exc)
+            raise StoreRejected(f"InfluxDB user {user!r}: {message}", status=exc.status) from None
+
     def _continuous_queries(self) -> list[tuple[str, str]]:
         """(name, CREATE statement) of every rollup CQ, one per measurement of the catalog and rollup."""
         db = quote_ident(self.database)
