@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -17,9 +16,6 @@ from rich.logging import RichHandler
 
 from smartpark.core.errors import SmartparkError
 from smartpark.core.settings import Settings, load_settings
-
-if TYPE_CHECKING:
-    from smartpark.core.registry import Registry
 
 app = typer.Typer(help="smartpark: IoT telemetry for industrial parks (energy, emissions, greening).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
