@@ -128,7 +128,9 @@ class Settings(BaseSettings):
     alerts_no_data_s: float = Field(900.0, gt=0)
     """No reading from a device for this long fires a no-data rule (a rule may set its own `after_s`)."""
     alerts_webhook_timeout_s: float = Field(10.0, gt=0, le=120)
-    """Timeout of one webhook attempt (connect, send, answer)."""
+    """Deadline of one webhook attempt in total (connect, send, answer), however slowly the receiver answers."""
+    alerts_webhook_max_response_bytes: int = Field(16384, ge=0, le=1 << 20)
+    """Bytes of a receiver's answer read at most (the status decides; the rest is not read)."""
     alerts_webhook_max_attempts: int = Field(10, ge=1, le=100)
     """Attempts per webhook delivery before it is marked failed."""
     alerts_webhook_backoff_s: float = Field(5.0, gt=0)
@@ -207,7 +209,8 @@ def env_example() -> str:
            "# Generated from core/settings.py by `python -m smartpark.core.settings`; defaults shown.", ""]
     for name, field in Settings.model_fields.items():
         default = "" if field.default is None else field.default
-        out += [f"# {field.description}", f"SMARTPARK_{name.upper()}={default}", ""]
+        doc = [f"# {line.strip()}" for line in (field.description or "").splitlines()]  # one `#` a line: dotenv
+        out += [*doc, f"SMARTPARK_{name.upper()}={default}", ""]
     return "\n".join(out)
 
 
