@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     """How often the ingest writes its own figures to the `platform` measurement."""
     spool_max_bytes: int = Field(1 << 30, ge=1 << 20)
     """Disk the ingest may use for batches the store cannot take; when full, it stops acking (the broker holds)."""
+    dead_letters_max_bytes: int = Field(256 << 20, ge=1 << 20)
+    """Size cap of `dead-letters.sqlite`: past it the oldest rejected messages are dropped (and counted)."""
+    dead_letters_max_age_days: float = Field(30.0, gt=0)
+    """Rejected messages older than this are dropped from `dead-letters.sqlite` (and counted)."""
 
     # --- alerts (alerts/: the engine, `smartpark alerts`, and inside `smartpark up`)
     alerts_client_id: str = "smartpark-alerts"

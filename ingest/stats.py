@@ -32,6 +32,7 @@ HELP = {
     "last_batch_points": "points in the last batch",
     "last_write_seconds": "seconds the last batch took to hand off",
     "in_flight_messages": "messages received but not yet acked",
+    "dead_letters_pruned": "dead letters dropped by the size or age limit of the dead-letter file",
 }
 
 
