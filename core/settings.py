@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     """A batch is written at the latest this long after its first reading arrived."""
     ingest_metrics_port: int = Field(9108, ge=0, le=65535)
     """Port of the standalone ingest's Prometheus /metrics endpoint (0: off). Inside `smartpark up`, see the API."""
+    ingest_metrics_host: str = "127.0.0.1"
+    """Address the standalone ingest's /metrics listens on: loopback unless set (e.g. 0.0.0.0 for a Prometheus on
+    another host; the endpoint has no authentication)."""
     ingest_stats_interval_s: float = Field(10.0, gt=0)
     """How often the ingest writes its own figures to the `platform` measurement."""
     spool_max_bytes: int = Field(1 << 30, ge=1 << 20)
