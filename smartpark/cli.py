@@ -73,12 +73,20 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):
+def _until_stopped(stop: threading.Event) -> None:
+    """Wait for SIGINT or SIGTERM (handled as `_stop_on_signals` installed them)."""
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
         pass
+
+
+def _stopped_during_start_up() -> NoReturn:
+    """A signal during start-up: what has started runs on daemon threads and ends with the process; the broker
+    redelivers anything left unacked."""
+    err.print("stopped.")
+    raise typer.Exit(0)
 
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
@@ -132,6 +140,7 @@ def ingest(verbose: Verbose = False) -> None:
     settings = _settings(verbose)
     if settings.mqtt is None:
         _fail("set SMARTPARK_MQTT_URL (the embedded broker only runs inside `smartpark up`)")
+    stop = _stop_on_signals()
     try:
         catalog, registry, store = open_core(settings)
         service = IngestService(settings, store, registry, catalog, mqtt_host=settings.mqtt.host,
@@ -140,6 +149,8 @@ def ingest(verbose: Verbose = False) -> None:
         service.start()
     except SmartparkError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        _stopped_during_start_up()
     try:
         if settings.ingest_metrics_port:
             start_http_server(settings.ingest_metrics_port, addr=settings.ingest_metrics_host,
@@ -150,7 +161,7 @@ def ingest(verbose: Verbose = False) -> None:
               "SMARTPARK_INGEST_METRICS_HOST / SMARTPARK_INGEST_METRICS_PORT (0: off)")
     err.print(f"ingest subscribed to {settings.mqtt.host}:{settings.mqtt.port} as {settings.ingest_client_id}; "
               "Ctrl-C stops.", highlight=False)
-    _wait_for_signal()
+    _until_stopped(stop)
     service.stop()
 
 
@@ -179,6 +190,7 @@ def alerts(verbose: Verbose = False) -> None:
     settings = _settings(verbose)
     if settings.mqtt is None:
         _fail("set SMARTPARK_MQTT_URL (the embedded broker only runs inside `smartpark up`, which runs alerts too)")
+    stop = _stop_on_signals()
     try:
         catalog, registry, store = open_core(settings)
         engine = alert_engine(settings, registry, store, catalog, host=settings.mqtt.host, port=settings.mqtt.port,
@@ -187,9 +199,11 @@ def alerts(verbose: Verbose = False) -> None:
         engine.start()
     except SmartparkError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        _stopped_during_start_up()
     err.print(f"alert engine subscribed to {settings.mqtt.host}:{settings.mqtt.port} as "
               f"{settings.alerts_client_id}; Ctrl-C stops.", highlight=False)
-    _wait_for_signal()
+    _until_stopped(stop)
     engine.stop()
 
 
