@@ -8,8 +8,8 @@ guard). 410 Gone disables the subscription.
 
 A receiver cannot hold the sender: an attempt has one deadline in total (alerts/transport.py), at most
 ``alerts_webhook_max_response_bytes`` of the answer are read, a subscription has one attempt in flight at a
-time, and subscriptions whose last attempt was slow share a quarter of the workers: eight receivers that
-trickle their answer leave the other half of the workers to everyone else.
+time (a few once it has answered in time), and subscriptions whose last attempt was slow share a quarter of
+the workers: eight receivers that trickle their answer leave the other half of the workers to everyone else.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from typing import NamedTuple
@@ -38,6 +39,7 @@ __all__ = ["Attempt", "Dispatcher", "Sender", "backoff_s", "next_state", "record
 log = logging.getLogger("smartpark.alerts")
 WORKERS = 16  # threads waiting on receivers: cheap, and a slow receiver holds one for a deadline at most
 SLOW_WORKERS = WORKERS // 4  # what subscriptions whose last attempt was slow may hold together
+FAST_PER_SUBSCRIPTION = 4  # attempts in flight for a subscription whose last one was fast (else one)
 BATCH = 32
 IDLE_S = 1.0
 
@@ -142,7 +144,8 @@ def sender_for(settings: Settings) -> Sender:
 
 class Dispatcher:
     """Takes due deliveries from the outbox and attempts them on a small thread pool: one attempt in flight
-    per subscription, and at most SLOW_WORKERS for subscriptions whose last attempt was slow."""
+    per subscription (FAST_PER_SUBSCRIPTION once it has answered in time), and at most SLOW_WORKERS for
+    subscriptions whose last attempt was slow."""
 
     def __init__(self, repo: AlertRepo, settings: Settings) -> None:
         self.repo = repo
@@ -152,6 +155,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self._inflight: dict[str, str] = {}  # delivery id -> subscription id
         self._slow: set[str] = set()  # subscriptions whose last attempt took half the deadline or more
+        self._fast: set[str] = set()  # subscriptions whose last attempt took less
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="webhook")
         self._thread = threading.Thread(target=self._run, name="alerts-dispatch", daemon=True)
@@ -186,20 +190,21 @@ class Dispatcher:
         """Start what is due, as far as free workers and the per-subscription limits allow; how many started."""
         with self._lock:
             free = WORKERS - len(self._inflight)
-            busy = set(self._inflight.values())
-            slow_free = SLOW_WORKERS - len(busy & self._slow)
             if free <= 0:
                 return 0
-            skip = frozenset(busy | (self._slow if slow_free <= 0 else set()))
+            running = Counter(self._inflight.values())
+            slow_free = SLOW_WORKERS - sum(n for sub, n in running.items() if sub in self._slow)
+            full = {sub for sub, n in running.items() if n >= self._limit(sub)}
+            skip = frozenset(full | (self._slow if slow_free <= 0 else set()))
             picked: list[Delivery] = []
             for d in self.repo.due(now_ms(), BATCH, set(self._inflight), skip):
                 sub = d.subscription_id
                 if len(picked) == free:
                     break
-                if sub in busy or (sub in self._slow and slow_free <= 0):
+                if running[sub] >= self._limit(sub) or (sub in self._slow and slow_free <= 0):
                     continue
                 slow_free -= sub in self._slow
-                busy.add(sub)
+                running[sub] += 1
                 picked.append(d)
                 self._inflight[d.id] = sub
         for d in picked:
@@ -222,11 +227,17 @@ class Dispatcher:
                 self._inflight.pop(d.id, None)
             self.wake.set()
 
+    def _limit(self, sub_id: str) -> int:
+        """Attempts in flight a subscription may have: a few once it has answered in time, else one."""
+        return FAST_PER_SUBSCRIPTION if sub_id in self._fast else 1
+
     def _judge_pace(self, sub_id: str, attempt: Attempt) -> None:
-        """A subscription is slow from an attempt that took half the deadline until one that did not."""
+        """A subscription is slow from an attempt that took half the deadline until one that did not (then
+        fast: it may have a few attempts in flight)."""
         slow = attempt.latency_ms >= self.settings.alerts_webhook_timeout_s * 500
         with self._lock:
             (self._slow.add if slow else self._slow.discard)(sub_id)
+            (self._fast.discard if slow else self._fast.add)(sub_id)
 
     def _record(self, d: Delivery, a: Attempt, sub: WebhookSubscription | None) -> None:
         record(self.repo, self.settings, d, a, sub)
