@@ -56,8 +56,9 @@ def _error(message: str) -> None:
 
 
 def _stop_on_signals() -> threading.Event:
-    """SIGINT and SIGTERM stop `up` at any moment: the first interrupts whatever runs (start-up included) with
-    KeyboardInterrupt and asks for an orderly stop; a second one, during the stop, quits at once.
+    """SIGINT and SIGTERM stop a long-running command (`up`, `ingest`, `alerts`) at any moment: the first
+    interrupts whatever runs (start-up included) with KeyboardInterrupt and asks for an orderly stop; a second
+    one, during the stop, quits at once.
 
     Installed explicitly: a shell starts a background job with SIGINT ignored, and Python keeps that."""
     stop = threading.Event()
