@@ -233,9 +233,8 @@ class Platform:
 
     def stop(self) -> None:
         # While clients drain and disconnect, amqtt warns about every late PUBACK of a message it has
-        # already given up on (it waits 5 s), and on a loaded machine logs with a traceback the broadcasts it
-        # abandons to clients already gone; the clients still have the data, so this is noise.
-        logging.getLogger("amqtt").setLevel(logging.CRITICAL)
+        # already given up on (it waits 5 s); the clients still have the data, so this is noise.
+        logging.getLogger("amqtt").setLevel(logging.ERROR)
         while self._stops:
             stop = self._stops.pop()
             try:
