@@ -58,7 +58,7 @@ def test_up_serves_latest_values_of_every_demo_site_and_stops_cleanly(tmp_path: 
     output = (tmp_path / "up.log").read_text()
     assert "smartpark is up" in output
     assert "stopped." in output
-    assert "Traceback" not in output
+    assert "Traceback" not in output, output
 
 
 def test_db_init_is_idempotent(tmp_path: Path) -> None:
