@@ -5,6 +5,11 @@ it is delivered even after a crash (at least once; the stable ``webhook-id`` let
 Retried: timeouts, network errors, 5xx and 429 (``Retry-After`` honoured), with exponential backoff and
 jitter. Not retried: other 4xx and 3xx (redirects are never followed: a redirect could lead past the SSRF
 guard). 410 Gone disables the subscription.
+
+A receiver cannot hold the sender: an attempt has one deadline in total (alerts/transport.py), at most
+``alerts_webhook_max_response_bytes`` of the answer are read, a subscription has one attempt in flight at a
+time (a few once it has answered in time), and subscriptions whose last attempt was slow share a quarter of
+the workers: eight receivers that trickle their answer leave the other half of the workers to everyone else.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from typing import NamedTuple
@@ -24,12 +30,16 @@ from smartpark.alerts.models import Delivery, DeliveryAttempt, WebhookSubscripti
 from smartpark.alerts.repo import AlertRepo, now_ms
 from smartpark.alerts.signing import signed_headers
 from smartpark.alerts.ssrf import resolve_target
+from smartpark.alerts.transport import DeadlineTransport, deadline
 from smartpark.core.settings import Settings
 
-__all__ = ["Attempt", "Dispatcher", "Sender", "backoff_s", "next_state", "record", "retry_after", "send_once"]
+__all__ = ["Attempt", "Dispatcher", "Sender", "backoff_s", "next_state", "record", "retry_after", "send_once",
+           "sender_for"]
 
 log = logging.getLogger("smartpark.alerts")
-WORKERS = 8
+WORKERS = 16  # threads waiting on receivers: cheap, and a slow receiver holds one for a deadline at most
+SLOW_WORKERS = WORKERS // 4  # what subscriptions whose last attempt was slow may hold together
+FAST_PER_SUBSCRIPTION = 4  # attempts in flight for a subscription whose last one was fast (else one)
 BATCH = 32
 IDLE_S = 1.0
 
@@ -59,11 +69,15 @@ def retry_after(value: str | None) -> float | None:
 
 
 class Sender:
-    """Sends one signed attempt through the SSRF guard (one shared httpx client, no redirects)."""
+    """Sends one signed attempt through the SSRF guard (one shared httpx client, no redirects), within
+    ``timeout_s`` in total, reading at most ``max_response_bytes`` of the answer."""
 
-    def __init__(self, *, timeout_s: float, allow_private: bool) -> None:
+    def __init__(self, *, timeout_s: float, allow_private: bool, max_response_bytes: int = 16384) -> None:
         self.allow_private = allow_private
-        self.client = httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False,
+        self.timeout_s = timeout_s
+        self.max_response_bytes = max_response_bytes
+        self.client = httpx.Client(transport=DeadlineTransport(max_connections=2 * WORKERS), timeout=timeout_s,
+                                   follow_redirects=False, trust_env=False,
                                    headers={"user-agent": "smartpark-webhooks/1"})
 
     def close(self) -> None:
@@ -84,12 +98,28 @@ class Sender:
         headers = signed_headers(secret, msg_id, int(time.time()), body) | {"host": target.host_header()}
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
         try:
-            resp = self.client.post(target.pinned_url(), content=body, headers=headers, extensions=extensions)
+            with deadline(self.timeout_s), self.client.stream("POST", target.pinned_url(), content=body,
+                                                                headers=headers, extensions=extensions) as resp:
+                _drain(resp, self.max_response_bytes)
         except httpx.TimeoutException as exc:
-            raise DeliveryError(f"timed out ({type(exc).__name__})") from exc
+            raise DeliveryError(f"timed out after {self.timeout_s:g} s ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
         return _judge(resp)
+
+
+def _drain(resp: httpx.Response, cap: int) -> None:
+    """Read the answer's body up to ``cap`` bytes and no further (closing it then drops the connection).
+
+    The status decides the attempt: a body cut short by the cap or the deadline changes nothing."""
+    read = 0
+    try:
+        for chunk in resp.iter_raw():
+            read += len(chunk)
+            if read > cap:
+                return
+    except httpx.HTTPError:
+        return
 
 
 def _judge(resp: httpx.Response) -> int:
@@ -107,17 +137,25 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
 
+def sender_for(settings: Settings) -> Sender:
+    return Sender(timeout_s=settings.alerts_webhook_timeout_s, allow_private=settings.alerts_webhook_allow_private,
+                  max_response_bytes=settings.alerts_webhook_max_response_bytes)
+
+
 class Dispatcher:
-    """Takes due deliveries from the outbox and attempts them on a small thread pool."""
+    """Takes due deliveries from the outbox and attempts them on a small thread pool: one attempt in flight
+    per subscription (FAST_PER_SUBSCRIPTION once it has answered in time), and at most SLOW_WORKERS for
+    subscriptions whose last attempt was slow."""
 
     def __init__(self, repo: AlertRepo, settings: Settings) -> None:
         self.repo = repo
         self.settings = settings
-        self.sender = Sender(timeout_s=settings.alerts_webhook_timeout_s,
-                             allow_private=settings.alerts_webhook_allow_private)
+        self.sender = sender_for(settings)
         self.wake = threading.Event()
         self._stop = threading.Event()
-        self._inflight: set[str] = set()
+        self._inflight: dict[str, str] = {}  # delivery id -> subscription id
+        self._slow: set[str] = set()  # subscriptions whose last attempt took half the deadline or more
+        self._fast: set[str] = set()  # subscriptions whose last attempt took less
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="webhook")
         self._thread = threading.Thread(target=self._run, name="alerts-dispatch", daemon=True)
@@ -134,23 +172,44 @@ class Dispatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            started = 0
             try:
-                self._dispatch_due()
+                started = self._dispatch_due()
             except Exception:  # the outbox is durable: log, wait, try again
                 log.exception("webhook dispatch failed")
-            self.wake.wait(self._idle_s())
+            # Nothing started while attempts run: what is due waits for a free worker or subscription, and
+            # every finished attempt sets `wake`.
+            self.wake.wait(self._idle_s() if started or not self._inflight else IDLE_S)
             self.wake.clear()
 
     def _idle_s(self) -> float:
         nxt = self.repo.next_due_ms()
         return IDLE_S if nxt is None else min(max((nxt - now_ms()) / 1000, 0.01), IDLE_S)
 
-    def _dispatch_due(self) -> None:
+    def _dispatch_due(self) -> int:
+        """Start what is due, as far as free workers and the per-subscription limits allow; how many started."""
         with self._lock:
-            due = self.repo.due(now_ms(), BATCH, set(self._inflight))
-            self._inflight.update(d.id for d in due)
-        for d in due:
+            free = WORKERS - len(self._inflight)
+            if free <= 0:
+                return 0
+            running = Counter(self._inflight.values())
+            slow_free = SLOW_WORKERS - sum(n for sub, n in running.items() if sub in self._slow)
+            full = {sub for sub, n in running.items() if n >= self._limit(sub)}
+            skip = frozenset(full | (self._slow if slow_free <= 0 else set()))
+            picked: list[Delivery] = []
+            for d in self.repo.due(now_ms(), BATCH, set(self._inflight), skip):
+                sub = d.subscription_id
+                if len(picked) == free:
+                    break
+                if running[sub] >= self._limit(sub) or (sub in self._slow and slow_free <= 0):
+                    continue
+                slow_free -= sub in self._slow
+                running[sub] += 1
+                picked.append(d)
+                self._inflight[d.id] = sub
+        for d in picked:
             self._pool.submit(self._attempt, d)
+        return len(picked)
 
     def _attempt(self, d: Delivery) -> None:
         try:
@@ -158,13 +217,27 @@ class Dispatcher:
             if sub is None or not sub.enabled:
                 self._record(d, Attempt(None, 0.0, "subscription disabled or deleted", False, None), sub)
                 return
-            self._record(d, self.sender.send(sub.url, sub.secret, d.id, d.body.encode()), sub)
+            attempt = self.sender.send(sub.url, sub.secret, d.id, d.body.encode())
+            self._judge_pace(d.subscription_id, attempt)
+            self._record(d, attempt, sub)
         except Exception:
             log.exception("webhook attempt %s failed unexpectedly", d.id)
         finally:
             with self._lock:
-                self._inflight.discard(d.id)
+                self._inflight.pop(d.id, None)
             self.wake.set()
+
+    def _limit(self, sub_id: str) -> int:
+        """Attempts in flight a subscription may have: a few once it has answered in time, else one."""
+        return FAST_PER_SUBSCRIPTION if sub_id in self._fast else 1
+
+    def _judge_pace(self, sub_id: str, attempt: Attempt) -> None:
+        """A subscription is slow from an attempt that took half the deadline until one that did not (then
+        fast: it may have a few attempts in flight)."""
+        slow = attempt.latency_ms >= self.settings.alerts_webhook_timeout_s * 500
+        with self._lock:
+            (self._slow.add if slow else self._slow.discard)(sub_id)
+            (self._fast.discard if slow else self._fast.add)(sub_id)
 
     def _record(self, d: Delivery, a: Attempt, sub: WebhookSubscription | None) -> None:
         record(self.repo, self.settings, d, a, sub)
@@ -203,7 +276,7 @@ def backoff_s(settings: Settings, n: int, retry_after_s: float | None) -> float:
 
 def send_once(repo: AlertRepo, settings: Settings, sub: WebhookSubscription, d: Delivery) -> Attempt:
     """One synchronous, logged attempt outside the dispatcher (the API's test ping)."""
-    sender = Sender(timeout_s=settings.alerts_webhook_timeout_s, allow_private=settings.alerts_webhook_allow_private)
+    sender = sender_for(settings)
     try:
         attempt = sender.send(sub.url, sub.secret, d.id, d.body.encode())
     finally:

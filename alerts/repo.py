@@ -319,11 +319,14 @@ class AlertRepo:
         with self.session() as s:
             s.add(delivery)
 
-    def due(self, now: int, limit: int, exclude: set[str]) -> list[Delivery]:
-        """Pending deliveries due by ``now``, each the first pending one of its episode and subscription."""
+    def due(self, now: int, limit: int, exclude: set[str], busy: frozenset[str] = frozenset()) -> list[Delivery]:
+        """Pending deliveries due by ``now``, each the first pending one of its episode and subscription;
+        none of the ``busy`` subscriptions (a backlog of one must not fill the batch for the others)."""
         with self.session() as s:
-            q = select(Delivery).where(Delivery.state == "pending", Delivery.next_ms <= now, _first_pending()
-                                       ).order_by(Delivery.next_ms).limit(limit + len(exclude))
+            q = select(Delivery).where(Delivery.state == "pending", Delivery.next_ms <= now, _first_pending())
+            if busy:
+                q = q.where(Delivery.subscription_id.not_in(busy))
+            q = q.order_by(Delivery.next_ms).limit(limit + len(exclude))
             return [d for d in s.scalars(q) if d.id not in exclude][:limit]
 
     def next_due_ms(self) -> int | None:

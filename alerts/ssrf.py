@@ -5,6 +5,10 @@ subscription is saved: DNS changes), and the request goes to the checked address
 and TLS SNI keep the name), so a second resolution cannot swap in an internal one. Private, loopback,
 link-local (cloud metadata at 169.254.169.254), CGNAT (100.64/10), multicast, reserved and every other
 non-global range is refused unless SMARTPARK_ALERTS_WEBHOOK_ALLOW_PRIVATE is set.
+
+An IPv6 address that carries an IPv4 one (IPv4-mapped, -compatible and -translated, NAT64 64:ff9b::/96 and
+64:ff9b:1::/48, 6to4 2002::/16, Teredo, ISATAP) is judged by the IPv4 address too: a NAT64 gateway or a 6to4
+relay would deliver ``64:ff9b::a9fe:a9fe`` to 169.254.169.254.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from urllib.parse import urlsplit
 
 from smartpark.alerts.errors import UnsafeDestination
 
-__all__ = ["Target", "check_address", "check_url_shape", "resolve_target"]
+__all__ = ["Target", "check_address", "check_url_shape", "embedded_ipv4", "resolve_target"]
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -58,17 +62,45 @@ def check_url_shape(url: str) -> tuple[str, str, int, str]:
 
 
 def check_address(address: str, *, allow_private: bool, url: str = "") -> IpAddress:
-    """Refuse an address outside the global unicast space (unless private ones are allowed)."""
+    """Refuse an address outside the global unicast space (unless private ones are allowed), and an IPv6
+    address whose embedded IPv4 address would be refused."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    inner = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else []
+    shell = bool(inner) and any(ip in net for net in TRANSLATION_SHELLS)
+    for candidate in ([] if shell else [ip]) + inner:
+        _check_one(candidate, allow_private=allow_private, url=url, shown=ip)
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return mapped or ip  # ::ffff:a.b.c.d is connected to as a.b.c.d
+
+
+def _check_one(ip: IpAddress, *, allow_private: bool, url: str, shown: IpAddress) -> None:
+    where = str(shown) if ip == shown else f"{shown} (carrying {ip})"
     if ip.is_multicast or ip.is_unspecified:
-        raise UnsafeDestination(f"{ip} is not a unicast address", url=url, address=str(ip))
-    if not ip.is_global and not allow_private:
-        raise UnsafeDestination(f"{ip} is not a public address (private, loopback, link-local, CGNAT or "
+        raise UnsafeDestination(f"{where} is not a unicast address", url=url, address=str(shown))
+    if (not ip.is_global or ip.is_reserved) and not allow_private:
+        raise UnsafeDestination(f"{where} is not a public address (private, loopback, link-local, CGNAT or "
                                 "reserved); SMARTPARK_ALERTS_WEBHOOK_ALLOW_PRIVATE allows it", url=url,
-                                address=str(ip))
-    return ip
+                                address=str(shown))
+
+
+# Prefixes whose addresses only stand for the IPv4 address in their last 32 bits (judged by it alone):
+# IPv4-mapped, IPv4-compatible, IPv4-translated, NAT64 well-known; and NAT64 local-use (RFC 6052 /48).
+_LAST_32 = tuple(ipaddress.IPv6Network(n) for n in ("::ffff:0:0/96", "::/96", "::ffff:0:0:0/96", "64:ff9b::/96"))
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+TRANSLATION_SHELLS = (*_LAST_32, _NAT64_LOCAL)
+_ISATAP_IIDS = (b"\x00\x00\x5e\xfe", b"\x02\x00\x5e\xfe")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address an IPv6 address carries (RFC 4291, 6052, 3056, 4380, 5214); [] if none."""
+    raw = ip.packed
+    if int(ip) <= 1:  # :: and ::1 are themselves, not IPv4-compatible addresses
+        return []
+    if ip in _NAT64_LOCAL:  # the /48 layout: bits 48-63 and 72-87 (bits 64-71 are the zero "u" octet)
+        return [ipaddress.IPv4Address(raw[6:8] + raw[9:11])]
+    if any(ip in net for net in _LAST_32) or raw[8:12] in _ISATAP_IIDS:
+        return [ipaddress.IPv4Address(raw[12:])]
+    return [a for a in (ip.sixtofour, *(ip.teredo or ())) if a is not None]  # 6to4; Teredo server and client
 
 
 def resolve_target(url: str, *, allow_private: bool) -> Target:

@@ -178,10 +178,17 @@ class Settings(BaseSettings):
     rollup_repair_interval_s: float = Field(60.0, ge=0)
     """How often the ingest recomputes the InfluxDB rollup windows (`rp_1m`, `rp_1h`) that received late points
     (0: never). One cheap query when nothing is late."""
+    ingest_metrics_host: str = "127.0.0.1"
+    """Address the standalone ingest's /metrics listens on: loopback unless set (e.g. 0.0.0.0 for a Prometheus on
+    another host; the endpoint has no authentication)."""
     ingest_stats_interval_s: float = Field(10.0, gt=0)
     """How often the ingest writes its own figures to the `platform` measurement."""
     spool_max_bytes: int = Field(1 << 30, ge=1 << 20)
     """Disk the ingest may use for batches the store cannot take; when full, it stops acking (the broker holds)."""
+    dead_letters_max_bytes: int = Field(256 << 20, ge=1 << 20)
+    """Size cap of `dead-letters.sqlite`: past it the oldest rejected messages are dropped (and counted)."""
+    dead_letters_max_age_days: float = Field(30.0, gt=0)
+    """Rejected messages older than this are dropped from `dead-letters.sqlite` (and counted)."""
 
     # --- alerts (alerts/: the engine, `smartpark alerts`, and inside `smartpark up`)
     alerts_client_id: str = "smartpark-alerts"
@@ -195,7 +202,9 @@ class Settings(BaseSettings):
     """Episodes one rule may open on one device (or site) per clock hour; more are suppressed and counted (log,
     rule state, and the next episode's message), so a flapping sensor or a back-dated batch cannot flood receivers."""
     alerts_webhook_timeout_s: float = Field(10.0, gt=0, le=120)
-    """Timeout of one webhook attempt (connect, send, answer)."""
+    """Deadline of one webhook attempt in total (connect, send, answer), however slowly the receiver answers."""
+    alerts_webhook_max_response_bytes: int = Field(16384, ge=0, le=1 << 20)
+    """Bytes of a receiver's answer read at most (the status decides; the rest is not read)."""
     alerts_webhook_max_attempts: int = Field(10, ge=1, le=100)
     """Attempts per webhook delivery before it is marked failed."""
     alerts_webhook_backoff_s: float = Field(5.0, gt=0)
@@ -303,7 +312,8 @@ def env_example() -> str:
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
         default = "" if default is None else json.dumps(default) if isinstance(default, dict) else default
-        out += [f"# {field.description}", f"SMARTPARK_{name.upper()}={default}", ""]
+        doc = [f"# {line.strip()}" for line in (field.description or "").splitlines()]  # one `#` a line: dotenv
+        out += [*doc, f"SMARTPARK_{name.upper()}={default}", ""]
     return "\n".join(out)
 
 

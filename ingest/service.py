@@ -57,7 +57,10 @@ class IngestService:
         self.store = store
         self.registry = registry
         self.stats = IngestStats()
-        self.dead_letters = DeadLetterBox(settings.data_dir / "dead-letters.sqlite")
+        self.dead_letters = DeadLetterBox(settings.data_dir / "dead-letters.sqlite",
+                                          max_bytes=settings.dead_letters_max_bytes,
+                                          max_age_ms=int(settings.dead_letters_max_age_days * 86_400_000))
+        self.stats.set_counter("dead_letters_pruned", self.dead_letters.pruned)  # at open: the age limit
         self.decoder = MessageDecoder(catalog, Bindings(registry.bindings), settings.retention_ms, settings.window_ms)
         self.batcher = Batcher(settings.ingest_batch_size, settings.ingest_batch_age_s)
         # The mqtt5-codec session costs ~3 µs per message against paho's ~45 (bench/bench_ingest.py).
@@ -234,7 +237,7 @@ class IngestService:
             self.stats.add("rewrites_recorded", len(batch.rewrites))
             batch.audited = True
         if not batch.recorded:
-            self.dead_letters.add(batch.dead)
+            self._record_dead(batch.dead)
             batch.recorded = True
         for s in batch.status.values():
             self.registry.set_device_status(s.device, s.online, datetime.fromtimestamp(s.ts_ms / 1000, UTC))
@@ -289,7 +292,8 @@ class IngestService:
         except StoreError as exc:  # only retryable errors escape
             log.warning("store unavailable while isolating refused points: %s", exc)
             return False
-        batch.dead += [DeadLetter(p.ts_ms, "bad_schema", f"{p.site}/{p.device}", None, f"store refused: {why}",
+        now = time.time_ns() // 1_000_000
+        batch.dead += [DeadLetter(now, "bad_schema", f"{p.site}/{p.device}", None, f"store refused: {why}",
                                   repr(p.fields).encode()) for p, why in refused]
         gone = {id(p) for p, _ in refused}
         batch.points = [p for p in batch.points if id(p) not in gone]
@@ -320,11 +324,15 @@ class IngestService:
                     self._replay_delay = min(self._replay_delay * 2, REPLAY_MAX_S)
                     self._next_replay = time.monotonic() + self._replay_delay * random.uniform(0.8, 1.2)
                     return
-                self.dead_letters.add(refused.dead)
+                self._record_dead(refused.dead)
             self.spool.pop()
             self.stats.add("points_replayed", len(points))
             self.stats.gauge("spool_bytes", self.spool.bytes)
         self._replay_delay = REPLAY_MIN_S
+
+    def _record_dead(self, letters: list[DeadLetter]) -> None:
+        if letters and self.dead_letters.add(letters):
+            self.stats.set_counter("dead_letters_pruned", self.dead_letters.pruned)
 
     def _count(self, batch: Batch, seconds: float) -> None:
         self.stats.add("readings_stored", batch.readings)

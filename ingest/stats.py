@@ -35,6 +35,7 @@ HELP = {
     "late_points_checked": "points at or before their device's last reading time, looked up for changed values",
     "rewrites_recorded": "stored values changed by a later reading, recorded in the audit trail",
     "rewrite_checks_failed": "late points stored unchecked because the store could not be asked",
+    "dead_letters_pruned": "dead letters dropped by the size or age limit of the dead-letter file",
 }
 
 

@@ -1,5 +1,5 @@
 """`python -m smartpark` runs the command line."""
 
-from smartpark.cli import app
+from smartpark.cli import main
 
-app()
+main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -13,6 +14,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.text import Text
 
 from smartpark.core.errors import SmartparkError
 from smartpark.core.settings import Settings, load_settings
@@ -28,7 +30,9 @@ app.add_typer(park_app, name="park")
 app.add_typer(keys_app, name="keys")
 app.add_typer(broker_app, name="broker")
 
-err = Console(stderr=True, soft_wrap=True)  # keys and URLs must stay on one line to be copied
+# Plain text: messages carry paths, URLs and user input, where [brackets] are text, not markup. soft_wrap:
+# keys and URLs must stay on one line to be copied.
+err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 out = Console()
 
 
@@ -44,16 +48,47 @@ def _settings(verbose: bool = False) -> Settings:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    _error(message)
     raise typer.Exit(code)
 
 
-def _wait_for_signal() -> None:
+def _error(message: str) -> None:
+    err.print(Text.assemble(("error: ", "bold red"), message))
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGINT and SIGTERM stop a long-running command (`up`, `ingest`, `alerts`) at any moment: the first
+    interrupts whatever runs (start-up included) with KeyboardInterrupt and asks for an orderly stop; a second
+    one, during the stop, quits at once.
+
+    Installed explicitly: a shell starts a background job with SIGINT ignored, and Python keeps that."""
     stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)
+        stop.set()
+        raise KeyboardInterrupt
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):
+        signal.signal(sig, handler)
+    return stop
+
+
+def _until_stopped(stop: threading.Event) -> None:
+    """Wait for SIGINT or SIGTERM (handled as `_stop_on_signals` installed them)."""
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
         pass
+
+
+def _stopped_during_start_up() -> NoReturn:
+    """A signal during start-up: what has started runs on daemon threads and ends with the process; the broker
+    redelivers anything left unacked."""
+    err.print("stopped.")
+    raise typer.Exit(0)
 
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
@@ -67,23 +102,32 @@ def up(
     verbose: Verbose = False,
 ) -> None:
     """Run everything in one go: broker (embedded unless SMARTPARK_MQTT_URL), ingest, API, simulator."""
-    from smartpark.platform import Platform, admin_key
-
-    settings = _settings(verbose)
-    platform = Platform(settings, park_file=park, simulate=simulate, sim_interval_s=interval)
+    stop = _stop_on_signals()
+    platform = None
     try:
+        from smartpark.platform import DataDirLock, Platform, admin_key
+
+        settings = _settings(verbose)
+        lock = DataDirLock(settings.data_dir)  # held until the process ends
+        platform = Platform(settings, park_file=park, simulate=simulate, sim_interval_s=interval)
         platform.start()
         key = admin_key(settings, platform.ingest.registry)  # type: ignore[union-attr]
         base = f"http://{settings.api_host}:{settings.api_port}"
-        err.print(f"[bold green]smartpark is up.[/] API {base}  docs {base}/docs\n"
-                  f"admin key (kept in {settings.data_dir / 'admin.key'}): {key}\n"
-                  f"try: curl -H 'Authorization: Bearer {key}' {base}/v1/sites\nCtrl-C stops.", highlight=False)
-        _wait_for_signal()
+        err.print(Text.assemble(("smartpark is up.", "bold green"), f" API {base}  docs {base}/docs\n"
+                                f"admin key (kept in {settings.data_dir / 'admin.key'}): {key}\n"
+                                f"try: curl -H 'Authorization: Bearer {key}' {base}/v1/sites\nCtrl-C stops."))
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass  # SIGINT or SIGTERM, whenever it came: stop what has started
     except SmartparkError as exc:
-        platform.stop()
+        if platform is not None:
+            platform.stop()
         _fail(str(exc))
-    err.print("stopping...")
-    platform.stop()
+    if platform is not None:
+        err.print("stopping... (Ctrl-C again quits at once)")
+        platform.stop()
+        lock.release()
     err.print("stopped.")
 
 
@@ -98,6 +142,7 @@ def ingest(verbose: Verbose = False) -> None:
     settings = _settings(verbose)
     if settings.mqtt is None:
         _fail("set SMARTPARK_MQTT_URL (the embedded broker only runs inside `smartpark up`)")
+    stop = _stop_on_signals()
     try:
         catalog, registry, store = open_core(settings)
         service = IngestService(settings, store, registry, catalog, mqtt_host=settings.mqtt.host,
@@ -106,16 +151,20 @@ def ingest(verbose: Verbose = False) -> None:
         service.start()
     except SmartparkError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        _stopped_during_start_up()
     try:
         if settings.ingest_metrics_port:
-            start_http_server(settings.ingest_metrics_port, registry=service.stats.registry)
+            start_http_server(settings.ingest_metrics_port, addr=settings.ingest_metrics_host,
+                              registry=service.stats.registry)
     except OSError as exc:
         service.stop()
-        _fail(f"metrics port {settings.ingest_metrics_port}: {exc}; set SMARTPARK_INGEST_METRICS_PORT (0: off)")
+        _fail(f"metrics on {settings.ingest_metrics_host}:{settings.ingest_metrics_port}: {exc}; set "
+              "SMARTPARK_INGEST_METRICS_HOST / SMARTPARK_INGEST_METRICS_PORT (0: off)")
     err.print(f"ingest subscribed to {settings.mqtt.host}:{settings.mqtt.port} as {settings.ingest_client_id}; "
               "Ctrl-C stops.", highlight=False)
     repairer = rollup_repairer(settings, store)
-    _wait_for_signal()
+    _until_stopped(stop)
     if repairer is not None:
         repairer.stop()
     service.stop()
@@ -149,6 +198,7 @@ def alerts(verbose: Verbose = False) -> None:
     settings = _settings(verbose)
     if settings.mqtt is None:
         _fail("set SMARTPARK_MQTT_URL (the embedded broker only runs inside `smartpark up`, which runs alerts too)")
+    stop = _stop_on_signals()
     try:
         catalog, registry, store = open_core(settings)
         engine = alert_engine(settings, registry, store, catalog, host=settings.mqtt.host, port=settings.mqtt.port,
@@ -157,9 +207,11 @@ def alerts(verbose: Verbose = False) -> None:
         engine.start()
     except SmartparkError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        _stopped_during_start_up()
     err.print(f"alert engine subscribed to {settings.mqtt.host}:{settings.mqtt.port} as "
               f"{settings.alerts_client_id}; Ctrl-C stops.", highlight=False)
-    _wait_for_signal()
+    _until_stopped(stop)
     engine.stop()
 
 
@@ -460,5 +512,15 @@ def _service_accounts(settings: Settings, services_file: Path | None) -> dict[st
     return services
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+def main() -> None:
+    """The `smartpark` command: files private to the user from their creation (umask 077: the data dir holds
+    secrets), and an expected failure reported in one plain line, not a traceback."""
+    os.umask(0o077)
+    try:
+        app()
+    except SmartparkError as exc:
+        _error(str(exc))
+        sys.exit(1)
+    except OSError as exc:  # a bad path, a full disk, a permission: the file and the reason say it all
+        _error(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
+        sys.exit(1)

@@ -6,7 +6,9 @@ in-process broker and a SQLite store under the data dir. Where the settings name
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import secrets
 import threading
 import time
@@ -30,8 +32,8 @@ if TYPE_CHECKING:
     from smartpark.alerts import AlertEngine
     from smartpark.core.store.rollups import RollupRepairer
 
-__all__ = ["INFLUX_PRIVILEGES", "Platform", "admin_key", "alert_engine", "demo_park_path", "init_databases",
-           "open_core", "rollup_repairer"]
+__all__ = ["INFLUX_PRIVILEGES", "DataDirLock", "Platform", "admin_key", "alert_engine", "demo_park_path",
+           "init_databases", "open_core", "private_data_dir", "rollup_repairer", "write_private"]
 
 log = logging.getLogger("smartpark")
 # Least privilege on InfluxDB 1.x: what each service's own user may do on the database (`smartpark db init`).
@@ -53,7 +55,7 @@ def open_core(settings: Settings, *, create: bool = False) -> tuple[Catalog, Reg
     production they run with a write/read user. The embedded store's schema is always created (it is local).
     """
     catalog = load_catalog(settings.catalog_file)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(settings.data_dir)
     registry = Registry(settings.metadata_url)
     registry.init()
     store = open_store(settings, catalog)
@@ -91,6 +93,44 @@ def init_databases(settings: Settings) -> list[str]:
     finally:
         store.close()
         registry.close()
+
+
+def private_data_dir(path: Path) -> None:
+    """Create the data dir for this user alone (0700), or narrow an existing one of ours to it: it holds the
+    webhook secrets, key hashes and the admin key. Files in it are created 0600 (the CLI sets umask 077)."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.stat()
+        if st.st_uid == os.getuid() and st.st_mode & 0o077:
+            path.chmod(0o700)
+    except OSError as exc:
+        raise ConfigError(f"data dir {path}: {exc.strerror or exc}; set SMARTPARK_DATA_DIR") from exc
+
+
+class DataDirLock:
+    """An exclusive lock on the data dir for the life of the process: one `smartpark up` per data dir (two
+    would share the spool, the dead letters and the embedded store). The kernel drops it when the process
+    ends, however it ends."""
+
+    def __init__(self, data_dir: Path) -> None:
+        private_data_dir(data_dir)
+        self.path = data_dir / "up.lock"
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"data dir {data_dir} is in use by another `smartpark up` (pid {holder}); stop it "
+                              "or set SMARTPARK_DATA_DIR to another directory") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock
+            self._fd = None
 
 
 def alert_engine(settings: Settings, registry: Registry, store: TimeSeriesStore, catalog: Catalog, *, host: str,
@@ -137,9 +177,24 @@ def admin_key(settings: Settings, registry: Registry) -> str:
         if len(parts) >= 3 and registry.api_key(parts[1]) is not None:
             return key
     key = registry.create_api_key("admin", [])
-    path.write_text(key + "\n")
-    path.chmod(0o600)
+    write_private(path, key + "\n")
     return key
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret file: mode 0600 from its creation (never readable by others, not even for a moment),
+    complete or not at all (written beside it, then renamed over it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class Platform:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,8 +16,8 @@ import pytest
 from smartpark.core.registry import read_park_file
 from smartpark.platform import demo_park_path
 
-from factories import PARK_YAML, wait_for
-from servers import free_port
+from factories import PARK_YAML, forget_session, wait_for
+from servers import MosquittoServer, free_port
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -57,7 +58,7 @@ def test_up_serves_latest_values_of_every_demo_site_and_stops_cleanly(tmp_path: 
     output = (tmp_path / "up.log").read_text()
     assert "smartpark is up" in output
     assert "stopped." in output
-    assert "Traceback" not in output
+    assert "Traceback" not in output, output
 
 
 def test_db_init_is_idempotent(tmp_path: Path) -> None:
@@ -137,3 +138,146 @@ def test_every_command_has_help(tmp_path: Path, command: str) -> None:
     result = run(tmp_path, command, "--help")
     assert result.returncode == 0
     assert "Usage" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ operations
+def _modes(data_dir: Path) -> dict[str, str]:
+    """Every path under the data dir (and itself) whose mode lets anyone but the owner in."""
+    paths = [data_dir, *data_dir.rglob("*")]
+    return {str(p.relative_to(data_dir.parent)): oct(p.stat().st_mode & 0o777) for p in paths
+            if p.stat().st_mode & 0o077}
+
+
+class UpProcess:
+    """`smartpark up` in a data dir, its output in a log file."""
+
+    def __init__(self, tmp_path: Path, *args: str, ignore_sigint: bool = False) -> None:
+        self.log = tmp_path / f"up-{free_port()}.log"
+        self.api_port = free_port()
+        env = _env(tmp_path, SMARTPARK_API_PORT=str(self.api_port), SMARTPARK_MQTT_EMBEDDED_PORT=str(free_port()))
+        # A shell starts a background job (`smartpark up &`) with SIGINT ignored; the child inherits that.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore_sigint else None
+        try:
+            with self.log.open("w") as log:
+                self.proc = subprocess.Popen([sys.executable, "-m", "smartpark", "up", *args], cwd=tmp_path,
+                                             env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for_output(self, text: str, timeout: float = 60) -> None:
+        wait_for(lambda: text in self.output() or self.proc.poll() is not None, timeout=timeout)
+        assert text in self.output(), self.output()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def running_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, UpProcess]]:
+    tmp_path = tmp_path_factory.mktemp("up")
+    up = UpProcess(tmp_path, "--no-simulate")
+    try:
+        up.wait_for_output("smartpark is up")
+        yield tmp_path, up
+    finally:
+        up.stop()
+
+
+def test_db_init_creates_private_files(tmp_path: Path) -> None:
+    result = run(tmp_path, "db", "init")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "meta.sqlite").exists()
+    assert _modes(tmp_path / "data") == {}  # was: data 0o755, meta.sqlite and timeseries.sqlite 0o644
+
+
+def test_up_creates_private_files_and_admin_key(running_up: tuple[Path, UpProcess]) -> None:
+    tmp_path, _ = running_up
+    data = tmp_path / "data"
+    assert {"admin.key", "meta.sqlite", "timeseries.sqlite", "dead-letters.sqlite"} <= {p.name for p in data.iterdir()}
+    assert _modes(data) == {}  # was: the data dir 0o755, its databases 0o644
+
+
+def test_a_second_up_on_the_same_data_dir_exits_with_a_clear_message(running_up: tuple[Path, UpProcess]) -> None:
+    tmp_path, first = running_up
+    second = run(tmp_path, "up", "--no-simulate", SMARTPARK_API_PORT=str(free_port()),
+                 SMARTPARK_MQTT_EMBEDDED_PORT=str(free_port()))
+    assert second.returncode == 1
+    assert f"data dir {tmp_path / 'data'} is in use by another `smartpark up` (pid {first.proc.pid})" in \
+        second.stderr.replace("\n", "")
+    assert "Traceback" not in second.stderr
+    assert first.proc.poll() is None  # the first one is untouched
+
+
+@pytest.mark.parametrize("ignore_sigint", [False, True], ids=["terminal", "background-job"])
+def test_ctrl_c_during_start_up_stops_promptly(tmp_path: Path, ignore_sigint: bool) -> None:
+    up = UpProcess(tmp_path, ignore_sigint=ignore_sigint)
+    try:
+        up.wait_for_output(" devices")  # the park is loaded: broker, ingest, alerts, API, simulator still to start
+        up.proc.send_signal(signal.SIGINT)
+        code = up.proc.wait(timeout=30)  # before: ignored (background job), or died without stopping its parts
+    finally:
+        up.stop()
+    output = up.output()
+    assert code == 0, output
+    assert "stopped." in output
+    assert "smartpark is up" not in output
+    assert "Traceback" not in output
+
+
+def test_errors_are_plain_text_not_markup(tmp_path: Path) -> None:
+    result = run(tmp_path, "park", "load", "[/x].yaml")  # was: rich's MarkupError, a traceback
+    assert result.returncode == 1
+    assert "[/x].yaml" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [("db", "init"), ("broker", "export", "{file}/mosquitto")], ids=["data-dir", "export"])
+def test_a_bad_path_is_a_clear_error_not_a_traceback(tmp_path: Path, args: tuple[str, ...]) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    result = run(tmp_path, *(a.format(file=a_file) for a in args), SMARTPARK_DATA_DIR=str(a_file / "data"))
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ")
+    assert str(a_file) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.mosquitto
+def test_standalone_ingest_metrics_listen_on_loopback(tmp_path: Path, mosquitto: MosquittoServer) -> None:
+    port = free_port()
+    env = _env(tmp_path, SMARTPARK_MQTT_URL=f"mqtt://{mosquitto.host}:{mosquitto.port}",
+               SMARTPARK_INGEST_METRICS_PORT=str(port), SMARTPARK_INGEST_CLIENT_ID=f"ingest-{port}")
+    log = tmp_path / "ingest.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "smartpark", "ingest"], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "ingest subscribed" in log.read_text() or proc.poll() is not None, timeout=60)
+        assert proc.poll() is None, log.read_text()
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).status_code == 200
+        assert _listening(port) == ["127.0.0.1"]  # was 0.0.0.0: every interface
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        forget_session(mosquitto.host, mosquitto.port, f"ingest-{port}")
+
+
+def _listening(port: int) -> list[str]:
+    """Addresses with a TCP socket listening on ``port`` (Linux /proc/net/tcp: hex address, state 0A)."""
+    found = []
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = row.split()[1], row.split()[3]
+        addr, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.append(".".join(str(int(addr[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found

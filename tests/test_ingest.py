@@ -190,3 +190,57 @@ def test_own_figures_reach_prometheus_and_the_platform_measurement(pipeline: Pip
         return [v for s in found for _, v in s.points if v >= 2]
 
     wait_for(platform_rows, timeout=10)
+
+
+def _dead_letter_bytes(data_dir: Path) -> int:
+    return sum(p.stat().st_size for p in data_dir.glob("dead-letters.sqlite*"))
+
+
+def test_a_bad_batch_is_dead_lettered_once_not_once_per_reading(pipeline: Pipeline, tmp_path: Path) -> None:
+    """1,000 rejected readings in one message: 1,000 letters, one stored payload (it was 1,000 x 4 KiB)."""
+    before = _dead_letter_bytes(tmp_path)
+    now = now_ms()
+    sent = 0
+    for m in range(10):
+        body = payload({"readings": [reading(ts=now - m * 1000 - i, power_kw=1e9) for i in range(1000)]})
+        sent += len(body)
+        pipeline.publish("steel", "steel-meter", body)
+    pipeline.settle(10)
+    assert pipeline.service.dead_letters.counts() == {"out_of_range": 10_000}  # every rejection kept
+    grown = _dead_letter_bytes(tmp_path) - before
+    # 0.62 MB of messages grew the file by 50 MB before; now the payloads once plus a small row per reading.
+    assert grown < 2 * sent + (4 << 20), f"{sent:,} bytes of bad messages grew the dead letters by {grown:,}"
+    letter = pipeline.service.dead_letters.recent(1)[0]
+    assert (letter.reason, letter.item, len(letter.payload)) == ("out_of_range", 999, 4096)
+
+
+def test_dead_letters_stay_under_their_size_cap_and_pruning_is_counted(tmp_path: Path) -> None:
+    """The embedded pipeline with a 1 MiB cap: 6 MiB of rejected messages leave a file near the cap."""
+    from smartpark.broker import EmbeddedBroker
+
+    registry = _registry(tmp_path)
+    settings = _settings(tmp_path).model_copy(update={"dead_letters_max_bytes": 1 << 20})
+    password = secrets.token_hex(8)
+    host, port = "127.0.0.1", free_port()
+    broker = EmbeddedBroker(registry, host, port, {"smartpark-ingest": password, "smartpark-tester": password})
+    broker.start()
+    store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
+    store.init()
+    service = IngestService(settings, store, registry, default_catalog(), mqtt_host=host, mqtt_port=port,
+                            username="ingest", password=password, mqtt5=False)
+    try:
+        service.start()
+        with Publisher(host, port, username="tester", password=password) as pub:
+            for i in range(1500):  # distinct 4 KiB payloads: nothing to share
+                pub.publish("smartpark/v1/steel/steel-meter/telemetry", b"{" + str(i).encode() + b"x" * 4100)
+        wait_for(lambda: service.stats.counters["messages_committed"] >= 1500, timeout=120)
+        size = _dead_letter_bytes(tmp_path)
+        pruned = service.stats.counters["dead_letters_pruned"]
+        metrics = generate_latest(service.stats.registry).decode()
+    finally:
+        service.stop()
+        broker.stop()
+        registry.close()
+    assert size < 2 << 20, f"dead letters grew to {size:,} bytes with a 1 MiB cap"  # with the WAL
+    assert pruned > 1000
+    assert f"smartpark_ingest_dead_letters_pruned_total {float(pruned)}" in metrics

@@ -109,3 +109,13 @@ def test_production_refuses_a_placeholder_influx_token(monkeypatch: pytest.Monke
         load_settings(_env_file=None)
     monkeypatch.setenv("SMARTPARK_INFLUX_TOKEN", "smartpark:Xk3-long-secret")
     assert load_settings(_env_file=None).influx_token == "smartpark:Xk3-long-secret"
+
+
+def test_env_example_is_a_valid_dotenv_file(caplog: pytest.LogCaptureFixture) -> None:
+    """python-dotenv (which pydantic-settings uses for `.env`) reads every line: no warning, every setting."""
+    from dotenv import dotenv_values
+
+    with caplog.at_level("WARNING", logger="dotenv"):
+        values = dotenv_values(ROOT / ".env.example")
+    assert [r.getMessage() for r in caplog.records] == []
+    assert set(values) == {f"SMARTPARK_{name.upper()}" for name in Settings.model_fields}
