@@ -512,12 +512,23 @@ def _service_accounts(settings: Settings, services_file: Path | None) -> dict[st
     return services
 
 
+def _forget_handled_interrupt() -> None:
+    """CPython marks a KeyboardInterrupt that passes through code run from a string (``exec``/``eval`` of text:
+    dataclasses build their methods that way while a module is imported) as unhandled, and then ends the process
+    by SIGINT at exit, even though `up` caught it and stopped cleanly (exit status -2 instead of 0). Evaluating
+    a string once more clears that mark."""
+    eval("None")  # noqa: S307 (a constant: clears CPython's unhandled-interrupt mark, see the docstring)
+
+
 def main() -> None:
     """The `smartpark` command: files private to the user from their creation (umask 077: the data dir holds
     secrets), and an expected failure reported in one plain line, not a traceback."""
     os.umask(0o077)
     try:
         app()
+    except SystemExit:
+        _forget_handled_interrupt()
+        raise
     except SmartparkError as exc:
         _error(str(exc))
         sys.exit(1)

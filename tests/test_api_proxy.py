@@ -45,7 +45,8 @@ def api(tmp_path: Path, **env: str) -> Iterator[httpx.Client]:
 
 
 def _cookie(client: httpx.Client, **headers: str) -> str:
-    resp = client.post("/login", data={"api_key": "sp_not_a_key"}, headers=headers)  # a refused login sets it too
+    origin = {"Origin": str(client.base_url).rstrip("/")}  # as a browser posts the login form (CSRF check)
+    resp = client.post("/login", data={"api_key": "sp_not_a_key"}, headers=origin | headers)  # refused: sets it too
     assert resp.status_code == 303
     return resp.headers["set-cookie"].lower()
 

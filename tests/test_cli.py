@@ -256,7 +256,7 @@ def test_a_bad_path_is_a_clear_error_not_a_traceback(tmp_path: Path, args: tuple
 def test_standalone_ingest_metrics_listen_on_loopback(tmp_path: Path, mosquitto: MosquittoServer) -> None:
     port = free_port()
     env = _env(tmp_path, SMARTPARK_MQTT_URL=f"mqtt://{mosquitto.host}:{mosquitto.port}",
-               SMARTPARK_INGEST_METRICS_PORT=str(port), SMARTPARK_INGEST_CLIENT_ID=f"ingest-{port}")
+               SMARTPARK_INGEST_METRICS_PORT=str(port), SMARTPARK_INGEST_CLIENT_ID=f"smartpark-ingest-{port}")
     log = tmp_path / "ingest.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "smartpark", "ingest"], cwd=tmp_path, env=env, stdout=out,
@@ -269,7 +269,7 @@ def test_standalone_ingest_metrics_listen_on_loopback(tmp_path: Path, mosquitto:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-        forget_session(mosquitto.host, mosquitto.port, f"ingest-{port}")
+        forget_session(mosquitto.host, mosquitto.port, f"smartpark-ingest-{port}")
 
 
 def _listening(port: int) -> list[str]:
