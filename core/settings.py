@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     """A device whose latest reading is older than this is shown as stale (age in /latest, the overview page)."""
     kpi_min_valid_minutes: int = Field(45, ge=1, le=60)
     """An hourly emission mean is valid with at least this many valid minutes (domain.md: 45, unconfirmed)."""
-    counter_max_gap_s: int = Field(86_400, ge=60, le=31 * 86_400)
+    counter_max_gap_s: int = Field(21_600, ge=60, le=31 * 86_400)
     """A counter step spanning more than this (a meter silent that long) is counted in no period and listed as a
     gap; it is also how far before a period the previous reading is looked for (the cost of a delta query)."""
     counter_max_per_h: dict[str, float] = Field(default_factory=lambda: {

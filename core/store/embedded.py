@@ -75,9 +75,10 @@ b AS (SELECT d.*, COALESCE((SELECT value FROM json_each(:bounds) WHERE key = d.d
       FROM d WHERE minute >= :start AND dv IS NOT NULL)
 """
 DELTA_SQL = STEPS_SQL + """
-SELECT site, device, :start + ((minute - :start) / :every) * :every AS w, SUM(dv) FROM b
-WHERE dv >= 0 AND e <= :gap AND (r IS NULL OR dv <= (e + 60000) * r)
-GROUP BY site, device, w ORDER BY site, device, w
+SELECT site, device, :start + ((minute - :start) / :every) * :every AS w,
+       SUM(CASE WHEN dv >= 0 AND e <= :gap AND (r IS NULL OR dv <= (e + 60000) * r) THEN dv ELSE 0 END),
+       SUM(NOT (dv >= 0 AND e <= :gap AND (r IS NULL OR dv <= (e + 60000) * r)))
+FROM b GROUP BY site, device, w ORDER BY site, device, w
 """
 EVENTS_SQL = STEPS_SQL + """
 SELECT site, device, minute, v, dv, e FROM b
@@ -234,8 +235,10 @@ class EmbeddedStore:
         return self.counter_deltas(query)[0]
 
     def counter_deltas(self, query: SeriesQuery) -> tuple[list[Series], list[CounterEvent]]:
-        sums = [(site, dev, w, float(v)) for site, dev, w, v in self._steps(DELTA_SQL, query)]
-        events = self.counter_events(query)
+        """Ordinary steps summed per window with a count of the others, which (rare) are then read and classified."""
+        rows = self._steps(DELTA_SQL, query).fetchall()
+        sums = [(site, dev, w, float(v)) for site, dev, w, v, _ in rows]
+        events = self.counter_events(query) if any(odd for *_, odd in rows) else []
         return delta_series(query, sums, events), events
 
     def counter_events(self, query: SeriesQuery) -> list[CounterEvent]:

@@ -560,67 +560,68 @@ class InfluxStore:
         return self.counter_deltas(query)[0]
 
     def counter_deltas(self, query: SeriesQuery) -> tuple[list[Series], list[CounterEvent]]:
-        """Ordinary steps summed by InfluxDB per window; resets and excluded steps, rare, classified here."""
-        sums_result, events_result = self.query(f"{self._delta_statement(query)}; {self._events_statement(query)}")
-        sums = [(s["tags"]["site"], s["tags"]["device"], int(row[0]), float(row[1]))
-                for s in sums_result.get("series", []) for row in s.get("values", []) if row[1] is not None]
-        events = self._events(query, events_result)
-        return delta_series(query, sums, events), events
-
-    @staticmethod
-    def _events(query: SeriesQuery, result: dict[str, Any]) -> list[CounterEvent]:
-        out = []
+        """One pass over the minute steps per window and device: the sum, the smallest step, the longest elapsed
+        time and the highest rate. A window whose steps are all ordinary (none negative, none longer than the gap,
+        none faster than the bound) keeps InfluxDB's sum; the rare others (a reset, a jump, a gap, a step near the
+        bound) are read step by step and classified here, with the rules of SeriesQuery ``delta``."""
+        offset = query.start_ms % query.every_ms
+        (result,) = self.query(
+            f'SELECT sum("d"), min("d"), max("e"), max("r") FROM ({self._steps(query, rate=True)}) '  # noqa: S608
+            f'GROUP BY time({int(query.every_ms)}ms, {offset}ms), "site", "device" fill(none)')
+        sums: list[tuple[str, str, int, float]] = []
+        suspect: list[tuple[str, str, int]] = []
         for s in result.get("series", []):
             site, device = s["tags"]["site"], s["tags"]["device"]
-            for ts, v, d, e in s.get("values", []):
-                if int(ts) >= query.start_ms and None not in (v, d, e):
-                    ev = counter_event(query, (site, device, int(ts), float(v), float(d), int(e)))
-                    if ev is not None:
-                        out.append(ev)
-        out.sort(key=lambda ev: (ev.site, ev.device, ev.ts_ms))
-        return out
+            bound = query.bound_per_ms(device)
+            for ts, total, low, longest, fastest in s.get("values", []):
+                if total is None or int(ts) < query.start_ms:
+                    continue
+                if low >= 0 and longest <= query.max_gap_ms and (bound is None or fastest <= bound * HOUR_MS):
+                    sums.append((site, device, int(ts), float(total)))
+                else:
+                    suspect.append((site, device, int(ts)))
+        events = self._suspect_windows(query, suspect, sums)
+        return delta_series(query, sums, events), events
 
-    def _steps(self, query: SeriesQuery) -> str:
+    def _suspect_windows(self, query: SeriesQuery, windows: list[tuple[str, str, int]],
+                         sums: list[tuple[str, str, int, float]]) -> list[CounterEvent]:
+        """Each window's steps read one by one: ordinary ones added to ``sums``, the others as events."""
+        if not windows:
+            return []
+        statements = []
+        for site, device, w in windows:
+            part = msgspec.structs.replace(query, site=site, device=device, start_ms=w,
+                                           end_ms=min(w + query.every_ms, query.end_ms))
+            statements.append(f'SELECT "v", "d", "e" FROM ({self._steps(part)})')  # noqa: S608
+        results = self._statements(statements)
+        events: list[CounterEvent] = []
+        for (site, device, w), result in zip(windows, results, strict=True):
+            total = 0.0
+            for s in result.get("series", []):
+                for ts, v, d, e in s.get("values", []):
+                    if int(ts) < w or None in (v, d, e):
+                        continue
+                    ev = counter_event(query, (site, device, int(ts), float(v), float(d), int(e)))
+                    if ev is None:
+                        total += float(d)
+                    else:
+                        events.append(ev)
+            sums.append((site, device, w, total))
+        events.sort(key=lambda ev: (ev.site, ev.device, ev.ts_ms))
+        return events
+
+    def _steps(self, query: SeriesQuery, *, rate: bool = False) -> str:
         """Per device and minute: the minute's last reading, the step to it and the time since the previous
-        reading's minute, from a gap before the start (so the first step is found); rules in SeriesQuery."""
+        reading's minute (with ``rate``: the step per hour instead of the reading), from a gap before the start
+        (so the first step is found); rules in SeriesQuery."""
         where = self._where(query.site, query.device, lookback_ms(query), query.end_ms)
         f = quote_ident(query.field)
-        return (f'SELECT last({f}) AS "v", difference(last({f})) AS "d", elapsed(last({f}), 1ms) AS "e" '  # noqa: S608 (InfluxQL; names and values quoted)
+        # each function is an iterator over the raw points in InfluxDB 1.x: the first pass asks for no reading
+        fields = (f'difference(last({f})) AS "d", elapsed(last({f}), 1ms) AS "e", derivative(last({f}), 1h) AS "r"'
+                  if rate else f'last({f}) AS "v", difference(last({f})) AS "d", elapsed(last({f}), 1ms) AS "e"')
+        return (f'SELECT {fields} '  # noqa: S608 (InfluxQL; names and values quoted)
                 f"FROM {self._from(query.measurement)} WHERE {where} "
                 f'GROUP BY time({MINUTE_MS}ms), "site", "device" fill(none)')
-
-    @staticmethod
-    def _bounds(query: SeriesQuery, ok: bool) -> str:
-        """The plausibility condition on a step (``ok``) or its violation, per device bound and the default
-        ("true"/"false" when there is no bound; never sent). Bounds are per hour, times as ms: d x 1h vs e x bound."""
-        cmp = "<=" if ok else ">"
-
-        def within(per_h: float) -> str:
-            return f'"d" * {HOUR_MS} {cmp} ("e" + {MINUTE_MS}) * {per_h:.6f}'
-
-        parts, listed = [], []
-        for device, per_h in query.device_max_per_h:
-            listed.append(f'"device" != {quote_literal(device)}')
-            parts.append(f'("device" = {quote_literal(device)} AND {within(per_h)})')
-        if query.max_per_h is not None:
-            parts.append("(" + " AND ".join([*listed, within(query.max_per_h)]) + ")")
-        elif ok and listed:
-            parts.append("(" + " AND ".join(listed) + ")")
-        return " OR ".join(parts) or ("true" if ok else "false")
-
-    def _delta_statement(self, query: SeriesQuery) -> str:
-        """Ordinary steps (no reset, no gap, plausible) summed per device and window; windows start at start."""
-        ok = self._bounds(query, ok=True)
-        bounded = "" if ok == "true" else f" AND ({ok})"
-        offset = query.start_ms % query.every_ms
-        return (f'SELECT sum("d") FROM ({self._steps(query)}) WHERE "d" >= 0 AND "e" <= {int(query.max_gap_ms)}'  # noqa: S608
-                f'{bounded} GROUP BY time({int(query.every_ms)}ms, {offset}ms), "site", "device" fill(none)')
-
-    def _events_statement(self, query: SeriesQuery) -> str:
-        bad = self._bounds(query, ok=False)
-        bounded = "" if bad == "false" else f" OR {bad}"
-        return (f'SELECT "v", "d", "e" FROM ({self._steps(query)}) '  # noqa: S608
-                f'WHERE "d" < 0 OR "e" > {int(query.max_gap_ms)}{bounded} GROUP BY "site", "device"')
 
     def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
         """Day by day: a month of minutes per device is more rows than InfluxDB returns in one series."""
