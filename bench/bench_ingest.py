@@ -24,6 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
+from smartpark.core.mqtt import Endpoint
 from smartpark.simulators.publisher import Connection
 
 from harness import PEERS, Influx, bench_servers, cpu_seconds, peak_rss_mib, wait_line
@@ -118,7 +119,7 @@ def run_batches(args: argparse.Namespace, tmp: Path, mosq: object, influx: Influ
     server_cpu0 = cpu_seconds(influx.pid) if influx.pid else 0.0
     # the platform's own QoS 1 publisher (simulators.publisher, ~10x cheaper than paho): the publisher shares
     # the 2 cores with the ingest and InfluxDB, so a costly one would be measured as well
-    conn = Connection(mosq.host, mosq.port, f"bench-pub-{uuid.uuid4().hex[:6]}", window=200)
+    conn = Connection(Endpoint(mosq.host, mosq.port), f"bench-pub-{uuid.uuid4().hex[:6]}", window=200)
     conn.connect()
     for topic, body in messages:
         conn.publish(topic, body)

@@ -46,7 +46,18 @@ class Settings(BaseSettings):
 
     # --- MQTT
     mqtt_url: str = ""
-    """Broker as mqtt://user:pass@host:1883 (mqtts:// for TLS). Empty: `smartpark up` runs the embedded broker."""
+    """Broker as mqtt://user:pass@host:1883, or mqtts://user:pass@host:8883 for TLS (certificate and host name
+    always verified; a failed handshake is an error, never a plain-text retry). Empty: `smartpark up` runs the
+    embedded broker."""
+    mqtt_ca_file: Path | None = None
+    """CA certificates (PEM) that sign the broker's certificate, for mqtts://. Empty: the system CAs."""
+    mqtt_cert_file: Path | None = None
+    """Client certificate (PEM, may hold the chain) for mutual TLS with mqtts://; needs SMARTPARK_MQTT_KEY_FILE."""
+    mqtt_key_file: Path | None = None
+    """Private key (PEM) of SMARTPARK_MQTT_CERT_FILE; keep it readable by the service user only."""
+    mqtt_allow_plaintext: bool = False
+    """Allow mqtt:// (plain text: the password crosses the network readable) to a host other than loopback under
+    SMARTPARK_ENV=production, e.g. on a private container network. Off: production needs mqtts:// there."""
     mqtt_v5: bool = True
     """Speak MQTT 5 to an external broker (session expiry, Receive Maximum, shared subscriptions); else 3.1.1."""
     mqtt_embedded_host: str = "127.0.0.1"
@@ -65,6 +76,9 @@ class Settings(BaseSettings):
     """InfluxDB 1.x password."""
     influx_token: str = ""
     """InfluxDB 2.x/3.x token (sent as `Authorization: Token ...`); wins over user/password."""
+    influx_ca_file: Path | None = None
+    """CA certificates (PEM) that sign InfluxDB's certificate, for an https:// SMARTPARK_INFLUX_URL. Empty: the
+    system CAs. (A park with one private CA sets this and SMARTPARK_MQTT_CA_FILE to the same file.)"""
     influx_timeout_s: float = Field(10.0, gt=0)
     """Timeout of one InfluxDB HTTP call."""
     influx_gzip: bool = False
@@ -109,6 +123,10 @@ class Settings(BaseSettings):
     MQTT 3.1.1 (the embedded broker, SMARTPARK_MQTT_V5=false) always uses paho."""
     ingest_shared: str = ""
     """Empty: a plain subscription. `1` or a group name: an MQTT 5 shared subscription ($share/<group>/...)."""
+    ingest_max_packet_bytes: int = Field(128 * 1024, ge=4096, le=256 * 1024 * 1024)
+    """MQTT 5 Maximum Packet Size the ingest announces in CONNECT: the broker never sends it a bigger packet (it
+    drops it). Twice the contract's 64 KiB, so a moderately oversized message still arrives and is counted and
+    dead-lettered as too_large; Mosquitto's message_size_limit refuses bigger ones at the publisher."""
     ingest_batch_size: int = Field(5000, ge=1, le=100_000)
     """Points per store write."""
     ingest_batch_age_s: float = Field(1.0, gt=0, le=60)
@@ -145,6 +163,24 @@ class Settings(BaseSettings):
             MqttTarget(v)
         return v
 
+    @field_validator("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "influx_ca_file", mode="before")
+    @classmethod
+    def _optional_path(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @field_validator("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "influx_ca_file")
+    @classmethod
+    def _readable_file(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"{v} is not a file")
+        return v
+
+    @model_validator(mode="after")
+    def _mqtt_tls(self) -> Settings:
+        if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
+            raise ValueError("SMARTPARK_MQTT_CERT_FILE and SMARTPARK_MQTT_KEY_FILE go together (mutual TLS)")
+        return self
+
     @field_validator("influx_url")
     @classmethod
     def _influx_url(cls, v: str) -> str:
@@ -167,6 +203,9 @@ class Settings(BaseSettings):
             raise ValueError("set SMARTPARK_INFLUX_TOKEN or a real SMARTPARK_INFLUX_PASSWORD in production")
         if self.api_session_secret in PLACEHOLDER_SECRETS or len(self.api_session_secret) < 32:
             raise ValueError("set SMARTPARK_API_SESSION_SECRET to a real secret of 32+ characters in production")
+        if not target.tls and not self.mqtt_allow_plaintext and not _loopback(target.host):
+            raise ValueError(f"SMARTPARK_MQTT_URL is plain-text mqtt:// to {target.host}: use mqtts:// (TLS), or set "
+                             "SMARTPARK_MQTT_ALLOW_PLAINTEXT=true for a private network")
         return self
 
     @cached_property
@@ -180,6 +219,12 @@ class Settings(BaseSettings):
     @property
     def retention_ms(self) -> int:
         return self.retention_days * 86_400_000
+
+
+def _loopback(host: str) -> bool:
+    from smartpark.core.mqtt.endpoint import is_loopback
+
+    return is_loopback(host)
 
 
 def _placeholder_token(token: str) -> bool:

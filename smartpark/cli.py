@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from smartpark.core.errors import SmartparkError
+from smartpark.core.mqtt.endpoint import Endpoint
 from smartpark.core.settings import Settings, load_settings
 
 app = typer.Typer(help="smartpark: IoT telemetry for industrial parks (energy, emissions, greening).",
@@ -53,6 +54,14 @@ def _wait_for_signal() -> None:
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(0.5):
         pass
+
+
+def _endpoint(settings: Settings) -> Endpoint:
+    """The broker of SMARTPARK_MQTT_URL (the commands that need one check it is set first)."""
+    endpoint = Endpoint.from_settings(settings)
+    if endpoint is None:
+        _fail("set SMARTPARK_MQTT_URL")
+    return endpoint
 
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
@@ -99,9 +108,8 @@ def ingest(verbose: Verbose = False) -> None:
         _fail("set SMARTPARK_MQTT_URL (the embedded broker only runs inside `smartpark up`)")
     try:
         catalog, registry, store = open_core(settings)
-        service = IngestService(settings, store, registry, catalog, mqtt_host=settings.mqtt.host,
-                                mqtt_port=settings.mqtt.port, username=settings.mqtt.username,
-                                password=settings.mqtt.password, mqtt5=settings.mqtt_v5)
+        service = IngestService(settings, store, registry, catalog, endpoint=_endpoint(settings),
+                                mqtt5=settings.mqtt_v5)
         service.start()
     except SmartparkError as exc:
         _fail(str(exc))
@@ -111,7 +119,7 @@ def ingest(verbose: Verbose = False) -> None:
     except OSError as exc:
         service.stop()
         _fail(f"metrics port {settings.ingest_metrics_port}: {exc}; set SMARTPARK_INGEST_METRICS_PORT (0: off)")
-    err.print(f"ingest subscribed to {settings.mqtt.host}:{settings.mqtt.port} as {settings.ingest_client_id}; "
+    err.print(f"ingest subscribed to {_endpoint(settings).url} as {settings.ingest_client_id}; "
               "Ctrl-C stops.", highlight=False)
     _wait_for_signal()
     service.stop()
@@ -144,13 +152,11 @@ def alerts(verbose: Verbose = False) -> None:
         _fail("set SMARTPARK_MQTT_URL (the embedded broker only runs inside `smartpark up`, which runs alerts too)")
     try:
         catalog, registry, store = open_core(settings)
-        engine = alert_engine(settings, registry, store, catalog, host=settings.mqtt.host, port=settings.mqtt.port,
-                              username=settings.mqtt.username, password=settings.mqtt.password,
-                              mqtt5=settings.mqtt_v5)
+        engine = alert_engine(settings, registry, store, catalog, endpoint=_endpoint(settings), mqtt5=settings.mqtt_v5)
         engine.start()
     except SmartparkError as exc:
         _fail(str(exc))
-    err.print(f"alert engine subscribed to {settings.mqtt.host}:{settings.mqtt.port} as "
+    err.print(f"alert engine subscribed to {_endpoint(settings).url} as "
               f"{settings.alerts_client_id}; Ctrl-C stops.", highlight=False)
     _wait_for_signal()
     engine.stop()
@@ -199,12 +205,12 @@ def simulate(  # noqa: PLR0917 (typer options)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        stats = modes.run_publish(parsed, scen, settings.mqtt.host, settings.mqtt.port, win,  # type: ignore[union-attr]
-                                  credentials=creds, truth_path=truth, stop=stop)
+        stats = modes.run_publish(parsed, scen, _endpoint(settings), win, credentials=creds, truth_path=truth,
+                                  stop=stop)
     except SmartparkError as exc:
         _fail(str(exc))
     except (OSError, ConnectionError) as exc:
-        _fail(f"MQTT {settings.mqtt.host}:{settings.mqtt.port}: {exc}")  # type: ignore[union-attr]
+        _fail(f"MQTT {_endpoint(settings).url}: {exc}")
     err.print(f"published {stats.messages:,} messages ({stats.readings:,} readings) in {stats.seconds:.1f} s.",
               highlight=False)
 

@@ -27,11 +27,13 @@ __all__ = [
     "MOSQUITTO",
     "InfluxServer",
     "MosquittoServer",
+    "TestPki",
     "free_port",
     "influxd_config",
     "need",
     "start_influxd",
     "start_mosquitto",
+    "tls_listener_config",
 ]
 
 INFLUXD = "/usr/bin/influxd"
@@ -269,3 +271,39 @@ def _start_mosquitto(config_text: str, tmp_path: Path) -> MosquittoServer:
             time.sleep(0.05)
     _stop(proc)
     raise RuntimeError(f"mosquitto did not listen on {host}:{port} in {START_TIMEOUT_S:.0f} s:\n{_tail(log)}")
+
+
+# ------------------------------------------------------------------------------------------------ TLS
+
+
+class TestPki:
+    """A CA made for one test run (``trustme``) and PEM files under ``root``: the CA, a server certificate for
+    127.0.0.1 and localhost, and a client certificate; ``issue`` makes more (expired, other host names)."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+
+    def __init__(self, root: Path) -> None:
+        import trustme
+
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self._ca = trustme.CA(organization_name="smartpark test CA")
+        self.ca_file = root / "ca.pem"
+        self._ca.cert_pem.write_to_path(str(self.ca_file))
+        self.server_cert, self.server_key = self.issue("server", "127.0.0.1", "localhost")
+        self.client_cert, self.client_key = self.issue("client", "smartpark-ingest")
+
+    def issue(self, name: str, *identities: str, **kwargs: object) -> tuple[Path, Path]:
+        """A certificate (chain) and key signed by this CA, as files ``name.pem`` and ``name.key``."""
+        leaf = self._ca.issue_cert(*identities, **kwargs)  # type: ignore[arg-type]
+        cert, key = self.root / f"{name}.pem", self.root / f"{name}.key"
+        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(str(key))
+        key.chmod(0o600)
+        return cert, key
+
+
+def tls_listener_config(cert: Path, key: Path, ca_file: Path, *, require_certificate: bool = False) -> str:
+    """Lines that make ``start_mosquitto``'s listener a TLS one (they follow its ``listener`` line)."""
+    return "\n".join([f"certfile {cert}", f"keyfile {key}", f"cafile {ca_file}",
+                      f"require_certificate {'true' if require_certificate else 'false'}", ""])

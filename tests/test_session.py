@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from smartpark.ingest.errors import BrokerUnreachable
-from smartpark.ingest.session import Mqtt5Session
+from smartpark.core.mqtt import BrokerUnreachable, Endpoint, platform_filters
+from smartpark.core.mqtt.session import Mqtt5Session
 
 from factories import forget_session, publish_many, wait_for
 from servers import MOSQUITTO, MosquittoServer, need, start_mosquitto
@@ -57,9 +57,10 @@ def new_id(tag: str) -> str:
 def session(server: MosquittoServer | tuple[str, int], client_id: str, inbox: Inbox, *, receive_maximum: int = 100,
             shared: str = "", auto_ack: bool = False, start: bool = True, **kwargs: object) -> Mqtt5Session:
     host, port = (server.host, server.port) if isinstance(server, MosquittoServer) else server
-    s = Mqtt5Session(host=host, port=port, client_id=client_id, username=kwargs.pop("username", None),  # type: ignore[arg-type]
-                     password=kwargs.pop("password", None), receive_maximum=receive_maximum,  # type: ignore[arg-type]
-                     shared=shared, on_message=inbox, **kwargs)  # type: ignore[arg-type]
+    endpoint = Endpoint(host, port, kwargs.pop("username", None), kwargs.pop("password", None),  # type: ignore[arg-type]
+                        kwargs.pop("tls", None))  # type: ignore[arg-type]
+    s = Mqtt5Session(endpoint, client_id=client_id, receive_maximum=receive_maximum, filters=platform_filters(shared),
+                     on_message=inbox, **kwargs)  # type: ignore[arg-type]
     inbox.session, inbox.auto_ack = s, auto_ack
     if start:
         s.start()

@@ -43,6 +43,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from math import isfinite
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -67,6 +68,7 @@ from smartpark.core.store.base import (
     hour_sums_from_minutes,
     minute_query,
 )
+from smartpark.core.tls import TlsFiles, tls_context
 
 __all__ = [
     "RAW_RP",
@@ -269,9 +271,11 @@ class InfluxStore:
         transport: httpx.BaseTransport | None = None,
         hour_cache_s: float = 900.0,
         gzip_writes: bool = False,
+        ca_file: Path | None = None,
     ) -> None:
         """``transport`` replaces the network (tests: ``httpx.MockTransport``); ``hour_cache_s`` bounds how
-        long hour_sums keeps an hour's result (0: not at all); ``gzip_writes`` compresses write bodies."""
+        long hour_sums keeps an hour's result (0: not at all); ``gzip_writes`` compresses write bodies;
+        ``ca_file`` verifies an https:// server against that CA bundle instead of the system CAs."""
         if not database:
             raise ValueError("InfluxDB database name is empty")
         if retention_days < 1:
@@ -297,8 +301,9 @@ class InfluxStore:
             auth = httpx.BasicAuth(username, password)
         self._writers = ThreadPoolExecutor(WRITE_REQUESTS, thread_name_prefix="influx-write")
         self._readers = ThreadPoolExecutor(LATEST_REQUESTS, thread_name_prefix="influx-read")
+        verify = tls_context(TlsFiles(ca_file)) if ca_file is not None else True
         self._client = httpx.Client(
-            base_url=self.url, headers=headers, auth=auth, timeout=timeout_s, transport=transport
+            base_url=self.url, headers=headers, auth=auth, timeout=timeout_s, transport=transport, verify=verify
         )
 
     # --- plumbing
