@@ -12,6 +12,7 @@ import pwd
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -147,13 +148,14 @@ def influxd_config(root: Path, http_port: int, rpc_port: int) -> str:
     return text
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, ca_file: Path | None = None) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"influxd exited with {proc.returncode}:\n{_tail(log)}")
         try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=1) as resp:  # noqa: S310 (http://127.0.0.1)
+            with urllib.request.urlopen(f"{url}/ping", timeout=1, context=context) as resp:  # noqa: S310 (127.0.0.1)
                 if resp.status == 204:
                     return
         except (urllib.error.URLError, OSError):
@@ -178,21 +180,27 @@ def _on_free_ports(start: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def start_influxd(root: Path) -> InfluxServer:
-    """Start influxd with a throwaway config and data under ``root``; returns when /ping answers 204."""
+def start_influxd(root: Path, https: tuple[Path, Path, Path] | None = None) -> InfluxServer:
+    """Start influxd with a throwaway config and data under ``root``; returns when /ping answers 204.
+    ``https`` (certificate, key, CA file) serves the API over TLS only."""
     need(INFLUXD)
     root.mkdir(parents=True, exist_ok=True)
-    return _on_free_ports(lambda: _start_influxd(root))
+    return _on_free_ports(lambda: _start_influxd(root, https))
 
 
-def _start_influxd(root: Path) -> InfluxServer:
+def _start_influxd(root: Path, https: tuple[Path, Path, Path] | None = None) -> InfluxServer:
     (root / "influxd.log").unlink(missing_ok=True)  # an earlier attempt's error must not decide this one's
     http_port, rpc_port = free_port(), free_port()
     conf = root / "influxdb.conf"
-    conf.write_text(influxd_config(root, http_port, rpc_port), encoding="utf-8")
+    text = influxd_config(root, http_port, rpc_port)
+    if https is not None:
+        text = _set(text, "http", "https-enabled", "true")
+        text = _set(text, "http", "https-certificate", f'"{https[0]}"')
+        text = _set(text, "http", "https-private-key", f'"{https[1]}"')
+    conf.write_text(text, encoding="utf-8")
     proc = _spawn_influxd(root)
-    url = f"http://127.0.0.1:{http_port}"
-    _wait_http(url, proc, root / "influxd.log")
+    url = f"{'https' if https else 'http'}://127.0.0.1:{http_port}"
+    _wait_http(url, proc, root / "influxd.log", https[2] if https else None)
     return InfluxServer(proc, url, root)
 
 
