@@ -126,23 +126,37 @@ class TlsLink:
         self._flush()
 
     def recv_into(self, buffer: memoryview | bytearray, nbytes: int = 0, /) -> int:
-        """Decrypted bytes into ``buffer``; 0 once the broker closed. Blocks (or times out) like the socket."""
-        want = nbytes or len(buffer)
+        """Decrypted bytes into ``buffer``; 0 once the broker closed. Blocks (or times out) like the socket.
+
+        Every record already received is decrypted in one call: Mosquitto sends each packet as its own TLS
+        record, and returning one record per call would cost the caller a parse-and-recv round per message."""
+        view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+        want = nbytes or len(view)
         while True:
-            with self._lock:
-                try:
-                    n = self._tls.read(want, buffer)
-                except ssl.SSLWantReadError:
-                    n = -1
-                except ssl.SSLZeroReturnError:  # close_notify
-                    return 0
-                answer = self._out.pending  # e.g. a KeyUpdate answer
-            if answer:
-                self._flush()
-            if n >= 0:
+            n, closed = self._decrypt(view, want)
+            if n or closed:
                 return n
             if not self._fill():
                 return 0
+
+    def _decrypt(self, view: memoryview, want: int) -> tuple[int, bool]:
+        """Decrypt what the TLS input holds into ``view`` (up to ``want`` bytes): (bytes, closed by the peer)."""
+        n, closed, read = 0, False, self._tls.read
+        with self._lock:
+            try:
+                while n < want:
+                    got = read(want - n, view[n:])
+                    if not got:
+                        break
+                    n += got
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:  # close_notify
+                closed = True
+            answer = self._out.pending  # e.g. a KeyUpdate answer
+        if answer:
+            self._flush()
+        return n, closed
 
     def recv(self, bufsize: int, /) -> bytes:
         buf = bytearray(bufsize)
