@@ -33,42 +33,7 @@ CLOSED_AFTER_HANDSHAKE = ("the broker closed the connection after the handshake,
 class Link(Protocol):
     """The socket methods the clients use; ``socket.socket`` and ``TlsLink`` both fit."""
 
-    def recv_into(self, buffer: memoryview | bytearray, nbytes: int = 0, /) -> int:
-        """Decrypted bytes into ``buffer``; 0 once the broker closed. Blocks (or times out) like the socket.
-
-        Every record already received is decrypted in one call: Mosquitto sends each packet as its own TLS
-        record, and returning one record per call would cost the caller a parse-and-recv round per message."""
-        view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
-        want = nbytes or len(view)
-        while True:
-            if self._in.pending or self._tls.pending():
-                n, closed = self._decrypt(view, want)
-                if n or closed:
-                    return n
-            if not self._fill():
-                return 0
-
-    def _decrypt(self, view: memoryview, want: int) -> tuple[int, bool]:
-        """Decrypt what the TLS input holds into ``view`` (up to ``want`` bytes): (bytes, closed by the peer).
-        Stops when the input is used up rather than on SSLWantReadError: an exception per wake-up costs more
-        than the decryption of a small record."""
-        n, closed, read, tls, raw = 0, False, self._tls.read, self._tls, self._in
-        with self._lock:
-            try:
-                while n < want:
-                    got = read(want - n, view[n:])
-                    n += got
-                    if not got or not (raw.pending or tls.pending()):
-                        break
-            except ssl.SSLWantReadError:  # the input ends inside a record: the rest comes with the next recv
-                pass
-            except ssl.SSLZeroReturnError:  # close_notify
-                closed = True
-            answer = self._out.pending  # e.g. a KeyUpdate answer
-        if answer:
-            self._flush()
-        return n, closed
-
+    def recv_into(self, buffer: memoryview | bytearray, nbytes: int = 0, /) -> int: ...
     def recv(self, bufsize: int, /) -> bytes: ...
     def sendall(self, data: bytes, /) -> None: ...
     def settimeout(self, value: float | None, /) -> None: ...
@@ -168,23 +133,26 @@ class TlsLink:
         view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
         want = nbytes or len(view)
         while True:
-            n, closed = self._decrypt(view, want)
-            if n or closed:
-                return n
+            if self._in.pending or self._tls.pending():
+                n, closed = self._decrypt(view, want)
+                if n or closed:
+                    return n
             if not self._fill():
                 return 0
 
     def _decrypt(self, view: memoryview, want: int) -> tuple[int, bool]:
-        """Decrypt what the TLS input holds into ``view`` (up to ``want`` bytes): (bytes, closed by the peer)."""
-        n, closed, read = 0, False, self._tls.read
+        """Decrypt what the TLS input holds into ``view`` (up to ``want`` bytes): (bytes, closed by the peer).
+        Stops when the input is used up rather than on SSLWantReadError: an exception per wake-up costs more
+        than the decryption of a small record."""
+        n, closed, read, tls, raw = 0, False, self._tls.read, self._tls, self._in
         with self._lock:
             try:
                 while n < want:
                     got = read(want - n, view[n:])
-                    if not got:
-                        break
                     n += got
-            except ssl.SSLWantReadError:
+                    if not got or not (raw.pending or tls.pending()):
+                        break
+            except ssl.SSLWantReadError:  # the input ends inside a record: the rest comes with the next recv
                 pass
             except ssl.SSLZeroReturnError:  # close_notify
                 closed = True
