@@ -129,37 +129,33 @@ class TlsLink:
         """Decrypted bytes into ``buffer``; 0 once the broker closed. Blocks (or times out) like the socket.
 
         Every record already received is decrypted in one call: Mosquitto sends each packet as its own TLS
-        record, and returning one record per call would cost the caller a parse-and-recv round per message."""
-        view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+        record, and returning one record per call would cost the caller a parse-and-recv round per message.
+        It stops when the input is used up rather than on SSLWantReadError: on a quiet line each wake-up brings
+        a record or two, and an exception per wake-up would cost more than their decryption."""
+        view = buffer if type(buffer) is memoryview else memoryview(buffer)
         want = nbytes or len(view)
+        tls, raw, lock = self._tls, self._in, self._lock
         while True:
-            if self._in.pending or self._tls.pending():
-                n, closed = self._decrypt(view, want)
-                if n or closed:
+            if raw.pending or tls.pending():
+                n = 0
+                with lock:
+                    try:
+                        while n < want:
+                            got = tls.read(want - n, view[n:] if n else view)
+                            n += got
+                            if not got or not (raw.pending or tls.pending()):
+                                break
+                    except ssl.SSLWantReadError:  # the input ends inside a record: the rest comes next recv
+                        pass
+                    except ssl.SSLZeroReturnError:  # close_notify
+                        return 0
+                    answer = self._out.pending  # e.g. a KeyUpdate answer
+                if answer:
+                    self._flush()
+                if n:
                     return n
             if not self._fill():
                 return 0
-
-    def _decrypt(self, view: memoryview, want: int) -> tuple[int, bool]:
-        """Decrypt what the TLS input holds into ``view`` (up to ``want`` bytes): (bytes, closed by the peer).
-        Stops when the input is used up rather than on SSLWantReadError: an exception per wake-up costs more
-        than the decryption of a small record."""
-        n, closed, read, tls, raw = 0, False, self._tls.read, self._tls, self._in
-        with self._lock:
-            try:
-                while n < want:
-                    got = read(want - n, view[n:])
-                    n += got
-                    if not got or not (raw.pending or tls.pending()):
-                        break
-            except ssl.SSLWantReadError:  # the input ends inside a record: the rest comes with the next recv
-                pass
-            except ssl.SSLZeroReturnError:  # close_notify
-                closed = True
-            answer = self._out.pending  # e.g. a KeyUpdate answer
-        if answer:
-            self._flush()
-        return n, closed
 
     def recv(self, bufsize: int, /) -> bytes:
         buf = bytearray(bufsize)
