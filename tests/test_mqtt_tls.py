@@ -82,11 +82,15 @@ def secure(request: pytest.FixtureRequest, pki: TestPki) -> Endpoint:
     return Endpoint(server.host, server.port, tls=tls_of(pki, client_cert=mutual))
 
 
-def registry_of(tmp_path: Path, park_yaml: str = PARK_YAML) -> Registry:
+def core_of(tmp_path: Path, **settings: Any) -> tuple[Settings, EmbeddedStore, Registry]:
+    """Settings (unique client ids), an embedded store and a registry of the test park, under ``tmp_path``."""
+    ids = {"ingest_client_id": f"ingest-{uuid.uuid4().hex[:8]}", "alerts_client_id": f"alerts-{uuid.uuid4().hex[:8]}"}
+    store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
+    store.init()
     registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
     registry.init()
-    registry.load_park(parse_park_file(park_yaml))
-    return registry
+    registry.load_park(parse_park_file(PARK_YAML))
+    return Settings(_env_file=None, data_dir=tmp_path, **(ids | settings)), store, registry  # type: ignore[call-arg]
 
 
 def publish_readings(endpoint: Endpoint, n: int) -> int:
@@ -106,11 +110,7 @@ def publish_readings(endpoint: Endpoint, n: int) -> int:
 
 @pytest.mark.parametrize("mqtt5", [True, False], ids=["mqtt5-session", "paho-3.1.1"])
 def test_ingest_stores_everything_over_tls(tmp_path: Path, secure: Endpoint, mqtt5: bool) -> None:
-    settings = Settings(_env_file=None, data_dir=tmp_path, ingest_client_id=f"ingest-{uuid.uuid4().hex[:8]}",  # type: ignore[call-arg]
-                        ingest_batch_age_s=0.2)
-    store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
-    store.init()
-    registry = registry_of(tmp_path)
+    settings, store, registry = core_of(tmp_path, ingest_batch_age_s=0.2)
     service = IngestService(settings, store, registry, default_catalog(), endpoint=secure, mqtt5=mqtt5)
     service.start()
     try:
@@ -127,11 +127,7 @@ def test_ingest_stores_everything_over_tls(tmp_path: Path, secure: Endpoint, mqt
 
 def test_alert_engine_receives_over_mutual_tls(tmp_path: Path, pki: TestPki, mtls_broker: MosquittoServer) -> None:
     endpoint = Endpoint(mtls_broker.host, mtls_broker.port, tls=tls_of(pki, client_cert=True))
-    settings = Settings(_env_file=None, data_dir=tmp_path, alerts_client_id=f"alerts-{uuid.uuid4().hex[:8]}",  # type: ignore[call-arg]
-                        retention_days=30)
-    store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
-    store.init()
-    registry = registry_of(tmp_path)
+    settings, store, registry = core_of(tmp_path, retention_days=30)
     engine = alert_engine(settings, registry, store, default_catalog(), endpoint=endpoint, mqtt5=True)
     engine.start()
     try:
