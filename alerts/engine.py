@@ -7,7 +7,8 @@ The schedule thread evaluates window and no-data rules, reloads rules, and write
 `alerts` measurement. The dispatcher thread delivers webhooks from the outbox.
 
 The engine never imports another service: the composition root hands it a ``source_factory`` that builds
-an MQTT client (the ingest's Mqtt5Session or paho MqttSource) around the engine's ``on_message``.
+a ``MessageSource`` of the platform's MQTT transport (``core/mqtt``: the MQTT 5 session or paho, TLS
+included) around the engine's ``on_message``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import OperationalError
@@ -35,6 +35,8 @@ from smartpark.alerts.stream import DeviceInfo, StreamEvaluator
 from smartpark.core.catalog import Catalog
 from smartpark.core.energy import CounterRules
 from smartpark.core.errors import StoreError
+from smartpark.core.mqtt.connect import Backoff
+from smartpark.core.mqtt.source import MessageSource, OnMessage
 from smartpark.core.points import FieldValue, Point
 from smartpark.core.reference import Reference
 from smartpark.core.registry import Registry
@@ -44,22 +46,11 @@ from smartpark.core.store.base import TimeSeriesStore
 __all__ = ["AlertEngine", "MessageSource", "OnMessage", "SourceFactory"]
 
 log = logging.getLogger("smartpark.alerts")
-OnMessage = Callable[[str, bytes, int, int], None]  # topic, payload, packet id, connection generation
 MAX_BATCH = 5000
 RECEIVE_MAXIMUM = 10_000
 SUBSCRIBE_TIMEOUT_S = 30.0
 DEVICE_REFRESH_S = 5.0
 HOUR_MS = 3_600_000
-
-
-class MessageSource(Protocol):
-    """What the engine needs from an MQTT client: the ingest's Mqtt5Session and MqttSource both fit."""
-
-    subscribed: threading.Event
-
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def ack(self, acks: list[tuple[int, int]]) -> int: ...
 
 
 SourceFactory = Callable[[OnMessage], MessageSource]
@@ -181,6 +172,7 @@ class AlertEngine:
             if self._closing.is_set():
                 return
             self.source.stop()
+        backoff = Backoff(max(delay_s, 0.5) * 2, 30.0)
         while not self._closing.wait(delay_s):
             with self._source_lock:
                 if self._closing.is_set():
@@ -190,7 +182,7 @@ class AlertEngine:
                     return
                 except Exception as exc:  # broker unreachable: try again
                     log.warning("alert engine could not reconnect (%s); retrying", exc)
-            delay_s = min(delay_s * 2, 30.0)
+            delay_s = backoff.next()
 
     def _process(self, batch: list[tuple[str, bytes, int, int]]) -> None:
         changes = Changes()

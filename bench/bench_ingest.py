@@ -10,6 +10,10 @@ are polled, then one exact count confirms: polling count() alone scans the growi
 server being measured), pipeline CPU-seconds per 100k messages (/proc utime+stime), peak RSS, loss.
 smartpark stores 2 points per message (energy and emissions measurements), the peer 1. `--batch` adds
 smartpark alone on batch payloads (100 readings/message, `--batch-n` readings), with InfluxDB's CPU too.
+`--tls` runs every pipeline a second time (interleaved) through a TLS listener of the same Mosquitto (a CA
+made for the run; smartpark with mqtts:// and SMARTPARK_MQTT_CA_FILE, the peer unchanged through
+bench/peer_tls.py, which gives its paho client the CA) and reports TLS against plain text; the publishers stay
+on the plain listener, so the difference is the pipelines' TLS receive path.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
+from smartpark.core.mqtt import Endpoint
 from smartpark.simulators.publisher import Connection
 
 from harness import PEERS, Influx, bench_servers, cpu_seconds, peak_rss_mib, wait_line
@@ -56,19 +61,27 @@ def registry_url(tmp: Path) -> str:
 
 
 def start_pipeline(name: str, tmp: Path, mosq: object, influx_url: str, db: str, reg: str,
-                   extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
+                   extra_env: dict[str, str], tls: bool = False) -> subprocess.Popen[bytes]:
     log = tmp / f"{name}-{db}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTPARK_")}
+    listener = mosq.tls if tls else None  # type: ignore[attr-defined]
+    url = f"mqtts://{mosq.host}:{listener.port}" if listener else f"mqtt://{mosq.host}:{mosq.port}"
     if name == "smartpark":
-        env |= {"SMARTPARK_MQTT_URL": f"mqtt://{mosq.host}:{mosq.port}", "SMARTPARK_INFLUX_URL": influx_url,
+        if listener:
+            env["SMARTPARK_MQTT_CA_FILE"] = str(listener.ca_file)
+        env |= {"SMARTPARK_MQTT_URL": url, "SMARTPARK_INFLUX_URL": influx_url,
                 "SMARTPARK_INFLUX_DB": db, "SMARTPARK_DATA_DIR": str(tmp / f"data-{db}"),
                 "SMARTPARK_DATABASE_URL": reg, "SMARTPARK_INGEST_CLIENT_ID": f"smartpark-bench-{uuid.uuid4().hex[:6]}",
+                "SMARTPARK_INGEST_METRICS_PORT": "0",  # the machine may run another ingest on 9108
                 **extra_env}
         cmd, ready = [PY, "-m", "smartpark", "ingest"], "ingest subscribed"
     else:
-        env |= {"MQTT_HOST": mosq.host, "MQTT_PORT": str(mosq.port), "INFLUX_URL": influx_url,
-                "TOPIC_PREFIX": "smartpark/v1"}
+        env |= {"MQTT_HOST": mosq.host, "MQTT_PORT": str(listener.port if listener else mosq.port),
+                "INFLUX_URL": influx_url, "TOPIC_PREFIX": "smartpark/v1"}
         cmd, ready = [PY, str(PEERS / "pipe_batched.py"), "--db", db], "READY"
+        if listener:
+            env["MQTT_CA_FILE"] = str(listener.ca_file)
+            cmd = [PY, str(Path(__file__).with_name("peer_tls.py")), str(PEERS / "pipe_batched.py"), "--db", db]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
     wait_line(log, ready, proc)
@@ -76,10 +89,10 @@ def start_pipeline(name: str, tmp: Path, mosq: object, influx_url: str, db: str,
 
 
 def run_one(name: str, args: argparse.Namespace, tmp: Path, mosq: object, influx: Influx, reg: str,
-            lines_dir: Path, rep: int) -> dict[str, object]:
-    db = f"bench_{name}_{rep}"
+            lines_dir: Path, rep: int, tls: bool = False) -> dict[str, object]:
+    db = f"bench_{name}_{rep}{'_tls' if tls else ''}"
     influx.reset(db)
-    proc = start_pipeline(name, tmp, mosq, influx.url, db, reg, {})
+    proc = start_pipeline(name, tmp, mosq, influx.url, db, reg, {}, tls=tls)
     measurement = "energy" if name == "smartpark" else "telemetry"
     time.sleep(0.3)
     cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
@@ -94,7 +107,8 @@ def run_one(name: str, args: argparse.Namespace, tmp: Path, mosq: object, influx
     proc.terminate()
     proc.wait(timeout=60)
     influx.q(f'DROP DATABASE "{db}"')
-    return {"pipeline": name, "rep": rep, "n": args.n, "stored": count, "loss": args.n - count,
+    return {"pipeline": f"{name}+tls" if tls else name, "rep": rep, "n": args.n, "stored": count,
+            "loss": args.n - count,
             "msg_s": round(count / wall), "cpu_s_per_100k": round(cpu * 1e5 / args.n, 3), "peak_rss_mib": round(rss)}
 
 
@@ -118,7 +132,7 @@ def run_batches(args: argparse.Namespace, tmp: Path, mosq: object, influx: Influ
     server_cpu0 = cpu_seconds(influx.pid) if influx.pid else 0.0
     # the platform's own QoS 1 publisher (simulators.publisher, ~10x cheaper than paho): the publisher shares
     # the 2 cores with the ingest and InfluxDB, so a costly one would be measured as well
-    conn = Connection(mosq.host, mosq.port, f"bench-pub-{uuid.uuid4().hex[:6]}", window=200)
+    conn = Connection(Endpoint(mosq.host, mosq.port), f"bench-pub-{uuid.uuid4().hex[:6]}", window=200)
     conn.connect()
     for topic, body in messages:
         conn.publish(topic, body)
@@ -146,17 +160,24 @@ def main() -> None:
     parser.add_argument("--pipelines", default="smartpark,peer")
     parser.add_argument("--batch", action="store_true", help="also run smartpark on batch payloads")
     parser.add_argument("--batch-n", type=int, default=1_000_000, help="readings in the batch run")
+    parser.add_argument("--tls", action="store_true", help="also run each pipeline over TLS (mqtts://)")
+    parser.add_argument("--tls-only", action="store_true", help="run the pipelines over TLS only")
     args = parser.parse_args()
-    with bench_servers() as (tmp, mosq, influx):
+    modes = [True] if args.tls_only else [False, True] if args.tls else [False]
+    with bench_servers(tls=args.tls or args.tls_only) as (tmp, mosq, influx):
         reg, lines_dir = registry_url(tmp), gen_lines(tmp, args.n)
         rows = []
         for rep in range(1, args.reps + 1):
-            for name in args.pipelines.split(","):
-                row = run_one(name, args, tmp, mosq, influx, reg, lines_dir, rep)
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-        if rows:
-            report(rows, args)
+            for tls in modes:
+                for name in args.pipelines.split(","):
+                    row = run_one(name, args, tmp, mosq, influx, reg, lines_dir, rep, tls)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+        for tls in modes:
+            if rows:
+                report([r for r in rows if str(r["pipeline"]).endswith("+tls") == tls], args, tls)
+        if len(modes) == 2:
+            tls_cost(rows, args)
         if args.batch:
             batch_rows = []
             for rep in range(1, args.reps + 1 if args.reps else 2):
@@ -167,11 +188,17 @@ def main() -> None:
                   f"(min {rates[0]:,}, max {rates[-1]:,}; goal >= 250,000)")
 
 
-def report(rows: list[dict[str, object]], args: argparse.Namespace) -> None:
+def medians(rows: list[dict[str, object]], names: list[str]) -> dict[str, dict[str, float]]:
+    return {n: {k: statistics.median(r[k] for r in rows if r["pipeline"] == n)  # type: ignore[misc]
+                for k in ("msg_s", "cpu_s_per_100k", "peak_rss_mib", "loss")} for n in names}
+
+
+def report(rows: list[dict[str, object]], args: argparse.Namespace, tls: bool = False) -> None:
     names = args.pipelines.split(",")
-    med = {n: {k: statistics.median(r[k] for r in rows if r["pipeline"] == n)  # type: ignore[misc]
-               for k in ("msg_s", "cpu_s_per_100k", "peak_rss_mib", "loss")} for n in names}
-    print(f"\nmedians of {args.reps} interleaved runs, N={args.n:,} messages, QoS 1, 200 devices")
+    med = medians(rows, [f"{n}+tls" if tls else n for n in names])
+    med = {n: med[f"{n}+tls" if tls else n] for n in names}
+    print(f"\nmedians of {args.reps} interleaved runs, N={args.n:,} messages, QoS 1, 200 devices"
+          f"{', over TLS (mqtts://)' if tls else ''}")
     print(f"{'pipeline':<12} {'msg/s':>8} {'CPU-s/100k':>11} {'peak RSS MiB':>13} {'loss':>6}")
     for n in names:
         m = med[n]
@@ -179,7 +206,20 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace) -> None:
     if {"smartpark", "peer"} <= set(names):
         ours, peer = med["smartpark"], med["peer"]
         print(f"smartpark/peer: msg/s {ours['msg_s'] / peer['msg_s']:.2f}x (goal >= 1.5x), "
-              f"CPU-s/100k {ours['cpu_s_per_100k'] / peer['cpu_s_per_100k']:.2f}x (goal <= 0.35x)")
+              f"CPU-s/100k {ours['cpu_s_per_100k'] / peer['cpu_s_per_100k']:.2f}x (goal <= 0.35x); "
+              f"smartpark peak RSS {ours['peak_rss_mib']:.0f} MiB (goal <= 100)")
+
+
+def tls_cost(rows: list[dict[str, object]], args: argparse.Namespace) -> None:
+    """What TLS costs each pipeline: msg/s and CPU-seconds per 100k over TLS against plain text, same run."""
+    names = args.pipelines.split(",")
+    med = medians(rows, names + [f"{n}+tls" for n in names])
+    print("\nTLS against plain text (medians)")
+    for n in names:
+        plain, tls = med[n], med[f"{n}+tls"]
+        print(f"{n:<12} msg/s {tls['msg_s']:,.0f} vs {plain['msg_s']:,.0f} ({tls['msg_s'] / plain['msg_s'] - 1:+.0%}), "
+              f"CPU-s/100k {tls['cpu_s_per_100k']:.2f} vs {plain['cpu_s_per_100k']:.2f} "
+              f"({tls['cpu_s_per_100k'] / plain['cpu_s_per_100k'] - 1:+.0%})")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from smartpark.core.contract import telemetry_topic
+from smartpark.core.mqtt import Endpoint
 from smartpark.simulators.loadgen import run_load
 
 from harness import cpu_seconds, start_mosquitto
@@ -53,7 +54,7 @@ def main() -> None:
         rows.append(("baseline: paho, 1 client", 1, paho_baseline(mosq.host, mosq.port, args.baseline_n), 0.0))
         for p in args.processes:
             broker_cpu = cpu_seconds(mosq.proc.pid)
-            result = run_load(mosq.host, mosq.port, DEVICES, args.n, processes=p, connections=2)
+            result = run_load(Endpoint(mosq.host, mosq.port), DEVICES, args.n, processes=p, connections=2)
             assert result.messages == args.n, f"{result.messages} of {args.n} acknowledged"
             busy = (cpu_seconds(mosq.proc.pid) - broker_cpu) / result.seconds
             rows.append((f"smartpark loadgen, {p} process(es)", p, result.rate, busy))

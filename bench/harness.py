@@ -19,12 +19,12 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from servers import MosquittoServer, start_influxd, start_mosquitto
+from servers import MosquittoServer, TestPki, free_port, start_influxd, start_mosquitto, tls_listener_config
 
 PEERS = Path(os.environ.get("SMARTPARK_PEERS_DIR", ROOT.parent / "shared" / "bench" / "peers"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-__all__ = ["PEERS", "ROOT", "Influx", "bench_servers", "cpu_seconds", "peak_rss_mib", "start_influxd",
+__all__ = ["PEERS", "ROOT", "Influx", "TlsListener", "bench_servers", "cpu_seconds", "peak_rss_mib", "start_influxd",
            "start_mosquitto", "start_servers", "wait_line"]
 
 MOSQUITTO_CONF = """allow_anonymous true
@@ -34,18 +34,36 @@ max_inflight_messages {inflight}
 """
 
 
-def start_servers(tmp: Path, inflight: int = 1000) -> tuple[MosquittoServer, object]:
-    mosq = start_mosquitto(MOSQUITTO_CONF.format(inflight=inflight), tmp / "mosquitto")
+class TlsListener:
+    """A second, TLS listener of the same Mosquitto (certificate from a CA made for the run): ``port``,
+    ``ca_file``; the plain listener stays for the publishers."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.pki = TestPki(tmp / "pki")
+        self.port = free_port()
+        self.ca_file = self.pki.ca_file
+
+    def config(self) -> str:
+        return f"listener {self.port} 127.0.0.1\n" + tls_listener_config(self.pki.server_cert, self.pki.server_key,
+                                                                       self.pki.ca_file)
+
+
+def start_servers(tmp: Path, inflight: int = 1000, tls: TlsListener | None = None) -> tuple[MosquittoServer, object]:
+    extra = tls.config() if tls is not None else ""
+    mosq = start_mosquitto(MOSQUITTO_CONF.format(inflight=inflight) + extra, tmp / "mosquitto")
     influx = start_influxd(tmp / "influxd")
     return mosq, influx
 
 
 @contextmanager
-def bench_servers() -> Iterator[tuple[Path, MosquittoServer, Influx]]:
-    """A temp dir with a private Mosquitto and InfluxDB, stopped whatever happens."""
+def bench_servers(tls: bool = False) -> Iterator[tuple[Path, MosquittoServer, Influx]]:
+    """A temp dir with a private Mosquitto (``mosq.tls``: its TLS listener, or None) and InfluxDB, stopped
+    whatever happens."""
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        mosq, influxd = start_servers(tmp)
+        listener = TlsListener(tmp) if tls else None
+        mosq, influxd = start_servers(tmp, tls=listener)
+        mosq.tls = listener  # type: ignore[attr-defined]
         try:
             yield tmp, mosq, Influx(influxd.url, influxd.proc.pid)  # type: ignore[attr-defined]
         finally:

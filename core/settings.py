@@ -49,7 +49,18 @@ class Settings(BaseSettings):
 
     # --- MQTT
     mqtt_url: str = ""
-    """Broker as mqtt://user:pass@host:1883 (mqtts:// for TLS). Empty: `smartpark up` runs the embedded broker."""
+    """Broker as mqtt://user:pass@host:1883, or mqtts://user:pass@host:8883 for TLS (certificate and host name
+    always verified; a failed handshake is an error, never a plain-text retry). Empty: `smartpark up` runs the
+    embedded broker."""
+    mqtt_ca_file: Path | None = None
+    """CA certificates (PEM) that sign the broker's certificate, for mqtts://. Empty: the system CAs."""
+    mqtt_cert_file: Path | None = None
+    """Client certificate (PEM, may hold the chain) for mutual TLS with mqtts://; needs SMARTPARK_MQTT_KEY_FILE."""
+    mqtt_key_file: Path | None = None
+    """Private key (PEM) of SMARTPARK_MQTT_CERT_FILE; keep it readable by the service user only."""
+    mqtt_allow_plaintext: bool = False
+    """Allow mqtt:// (plain text: the password crosses the network readable) to a host other than loopback under
+    SMARTPARK_ENV=production, e.g. on a private container network. Off: production needs mqtts:// there."""
     mqtt_v5: bool = True
     """Speak MQTT 5 to an external broker (session expiry, Receive Maximum, shared subscriptions); else 3.1.1."""
     mqtt_embedded_host: str = "127.0.0.1"
@@ -89,6 +100,9 @@ class Settings(BaseSettings):
     """Grafana's InfluxDB user (READ only)."""
     influx_grafana_password: str = ""
     """Its password."""
+    influx_ca_file: Path | None = None
+    """CA certificates (PEM) that sign InfluxDB's certificate, for an https:// SMARTPARK_INFLUX_URL. Empty: the
+    system CAs. (A park with one private CA sets this and SMARTPARK_MQTT_CA_FILE to the same file.)"""
     influx_timeout_s: float = Field(10.0, gt=0)
     """Timeout of one InfluxDB HTTP call."""
     influx_gzip: bool = False
@@ -169,6 +183,10 @@ class Settings(BaseSettings):
     MQTT 3.1.1 (the embedded broker, SMARTPARK_MQTT_V5=false) always uses paho."""
     ingest_shared: str = ""
     """Empty: a plain subscription. `1` or a group name: an MQTT 5 shared subscription ($share/<group>/...)."""
+    ingest_max_packet_bytes: int = Field(128 * 1024, ge=4096, le=256 * 1024 * 1024)
+    """MQTT 5 Maximum Packet Size the ingest announces in CONNECT: the broker never sends it a bigger packet (it
+    drops it). Twice the contract's 64 KiB, so a moderately oversized message still arrives and is counted and
+    dead-lettered as too_large; Mosquitto's message_size_limit refuses bigger ones at the publisher."""
     ingest_batch_size: int = Field(5000, ge=1, le=100_000)
     """Points per store write."""
     ingest_batch_age_s: float = Field(1.0, gt=0, le=60)
@@ -229,6 +247,24 @@ class Settings(BaseSettings):
                              f"(64 characters at most; device ids cannot take that prefix), got {v!r}")
         return v
 
+    @field_validator("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "influx_ca_file", mode="before")
+    @classmethod
+    def _optional_path(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @field_validator("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "influx_ca_file")
+    @classmethod
+    def _readable_file(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"{v} is not a file")
+        return v
+
+    @model_validator(mode="after")
+    def _mqtt_tls(self) -> Settings:
+        if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
+            raise ValueError("SMARTPARK_MQTT_CERT_FILE and SMARTPARK_MQTT_KEY_FILE go together (mutual TLS)")
+        return self
+
     @field_validator("influx_url")
     @classmethod
     def _influx_url(cls, v: str) -> str:
@@ -252,6 +288,9 @@ class Settings(BaseSettings):
         for name, (user, password) in self.influx_users().items():
             if user and password.lower() in PLACEHOLDER_SECRETS:
                 raise ValueError(f"set a real SMARTPARK_INFLUX_{name.upper()}_PASSWORD in production")
+        if not target.tls and not self.mqtt_allow_plaintext and not _loopback(target.host):
+            raise ValueError(f"SMARTPARK_MQTT_URL is plain-text mqtt:// to {target.host}: use mqtts:// (TLS), or set "
+                             "SMARTPARK_MQTT_ALLOW_PLAINTEXT=true for a private network")
         return self
 
     def influx_users(self) -> dict[str, tuple[str, str]]:
@@ -284,6 +323,12 @@ class Settings(BaseSettings):
     def window_ms(self) -> int:
         """How old a reading may be when it arrives: the store-and-forward window, within the retention."""
         return min(round(self.store_forward_days * 86_400_000), self.retention_ms)
+
+
+def _loopback(host: str) -> bool:
+    from smartpark.core.mqtt.endpoint import is_loopback
+
+    return is_loopback(host)
 
 
 def _placeholder_token(token: str) -> bool:

@@ -1,12 +1,13 @@
 """Errors of the ingest.
 
-    IngestError
-    └── BrokerUnreachable   the MQTT broker refused or could not be reached at start-up
+    IngestError             the ingest's own failures
+    BrokerUnreachable       (the MQTT transport's, core/mqtt/errors.py) the broker refused or could not be reached
 """
 
 from __future__ import annotations
 
 from smartpark.core.errors import SmartparkError
+from smartpark.core.mqtt.errors import BrokerUnreachable
 
 __all__ = ["BrokerUnreachable", "IngestError"]
 
@@ -14,8 +15,3 @@ __all__ = ["BrokerUnreachable", "IngestError"]
 class IngestError(SmartparkError):
     """Base of the ingest's errors."""
 
-
-class BrokerUnreachable(IngestError):
-    def __init__(self, host: str, port: int, reason: str) -> None:
-        super().__init__(f"MQTT broker {host}:{port}: {reason}")
-        self.host, self.port, self.reason = host, port, reason

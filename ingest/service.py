@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 from smartpark.core.catalog import Catalog
 from smartpark.core.errors import StoreError
+from smartpark.core.mqtt import BrokerUnreachable, Endpoint, MessageSource, open_source, platform_filters
 from smartpark.core.points import Point
 from smartpark.core.registry import AuditTrail, Registry
 from smartpark.core.settings import Settings
@@ -33,10 +34,7 @@ from smartpark.core.store.base import TimeSeriesStore
 from smartpark.ingest.batch import Batch, Batcher
 from smartpark.ingest.deadletter import DeadLetter, DeadLetterBox
 from smartpark.ingest.decode import Bindings, MessageDecoder
-from smartpark.ingest.errors import BrokerUnreachable
 from smartpark.ingest.rewrites import find_rewrites
-from smartpark.ingest.session import Mqtt5Session
-from smartpark.ingest.source import MqttSource
 from smartpark.ingest.spool import Spool, SpoolFull
 from smartpark.ingest.stats import IngestStats
 
@@ -51,8 +49,7 @@ PIPELINE = 2  # batches handed to the store at once: +10-15 % readings/s on 2 co
 
 class IngestService:
     def __init__(self, settings: Settings, store: TimeSeriesStore, registry: Registry, catalog: Catalog,
-                 *, mqtt_host: str, mqtt_port: int, username: str | None, password: str | None,
-                 mqtt5: bool = True) -> None:
+                 *, endpoint: Endpoint, mqtt5: bool = True) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
@@ -64,11 +61,10 @@ class IngestService:
         self.decoder = MessageDecoder(catalog, Bindings(registry.bindings), settings.retention_ms, settings.window_ms)
         self.batcher = Batcher(settings.ingest_batch_size, settings.ingest_batch_age_s)
         # The mqtt5-codec session costs ~3 µs per message against paho's ~45 (bench/bench_ingest.py).
-        source_class = Mqtt5Session if mqtt5 and settings.ingest_mqtt_client == "session" else MqttSource
-        self.source: MqttSource | Mqtt5Session = source_class(
-            host=mqtt_host, port=mqtt_port, client_id=settings.ingest_client_id, username=username,
-            password=password, mqtt5=mqtt5, receive_maximum=2 * settings.ingest_batch_size,
-            shared=settings.ingest_shared, on_message=self._on_message)
+        self.source: MessageSource = open_source(
+            endpoint, client_id=settings.ingest_client_id, on_message=self._on_message, mqtt5=mqtt5,
+            client=settings.ingest_mqtt_client, receive_maximum=2 * settings.ingest_batch_size,
+            filters=platform_filters(settings.ingest_shared), max_packet_bytes=settings.ingest_max_packet_bytes)
         self.spool = Spool(settings.data_dir / "spool", settings.spool_max_bytes)
         self.audit = AuditTrail(registry.engine)
         self._next_replay = 0.0
@@ -98,9 +94,11 @@ class IngestService:
             self.dead_letters.close()
             raise
         if not self.source.subscribed.wait(wait_s):
+            endpoint = self.source.endpoint
             self.stop()
-            raise BrokerUnreachable(self.source.host, self.source.port,
-                                    f"not subscribed within {wait_s:.0f} s (credentials or ACL refused?)")
+            raise BrokerUnreachable(endpoint.host, endpoint.port,
+                                    f"not subscribed within {wait_s:.0f} s (credentials or ACL refused?)",
+                                    tls=endpoint.tls is not None)
 
     def stop(self) -> None:
         """Stop taking messages, write what is batched, ack it, disconnect."""

@@ -4,6 +4,8 @@ Each device has its own connection, credentials and last will, so the broker's p
 topic binding and the status topics are exercised exactly as in the field. One thread drives every client:
 paho's external-event-loop hooks (``on_socket_open`` / ``on_socket_close`` / ``on_socket_register_write``)
 put all sockets in one selector, so 200 devices cost one thread and a few wake-ups per second, not 200 threads.
+Clients come from the platform's MQTT transport (``core/mqtt/paho_source.paho_client``): the device's login
+and, for mqtts://, the one verifying TLS context of the process.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import math
 import random
 import selectors
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +28,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from smartpark.core.contract import TOPIC_PREFIX, telemetry_topic
+from smartpark.core.mqtt.endpoint import Endpoint
+from smartpark.core.mqtt.paho_source import connect_error, paho_client
 from smartpark.core.registry.parkfile import ParkFile
 from smartpark.simulators.models import DeviceRef, ParkModel
 
@@ -94,8 +99,7 @@ class LiveSimulator:
         self,
         park: ParkFile,
         credentials: dict[str, str],
-        host: str,
-        port: int,
+        endpoint: Endpoint,
         *,
         seed: int = 1,
         interval_s: float = 5.0,
@@ -116,12 +120,13 @@ class LiveSimulator:
             from smartpark.simulators.timeline import Timeline
 
             Timeline(park, scenario, 0)
-        self.host, self.port = host, port
+        self.endpoint = endpoint
+        self.host, self.port = endpoint.host, endpoint.port
         self.interval_s = interval_s
         self.published = 0
         self.acked = 0
         self.errors = 0
-        self._protocol = mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311
+        self._mqtt5 = mqtt5
         self._keepalive_s = keepalive_s
         self._selector = selectors.DefaultSelector()
         self._stopping = threading.Event()
@@ -179,10 +184,8 @@ class LiveSimulator:
 
     def _device(self, ref: DeviceRef, password: str) -> _Device:
         dev = _Device(ref.site.id, ref.device.id)
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=dev.id, protocol=self._protocol, userdata=dev
-        )
-        client.username_pw_set(dev.id, password)
+        client = paho_client(self.endpoint.login(dev.id, password), dev.id, mqtt5=self._mqtt5, clean=True,
+                             userdata=dev)
         client.will_set(dev.status, OFFLINE_WILL, qos=1, retain=True)
         client.connect_timeout = CONNECT_TIMEOUT_S
         client.connect_async(self.host, self.port, keepalive=self._keepalive_s)
@@ -220,7 +223,12 @@ class LiveSimulator:
         if not self._selector.get_map():
             time.sleep(timeout_s)
             return
-        for key, mask in self._selector.select(timeout_s):
+        events = self._selector.select(timeout_s)
+        if self.endpoint.tls is not None:  # bytes TLS already decrypted wake no selector: read them too
+            ready = {key.fileobj for key, _ in events}
+            events += [(key, selectors.EVENT_READ) for key in self._selector.get_map().values()
+                       if key.fileobj not in ready and isinstance(key.fileobj, ssl.SSLSocket) and key.fileobj.pending()]
+        for key, mask in events:
             dev: _Device = key.data
             try:
                 if mask & selectors.EVENT_READ:
@@ -322,7 +330,7 @@ class LiveSimulator:
             self._retry_later(dev)
             self._broker_retry_at = time.monotonic() + self._broker_backoff_s
             log.log(logging.WARNING if self._broker_backoff_s == 1.0 else logging.DEBUG,
-                    "cannot reach the MQTT broker at %s:%d (%s); retrying", self.host, self.port, exc)
+                    "cannot connect (%s); retrying", connect_error(self.endpoint, exc))
             self._broker_backoff_s = min(self._broker_backoff_s * 2.0, MAX_BACKOFF_S)
             return False
         self._broker_backoff_s = 1.0

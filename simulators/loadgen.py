@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from smartpark.core.contract import telemetry_topic
+from smartpark.core.mqtt.endpoint import Endpoint
 from smartpark.simulators.publisher import Connection
 
 __all__ = ["LoadResult", "run_load"]
@@ -34,8 +35,7 @@ class LoadResult:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    host: str
-    port: int
+    endpoint: Endpoint  # a frozen value: it pickles to the spawned workers, which build their own TLS context
     worker: int
     devices: list[tuple[str, str]]  # (site, device) served by this worker
     messages: int
@@ -51,7 +51,7 @@ def _payload(seq: int, ts_ms: int, device_no: int) -> bytes:
 
 def _work(job: _Job, start_at: float) -> tuple[int, float]:
     """One worker: connect, wait for the common start, publish its share, drain; (acked, seconds)."""
-    conns = [Connection(job.host, job.port, f"loadgen-{job.worker}-{c}-{time.monotonic_ns() % 10**9}",
+    conns = [Connection(job.endpoint, f"loadgen-{job.worker}-{c}-{time.monotonic_ns() % 10**9}",
                         window=job.window) for c in range(job.connections)]
     for c in conns:
         c.connect()
@@ -79,14 +79,14 @@ def _split(devices: list[tuple[str, str]], parts: int) -> list[list[tuple[str, s
     return [devices[k::parts] for k in range(parts)]
 
 
-def run_load(host: str, port: int, devices: list[tuple[str, str]], messages: int, *, rate: float = 0.0,
+def run_load(endpoint: Endpoint, devices: list[tuple[str, str]], messages: int, *, rate: float = 0.0,
              processes: int = 2, connections: int = 2, window: int = 2000, t0_ms: int | None = None) -> LoadResult:
     """Publish ``messages`` readings spread over ``devices`` (ids on their contract topics) at ``rate``
     msg/s in total (0: as fast as the broker takes them), from ``processes`` worker processes."""
     processes = max(1, min(processes, len(devices)))
     t0 = t0_ms if t0_ms is not None else time.time_ns() // 1_000_000 - 3_600_000
     shares = [messages // processes + (k < messages % processes) for k in range(processes)]
-    jobs = [_Job(host, port, k, part, shares[k], rate / processes, connections, window, t0)
+    jobs = [_Job(endpoint, k, part, shares[k], rate / processes, connections, window, t0)
             for k, part in enumerate(_split(devices, processes))]
     start_at = time.time() + 0.5 + 0.1 * processes  # let every worker connect first
     ctx = mp.get_context("spawn")

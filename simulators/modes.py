@@ -17,6 +17,7 @@ import msgspec
 
 from smartpark.core.catalog import Catalog
 from smartpark.core.errors import ConfigError
+from smartpark.core.mqtt.endpoint import Endpoint
 from smartpark.core.registry import ParkFile, read_park_file
 from smartpark.core.store.base import TimeSeriesStore
 from smartpark.simulators.backfill import BackfillResult, backfill
@@ -102,12 +103,12 @@ def run_backfill(store: TimeSeriesStore, park: ParkFile, scenario: Scenario, win
                         on_frame=record if truth_path else None)
 
 
-def run_publish(park: ParkFile, scenario: Scenario, host: str, port: int, win: Window, *,
+def run_publish(park: ParkFile, scenario: Scenario, endpoint: Endpoint, win: Window, *,
                 credentials: dict[str, str] | None = None, truth_path: Path | None = None,
                 stop: threading.Event | None = None, counters: Counters | None = None) -> RunStats:
     """Publish the window over MQTT, one connection per device (progress bar when it has an end)."""
     with TruthWriter(truth_path) as truth:
-        run = PublishRun(park, scenario, host, port, start_ms=win.start_ms, end_ms=win.end_ms, speed=win.speed,
+        run = PublishRun(park, scenario, endpoint, start_ms=win.start_ms, end_ms=win.end_ms, speed=win.speed,
                          credentials=credentials, truth=truth, chunk=1 if win.speed == 1.0 else 60)
         run.timeline.resume(counters or {})  # continue each counter from what is stored (resume.py)
         if win.end_ms is None:

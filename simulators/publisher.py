@@ -7,16 +7,23 @@ well over 100,000 msg/s and the broker becomes the limit. QoS-1 semantics are ke
 packets await their PUBACK, and ``drain()`` returns only when the broker has acknowledged every one.
 
 A connection can also vanish like a 5G link does (``drop()``: no DISCONNECT, so the broker publishes the
-will), which is how the simulators play outages.
+will), which is how the simulators play outages. The link (TCP, TLS for mqtts://) and the CONNECT come from
+the platform's MQTT transport (``core/mqtt``).
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from contextlib import suppress
 
 import mqtt5
+
+from smartpark.core.mqtt.connect import connect_packet
+from smartpark.core.mqtt.endpoint import Endpoint
+from smartpark.core.mqtt.errors import BrokerUnreachable
+from smartpark.core.mqtt.link import Link, broker_error, open_link
 
 __all__ = ["Connection", "PublishError"]
 
@@ -27,22 +34,21 @@ CONNECT_TIMEOUT_S = 10.0
 
 
 class PublishError(ConnectionError):
-    """The broker refused the connection or a publish, or stopped acknowledging."""
+    """The broker refused the connection or a publish, or stopped acknowledging (a TLS failure included:
+    ``__cause__`` is then the transport's TlsHandshakeError)."""
 
 
 class Connection:
     """One client connection that publishes at QoS 1 with at most ``window`` PUBLISHes awaiting PUBACK."""
 
-    def __init__(self, host: str, port: int, client_id: str, *, username: str | None = None,
-                 password: str | None = None, will: mqtt5.Will | None = None, window: int = 1000,
+    def __init__(self, endpoint: Endpoint, client_id: str, *, will: mqtt5.Will | None = None, window: int = 1000,
                  keepalive_s: int = 60, timeout_s: float = 30.0) -> None:
-        self.host, self.port, self.client_id = host, port, client_id
-        self.username, self.password, self.will = username, password, will
+        self.endpoint, self.client_id, self.will = endpoint, client_id, will
         self.window = max(1, min(window, 65535 - 1))
         self.keepalive_s, self.timeout_s = keepalive_s, timeout_s
         self.published = 0
         self.acked = 0
-        self._sock: socket.socket | None = None
+        self._sock: Link | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._inflight: set[int] = set()
@@ -58,19 +64,23 @@ class Connection:
         return len(self._inflight)
 
     def connect(self) -> None:
-        """TCP connect, CONNECT (clean start), wait for CONNACK; raise PublishError if refused."""
-        sock = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT_S)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        packet = mqtt5.ConnectPacket(
-            self.client_id, username=self.username, clean_start=True, keep_alive=self.keepalive_s, will=self.will,
-            password=self.password.encode() if self.password is not None and self.username else None)
+        """Open the link (TCP, TLS), CONNECT (clean start), wait for CONNACK; raise PublishError if refused."""
         try:
-            sock.sendall(packet.write())
+            sock = open_link(self.endpoint, CONNECT_TIMEOUT_S)
+        except BrokerUnreachable as exc:
+            raise PublishError(f"{self.client_id}: {exc}") from exc
+        packet = connect_packet(self.endpoint, self.client_id, clean_start=True, keepalive_s=self.keepalive_s,
+                                will=self.will)
+        try:
+            sock.sendall(packet)
             self._sock, self._buf = sock, bytearray()
             connack = self._read_one(mqtt5.ConnAckPacket)
-        except BaseException:
+        except BaseException as exc:
             self._sock = None
             sock.close()
+            if self.endpoint.tls is not None and isinstance(exc, OSError):  # a TLS 1.3 broker refuses a client
+                err = broker_error(self.endpoint, exc, stage="connect")  # certificate only now
+                raise PublishError(f"{self.client_id}: {err}") from err
             raise
         if connack.reason_code != mqtt5.ConnAckReasonCode.SUCCESS:
             self.close()
@@ -115,7 +125,7 @@ class Connection:
                 if not chunk:
                     raise PublishError(f"{self.client_id}: the broker closed the connection")
                 self._parse(chunk)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError):
             pass
         finally:
             sock.settimeout(self.timeout_s)
@@ -146,7 +156,7 @@ class Connection:
 
     # ------------------------------------------------------------------------------------------ reading
 
-    def _socket(self) -> socket.socket:
+    def _socket(self) -> Link:
         if self._sock is None:
             raise PublishError(f"{self.client_id}: not connected")
         return self._sock
@@ -198,5 +208,5 @@ class Connection:
                 return packet  # type: ignore[return-value]
             chunk = sock.recv(RECV_BYTES)
             if not chunk:
-                raise PublishError(f"{self.client_id}: the broker closed the connection during CONNECT")
+                raise ConnectionResetError(f"{self.client_id}: the broker closed the connection during CONNECT")
             self._buf += chunk

@@ -20,6 +20,7 @@ import mqtt5
 import msgspec
 
 from smartpark.core.contract import telemetry_topic
+from smartpark.core.mqtt.endpoint import Endpoint
 from smartpark.core.registry.parkfile import ParkFile
 from smartpark.simulators.delivery import Delivery, Message
 from smartpark.simulators.live import OFFLINE_WILL, status_topic
@@ -58,7 +59,7 @@ def scenario_events(scenario: Scenario, start_ms: int, truth: TruthWriter) -> No
 class PublishRun:
     """One scenario run over MQTT from ``start_ms`` to ``end_ms`` (None: until ``stop`` is set)."""
 
-    def __init__(self, park: ParkFile, scenario: Scenario, host: str, port: int, *, start_ms: int,
+    def __init__(self, park: ParkFile, scenario: Scenario, endpoint: Endpoint, *, start_ms: int,
                  end_ms: int | None = None, speed: float = 1.0, credentials: dict[str, str] | None = None,
                  truth: TruthWriter | None = None, window: int = 200, chunk: int = 60) -> None:
         self.scenario, self.start_ms, self.end_ms = scenario, start_ms, end_ms
@@ -69,8 +70,8 @@ class PublishRun:
         self.stats = RunStats()
         creds = credentials or {}
         self.conns = {
-            r.device.id: Connection(host, port, r.device.id, username=r.device.id if r.device.id in creds else None,
-                                    password=creds.get(r.device.id), window=window,
+            r.device.id: Connection(endpoint.login(r.device.id, creds[r.device.id]) if r.device.id in creds
+                                    else endpoint.login(None, None), r.device.id, window=window,
                                     will=mqtt5.Will(status_topic(r.site.id, r.device.id), payload=OFFLINE_WILL,
                                                     qos=mqtt5.QoS.AT_LEAST_ONCE, retain=True))
             for r in self.timeline.model.devices}

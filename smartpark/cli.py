@@ -17,6 +17,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from smartpark.core.errors import SmartparkError
+from smartpark.core.mqtt.endpoint import Endpoint
 from smartpark.core.settings import Settings, load_settings
 
 app = typer.Typer(help="smartpark: IoT telemetry for industrial parks (energy, emissions, greening).",
@@ -91,6 +92,14 @@ def _stopped_during_start_up() -> NoReturn:
     raise typer.Exit(0)
 
 
+def _endpoint(settings: Settings) -> Endpoint:
+    """The broker of SMARTPARK_MQTT_URL (the commands that need one check it is set first)."""
+    endpoint = Endpoint.from_settings(settings)
+    if endpoint is None:
+        _fail("set SMARTPARK_MQTT_URL")
+    return endpoint
+
+
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 
@@ -145,9 +154,8 @@ def ingest(verbose: Verbose = False) -> None:
     stop = _stop_on_signals()
     try:
         catalog, registry, store = open_core(settings)
-        service = IngestService(settings, store, registry, catalog, mqtt_host=settings.mqtt.host,
-                                mqtt_port=settings.mqtt.port, username=settings.mqtt.username,
-                                password=settings.mqtt.password, mqtt5=settings.mqtt_v5)
+        service = IngestService(settings, store, registry, catalog, endpoint=_endpoint(settings),
+                                mqtt5=settings.mqtt_v5)
         service.start()
     except SmartparkError as exc:
         _fail(str(exc))
@@ -161,7 +169,7 @@ def ingest(verbose: Verbose = False) -> None:
         service.stop()
         _fail(f"metrics on {settings.ingest_metrics_host}:{settings.ingest_metrics_port}: {exc}; set "
               "SMARTPARK_INGEST_METRICS_HOST / SMARTPARK_INGEST_METRICS_PORT (0: off)")
-    err.print(f"ingest subscribed to {settings.mqtt.host}:{settings.mqtt.port} as {settings.ingest_client_id}; "
+    err.print(f"ingest subscribed to {_endpoint(settings).url} as {settings.ingest_client_id}; "
               "Ctrl-C stops.", highlight=False)
     repairer = rollup_repairer(settings, store)
     _until_stopped(stop)
@@ -201,15 +209,13 @@ def alerts(verbose: Verbose = False) -> None:
     stop = _stop_on_signals()
     try:
         catalog, registry, store = open_core(settings)
-        engine = alert_engine(settings, registry, store, catalog, host=settings.mqtt.host, port=settings.mqtt.port,
-                              username=settings.mqtt.username, password=settings.mqtt.password,
-                              mqtt5=settings.mqtt_v5)
+        engine = alert_engine(settings, registry, store, catalog, endpoint=_endpoint(settings), mqtt5=settings.mqtt_v5)
         engine.start()
     except SmartparkError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         _stopped_during_start_up()
-    err.print(f"alert engine subscribed to {settings.mqtt.host}:{settings.mqtt.port} as "
+    err.print(f"alert engine subscribed to {_endpoint(settings).url} as "
               f"{settings.alerts_client_id}; Ctrl-C stops.", highlight=False)
     _until_stopped(stop)
     engine.stop()
@@ -280,8 +286,8 @@ def simulate(  # noqa: PLR0917 (typer options)
             timer.daemon = True
             timer.start()
         counters = stored_counters(store, parsed, catalog, win.start_ms)  # every mode continues stored counters
-        stats = modes.run_publish(parsed, scen, settings.mqtt.host, settings.mqtt.port, win,  # type: ignore[union-attr]
-                                  credentials=creds.passwords, truth_path=truth, stop=stop, counters=counters)
+        stats = modes.run_publish(parsed, scen, _endpoint(settings), win, credentials=creds.passwords,
+                                  truth_path=truth, stop=stop, counters=counters)
     except SmartparkError as exc:
         _fail(str(exc))
     except (OSError, ConnectionError) as exc:
@@ -290,7 +296,7 @@ def simulate(  # noqa: PLR0917 (typer options)
             hint = (f"; {len(creds.provisioned)} simulated devices just got credentials the broker does not know: "
                     "run `smartpark broker export` (and --apply on a running broker), reload it, start again "
                     "(or `smartpark simulate --credentials-only` before the export)")
-        _fail(f"MQTT {settings.mqtt.host}:{settings.mqtt.port}: {exc}{hint}")  # type: ignore[union-attr]
+        _fail(f"MQTT {_endpoint(settings).url}: {exc}{hint}")
     err.print(f"published {stats.messages:,} messages ({stats.readings:,} readings) in {stats.seconds:.1f} s.",
               highlight=False)
 

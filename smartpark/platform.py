@@ -17,11 +17,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import uvicorn
-
-from smartpark.api.app import create_app
 from smartpark.core.catalog import Catalog, load_catalog
 from smartpark.core.errors import ConfigError, StoreError
+from smartpark.core.mqtt import Endpoint, MessageSource, OnMessage, open_source, platform_filters
 from smartpark.core.registry import ParkFile, Registry, read_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store import TimeSeriesStore, open_store
@@ -29,6 +27,8 @@ from smartpark.core.store.influx import InfluxStore
 from smartpark.ingest.service import IngestService
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from smartpark.alerts import AlertEngine
     from smartpark.core.store.rollups import RollupRepairer
 
@@ -133,18 +133,15 @@ class DataDirLock:
             self._fd = None
 
 
-def alert_engine(settings: Settings, registry: Registry, store: TimeSeriesStore, catalog: Catalog, *, host: str,
-                 port: int, username: str | None, password: str | None, mqtt5: bool) -> AlertEngine:
+def alert_engine(settings: Settings, registry: Registry, store: TimeSeriesStore, catalog: Catalog, *,
+                 endpoint: Endpoint, mqtt5: bool) -> AlertEngine:
     """The alert engine on its own MQTT client and client id (MQTT 5 session, or paho for 3.1.1)."""
     from smartpark.alerts import AlertEngine
     from smartpark.core.reference import load_reference
-    from smartpark.ingest.session import Mqtt5Session
-    from smartpark.ingest.source import MqttSource
 
-    def source(on_message: Callable[[str, bytes, int, int], None]) -> Mqtt5Session | MqttSource:
-        kind = Mqtt5Session if mqtt5 else MqttSource
-        return kind(host=host, port=port, client_id=settings.alerts_client_id, username=username,
-                    password=password, mqtt5=mqtt5, receive_maximum=10_000, shared="", on_message=on_message)
+    def source(on_message: OnMessage) -> MessageSource:
+        return open_source(endpoint, client_id=settings.alerts_client_id, on_message=on_message, mqtt5=mqtt5,
+                           receive_maximum=10_000, filters=platform_filters())
 
     return AlertEngine(settings, registry, store, catalog, reference=load_reference(settings.reference_file),
                        source_factory=source)
@@ -220,27 +217,27 @@ class Platform:
         park = read_park_file(self.park_file, load_reference(self.settings.reference_file))
         sites, devices = registry.load_park(park)
         log.info("park %s: %d sites, %d devices", park.park.id, sites, devices)
-        host, port, user, password, mqtt5 = self._start_broker(registry)
-        self.ingest = IngestService(self.settings, store, registry, catalog, mqtt_host=host, mqtt_port=port,
-                                    username=user, password=password, mqtt5=mqtt5)
+        endpoint, mqtt5 = self._start_broker(registry)
+        self.ingest = IngestService(self.settings, store, registry, catalog, endpoint=endpoint, mqtt5=mqtt5)
         self.ingest.start()
         self._stops.append(self.ingest.stop)
         repairer = rollup_repairer(self.settings, store)
         if repairer is not None:
             self._stops.append(repairer.stop)
-        self.alerts = alert_engine(self.settings, registry, store, catalog, host=host, port=port,
-                                   username=self._alerts_login[0], password=self._alerts_login[1], mqtt5=mqtt5)
+        alerts_endpoint = endpoint.login(*self._alerts_login)
+        self.alerts = alert_engine(self.settings, registry, store, catalog, endpoint=alerts_endpoint, mqtt5=mqtt5)
         self.alerts.start()
         self._stops.append(self.alerts.stop)
         self._start_api(registry, store, catalog)
         if self.simulate:
-            self._start_simulator(park, registry, host, port, mqtt5, store=store, catalog=catalog)
+            self._start_simulator(park, registry, endpoint, mqtt5, store=store, catalog=catalog)
 
-    def _start_broker(self, registry: Registry) -> tuple[str, int, str | None, str | None, bool]:
-        target = self.settings.mqtt
-        if target is not None:
-            self._alerts_login = (target.username, target.password)
-            return target.host, target.port, target.username, target.password, self.settings.mqtt_v5
+    def _start_broker(self, registry: Registry) -> tuple[Endpoint, bool]:
+        """The broker's endpoint (logged in as the ingest) and whether it speaks MQTT 5."""
+        endpoint = Endpoint.from_settings(self.settings)
+        if endpoint is not None:
+            self._alerts_login = (endpoint.username, endpoint.password)
+            return endpoint, self.settings.mqtt_v5
         from smartpark.broker import EmbeddedBroker
 
         password = secrets.token_urlsafe(18)  # lives only as long as this process
@@ -250,9 +247,13 @@ class Platform:
         broker.start()
         self._stops.append(broker.stop)
         log.info("embedded MQTT broker on %s:%d (MQTT 3.1.1)", host, port)
-        return host, port, INGEST_USER, password, False
+        return Endpoint(host, port, INGEST_USER, password), False
 
     def _start_api(self, registry: Registry, store: TimeSeriesStore, catalog: Catalog) -> None:
+        import uvicorn  # here, not at the top: `smartpark ingest` and `alerts` import this module, not the API
+
+        from smartpark.api.app import create_app
+
         metrics = [self.ingest.stats.registry] if self.ingest else []
         app = create_app(self.settings, registry=registry, store=store, catalog=catalog, metrics=metrics)
         config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,
@@ -274,7 +275,7 @@ class Platform:
 
         self._stops.append(stop)
 
-    def _start_simulator(self, park: ParkFile, registry: Registry, host: str, port: int, mqtt5: bool, *,
+    def _start_simulator(self, park: ParkFile, registry: Registry, endpoint: Endpoint, mqtt5: bool, *,
                          store: TimeSeriesStore, catalog: Catalog) -> None:
         from smartpark.simulators import LiveSimulator
         from smartpark.simulators.resume import stored_counters
@@ -292,7 +293,7 @@ class Platform:
             credentials = simulator_credentials(registry, devices, self.settings.data_dir / FILE_NAME).passwords
         scenario = default_scenario() if self.park_file == demo_park_path() else None  # it names demo devices
         counters = stored_counters(store, park, catalog, time.time_ns() // 1_000_000)  # continue, never restart
-        sim = LiveSimulator(park, credentials, host, port, interval_s=self.sim_interval_s, mqtt5=mqtt5,
+        sim = LiveSimulator(park, credentials, endpoint, interval_s=self.sim_interval_s, mqtt5=mqtt5,
                             scenario=scenario, counters=counters)
         sim.start()
         self._stops.append(sim.stop)

@@ -31,6 +31,14 @@ sites:
 """
 
 
+def endpoint_of(server: Any, username: str | None = None, password: str | None = None,
+                tls: Any = None) -> Any:
+    """The transport's Endpoint of a test broker (a MosquittoServer, or anything with host and port)."""
+    from smartpark.core.mqtt import Endpoint
+
+    return Endpoint(server.host, server.port, username, password, tls)
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 

@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from smartpark.core.catalog import default_catalog
+from smartpark.core.mqtt import Endpoint
 from smartpark.core.registry import Registry, parse_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store.embedded import EmbeddedStore
@@ -138,9 +139,8 @@ class Target:
                             ingest_batch_age_s=0.1, retention_days=30, ingest_metrics_port=0)
         store = EmbeddedStore(self.store_path, default_catalog())
         store.init()
-        service = IngestService(settings, store, self.registry, default_catalog(), mqtt_host=self.host,
-                                mqtt_port=self.port, username=INGEST_USER, password=self.services[INGEST_USER],
-                                mqtt5=self.mqtt5)
+        endpoint = Endpoint(self.host, self.port, INGEST_USER, self.services[INGEST_USER])
+        service = IngestService(settings, store, self.registry, default_catalog(), endpoint=endpoint, mqtt5=self.mqtt5)
         service.start()
         self.ingests.append(service)
         return service

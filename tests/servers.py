@@ -12,6 +12,7 @@ import pwd
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -31,12 +32,14 @@ __all__ = [
     "InfluxServer",
     "MosquittoServer",
     "PostgresServer",
+    "TestPki",
     "free_port",
     "influxd_config",
     "need",
     "start_influxd",
     "start_mosquitto",
     "start_postgres",
+    "tls_listener_config",
 ]
 
 INFLUXD = "/usr/bin/influxd"
@@ -155,13 +158,14 @@ def influxd_config(root: Path, http_port: int, rpc_port: int, *, auth: bool = Fa
     return text
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, ca_file: Path | None = None) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"influxd exited with {proc.returncode}:\n{_tail(log)}")
         try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=1) as resp:  # noqa: S310 (http://127.0.0.1)
+            with urllib.request.urlopen(f"{url}/ping", timeout=1, context=context) as resp:  # noqa: S310 (127.0.0.1)
                 if resp.status == 204:
                     return
         except (urllib.error.URLError, OSError):
@@ -186,25 +190,33 @@ def _on_free_ports(start: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def start_influxd(root: Path, *, admin: tuple[str, str] | None = None) -> InfluxServer:
+def start_influxd(root: Path, *, admin: tuple[str, str] | None = None,
+                  https: tuple[Path, Path, Path] | None = None) -> InfluxServer:
     """Start influxd with a throwaway config and data under ``root``; returns when /ping answers 204.
 
     ``admin`` (user, password): HTTP authentication on, with that admin created as the official image does on
-    its first start (InfluxDB lets the first user be created without credentials).
+    its first start (InfluxDB lets the first user be created without credentials). ``https`` (certificate,
+    key, CA file) serves the API over TLS only.
     """
     need(INFLUXD)
     root.mkdir(parents=True, exist_ok=True)
-    return _on_free_ports(lambda: _start_influxd(root, admin))
+    return _on_free_ports(lambda: _start_influxd(root, admin, https))
 
 
-def _start_influxd(root: Path, admin: tuple[str, str] | None = None) -> InfluxServer:
+def _start_influxd(root: Path, admin: tuple[str, str] | None = None,
+                   https: tuple[Path, Path, Path] | None = None) -> InfluxServer:
     (root / "influxd.log").unlink(missing_ok=True)  # an earlier attempt's error must not decide this one's
     http_port, rpc_port = free_port(), free_port()
     conf = root / "influxdb.conf"
-    conf.write_text(influxd_config(root, http_port, rpc_port, auth=admin is not None), encoding="utf-8")
+    text = influxd_config(root, http_port, rpc_port, auth=admin is not None)
+    if https is not None:
+        text = _set(text, "http", "https-enabled", "true")
+        text = _set(text, "http", "https-certificate", f'"{https[0]}"')
+        text = _set(text, "http", "https-private-key", f'"{https[1]}"')
+    conf.write_text(text, encoding="utf-8")
     proc = _spawn_influxd(root)
-    url = f"http://127.0.0.1:{http_port}"
-    _wait_http(url, proc, root / "influxd.log")
+    url = f"{'https' if https else 'http'}://127.0.0.1:{http_port}"
+    _wait_http(url, proc, root / "influxd.log", https[2] if https else None)
     if admin is not None:
         user, password = (x.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'") for x in admin)
         statement = f"CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES"
@@ -342,3 +354,39 @@ def _start_postgres(root: Path, run_as: list[str]) -> PostgresServer:
         raise RuntimeError(f"postgres did not start: {proc.stdout.decode()}{proc.stderr.decode()}\n"
                            f"{_tail(root / 'pg.log')}")
     return PostgresServer(root, port, run_as)
+
+
+# ------------------------------------------------------------------------------------------------ TLS
+
+
+class TestPki:
+    """A CA made for one test run (``trustme``) and PEM files under ``root``: the CA, a server certificate for
+    127.0.0.1 and localhost, and a client certificate; ``issue`` makes more (expired, other host names)."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+
+    def __init__(self, root: Path) -> None:
+        import trustme
+
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self._ca = trustme.CA(organization_name="smartpark test CA")
+        self.ca_file = root / "ca.pem"
+        self._ca.cert_pem.write_to_path(str(self.ca_file))
+        self.server_cert, self.server_key = self.issue("server", "127.0.0.1", "localhost")
+        self.client_cert, self.client_key = self.issue("client", "smartpark-ingest")
+
+    def issue(self, name: str, *identities: str, **kwargs: object) -> tuple[Path, Path]:
+        """A certificate (chain) and key signed by this CA, as files ``name.pem`` and ``name.key``."""
+        leaf = self._ca.issue_cert(*identities, **kwargs)  # type: ignore[arg-type]
+        cert, key = self.root / f"{name}.pem", self.root / f"{name}.key"
+        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(str(key))
+        key.chmod(0o600)
+        return cert, key
+
+
+def tls_listener_config(cert: Path, key: Path, ca_file: Path, *, require_certificate: bool = False) -> str:
+    """Lines that make ``start_mosquitto``'s listener a TLS one (they follow its ``listener`` line)."""
+    return "\n".join([f"certfile {cert}", f"keyfile {key}", f"cafile {ca_file}",
+                      f"require_certificate {'true' if require_certificate else 'false'}", ""])

@@ -36,7 +36,7 @@ from smartpark.core.store.base import TimeSeriesStore
 from smartpark.core.store.embedded import EmbeddedStore
 from smartpark.platform import alert_engine
 
-from factories import PARK_YAML, Publisher, ServedApp, forget_session, now_ms, wait_for
+from factories import PARK_YAML, Publisher, ServedApp, endpoint_of, forget_session, now_ms, wait_for
 from servers import MosquittoServer
 
 TOPIC = "smartpark/v1/steel/sinter-cems/telemetry"
@@ -163,8 +163,7 @@ def start_env(tmp_path: Path, mosquitto: MosquittoServer, store: TimeSeriesStore
     served = ServedApp(create_app(settings, registry=registry, store=store, catalog=default_catalog()))
     receiver = Receiver()
     admin = registry.create_api_key("admin", [])
-    engine = alert_engine(settings, registry, store, default_catalog(), host=mosquitto.host, port=mosquitto.port,
-                          username=None, password=None, mqtt5=True)
+    engine = alert_engine(settings, registry, store, default_catalog(), endpoint=endpoint_of(mosquitto), mqtt5=True)
     engine.start()
     publisher = Publisher(mosquitto.host, mosquitto.port)
     try:

@@ -30,6 +30,7 @@ import pytest
 
 from smartpark.api.app import create_app
 from smartpark.core.catalog import default_catalog
+from smartpark.core.mqtt import Endpoint
 from smartpark.core.registry import Registry, parse_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import TimeSeriesStore
@@ -141,8 +142,9 @@ class Platform:
             self.host, self.port = server.host, server.port
             creds, pub = {"username": None, "password": None, "mqtt5": True}, {"mqtt5": True}
         self.kind = kind
-        self.ingest = IngestService(self.settings, self.store, self.registry, default_catalog(),
-                                    mqtt_host=self.host, mqtt_port=self.port, **creds)
+        login = Endpoint(self.host, self.port, creds["username"], creds["password"])
+        self.ingest = IngestService(self.settings, self.store, self.registry, default_catalog(), endpoint=login,
+                                    mqtt5=creds["mqtt5"])
         self.ingest.start()
         self.publisher = Publisher(self.host, self.port, **pub)
         self.served = ServedApp(create_app(self.settings, registry=self.registry, store=self.store,

@@ -23,6 +23,7 @@ from smartpark.api.app import create_app
 from smartpark.core.catalog import default_catalog
 from smartpark.core.contract import ReadingDecoder
 from smartpark.core.errors import ConfigError
+from smartpark.core.mqtt import Endpoint
 from smartpark.core.registry import AuditTrail, Registry, parse_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import TimeSeriesStore
@@ -31,7 +32,7 @@ from smartpark.ingest.service import IngestService
 from smartpark.simulators.modes import check_publish_window, window
 from smartpark.simulators.scenario import default_scenario
 
-from factories import PARK_YAML, Publisher, ServedApp, forget_session, now_ms, payload, reading, wait_for
+from factories import PARK_YAML, Publisher, ServedApp, endpoint_of, forget_session, now_ms, payload, reading, wait_for
 from servers import free_port
 
 DAY_MS = 86_400_000
@@ -77,7 +78,8 @@ def pipeline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pipelin
         store = request.getfixturevalue("influx_store")
         host, port = server.host, server.port
         creds, pub_creds = {"username": None, "password": None, "mqtt5": True}, {"mqtt5": True}
-    service = IngestService(settings, store, registry, default_catalog(), mqtt_host=host, mqtt_port=port, **creds)
+    service = IngestService(settings, store, registry, default_catalog(),
+                            endpoint=Endpoint(host, port, creds["username"], creds["password"]), mqtt5=creds["mqtt5"])
     service.start()
     publisher = Publisher(host, port, **pub_creds)
     yield Pipeline(store, registry, service, publisher)
@@ -257,8 +259,7 @@ def alerts(tmp_path: Path, mosquitto: Any) -> Iterator[Alerts]:
     registry.load_park(parse_park_file(PARK_YAML))
     store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
     store.init()
-    engine = alert_engine(settings, registry, store, default_catalog(), host=mosquitto.host, port=mosquitto.port,
-                          username=None, password=None, mqtt5=True)
+    engine = alert_engine(settings, registry, store, default_catalog(), endpoint=endpoint_of(mosquitto), mqtt5=True)
     engine.start()
     publisher = Publisher(mosquitto.host, mosquitto.port)
     try:

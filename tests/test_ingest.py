@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from smartpark.core.catalog import default_catalog
+from smartpark.core.mqtt import Endpoint
 from smartpark.core.registry import Registry, parse_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import SeriesQuery, TimeSeriesStore
@@ -79,7 +80,8 @@ def pipeline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pipelin
         store = request.getfixturevalue("influx_store")
         host, port = server.host, server.port
         creds, pub_creds = {"username": None, "password": None, "mqtt5": True}, {"mqtt5": True}
-    service = IngestService(settings, store, registry, default_catalog(), mqtt_host=host, mqtt_port=port, **creds)
+    endpoint = Endpoint(host, port, creds.pop("username"), creds.pop("password"))
+    service = IngestService(settings, store, registry, default_catalog(), endpoint=endpoint, **creds)
     service.start()
     publisher = Publisher(host, port, **pub_creds)
     yield Pipeline(request.param, host, port, store, registry, service, publisher)
@@ -226,8 +228,8 @@ def test_dead_letters_stay_under_their_size_cap_and_pruning_is_counted(tmp_path:
     broker.start()
     store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
     store.init()
-    service = IngestService(settings, store, registry, default_catalog(), mqtt_host=host, mqtt_port=port,
-                            username="ingest", password=password, mqtt5=False)
+    service = IngestService(settings, store, registry, default_catalog(),
+                            endpoint=Endpoint(host, port, "ingest", password), mqtt5=False)
     try:
         service.start()
         with Publisher(host, port, username="tester", password=password) as pub:

@@ -28,7 +28,7 @@ from smartpark.core.settings import Settings
 from smartpark.core.store.influx import InfluxStore
 from smartpark.ingest.service import IngestService
 
-from factories import forget_session, load_messages, load_park_yaml, now_ms, publish_many, wait_for
+from factories import endpoint_of, forget_session, load_messages, load_park_yaml, now_ms, publish_many, wait_for
 from servers import InfluxServer, MosquittoServer, free_port, start_influxd
 
 SITE = "load"
@@ -118,8 +118,7 @@ def _service(tmp_path: Path, mosquitto: MosquittoServer, store: InfluxStore, reg
     """An in-process ingest; its broker session is deleted at the end of the test."""
     settings = Settings(_env_file=None, data_dir=tmp_path / "data", ingest_client_id=client_id,  # type: ignore[call-arg]
                         ingest_batch_age_s=0.2, influx_timeout_s=2)
-    service = IngestService(settings, store, registry, default_catalog(), mqtt_host=mosquitto.host,
-                            mqtt_port=mosquitto.port, username=None, password=None, mqtt5=True)
+    service = IngestService(settings, store, registry, default_catalog(), endpoint=endpoint_of(mosquitto), mqtt5=True)
     service.start()
     return service
 
@@ -251,8 +250,8 @@ def test_two_ingests_on_a_shared_subscription_split_the_stream(
     for i in range(2):
         settings = Settings(_env_file=None, data_dir=tmp_path / f"data-{i}", ingest_shared=group,  # type: ignore[call-arg]
                             ingest_client_id=f"smartpark-ingest-{i}-{uuid.uuid4().hex[:8]}", ingest_batch_age_s=0.2)
-        service = IngestService(settings, influx_store, registry, default_catalog(), mqtt_host=mosquitto.host,
-                                mqtt_port=mosquitto.port, username=None, password=None, mqtt5=True)
+        service = IngestService(settings, influx_store, registry, default_catalog(), endpoint=endpoint_of(mosquitto),
+                                mqtt5=True)
         service.start()
         services.append(service)
     messages = load_messages(SITE, 200, 100, now_ms() - 3600_000)

@@ -31,7 +31,7 @@ from smartpark.simulators.runner import PublishRun
 from smartpark.simulators.scenario import parse_scenario
 from smartpark.simulators.truth import TruthWriter, read_truth
 
-from factories import clear_retained, forget_session, now_ms, wait_for
+from factories import clear_retained, endpoint_of, forget_session, now_ms, wait_for
 from servers import InfluxServer, MosquittoServer
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.influx]
@@ -100,10 +100,8 @@ def pipeline(tmp: Path, influxd: InfluxServer, mosquitto: MosquittoServer
     registry.load_park(parse_park_file(PARK))
     store = InfluxStore(influxd.url, f"late_{tag}", default_catalog())
     store.init()
-    ingest = IngestService(settings, store, registry, default_catalog(), mqtt_host=mosquitto.host,
-                           mqtt_port=mosquitto.port, username=None, password=None, mqtt5=True)
-    engine = alert_engine(settings, registry, store, default_catalog(), host=mosquitto.host, port=mosquitto.port,
-                          username=None, password=None, mqtt5=True)
+    ingest = IngestService(settings, store, registry, default_catalog(), endpoint=endpoint_of(mosquitto), mqtt5=True)
+    engine = alert_engine(settings, registry, store, default_catalog(), endpoint=endpoint_of(mosquitto), mqtt5=True)
     ingest.start()
     engine.start()
     try:
@@ -130,7 +128,7 @@ def run(tmp: Path, influxd: InfluxServer, mosquitto: MosquittoServer, start: int
             TruthWriter(tmp / "truth.jsonl") as truth:
         scenario = parse_scenario(SCENARIO.replace("{outage}", OUTAGE if outage else ""))
         park = parse_park_file(PARK)
-        stats = PublishRun(park, scenario, mosquitto.host, mosquitto.port, start_ms=start,
+        stats = PublishRun(park, scenario, endpoint_of(mosquitto), start_ms=start,
                            end_ms=start + RUN_MIN * MINUTE, speed=0, truth=truth).run()
         truth.close()
         wait_for(lambda: _count(store) >= stats.readings // 3, 60)  # each device as many readings

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from smartpark.ingest.errors import BrokerUnreachable
-from smartpark.ingest.session import Mqtt5Session
+from smartpark.core.mqtt import BrokerUnreachable, Endpoint, platform_filters
+from smartpark.core.mqtt.session import BUFFER_BYTES, Mqtt5Session
 
 from factories import forget_session, publish_many, wait_for
 from servers import MOSQUITTO, MosquittoServer, need, start_mosquitto
@@ -57,9 +57,10 @@ def new_id(tag: str) -> str:
 def session(server: MosquittoServer | tuple[str, int], client_id: str, inbox: Inbox, *, receive_maximum: int = 100,
             shared: str = "", auto_ack: bool = False, start: bool = True, **kwargs: object) -> Mqtt5Session:
     host, port = (server.host, server.port) if isinstance(server, MosquittoServer) else server
-    s = Mqtt5Session(host=host, port=port, client_id=client_id, username=kwargs.pop("username", None),  # type: ignore[arg-type]
-                     password=kwargs.pop("password", None), receive_maximum=receive_maximum,  # type: ignore[arg-type]
-                     shared=shared, on_message=inbox, **kwargs)  # type: ignore[arg-type]
+    endpoint = Endpoint(host, port, kwargs.pop("username", None), kwargs.pop("password", None),  # type: ignore[arg-type]
+                        kwargs.pop("tls", None))  # type: ignore[arg-type]
+    s = Mqtt5Session(endpoint, client_id=client_id, receive_maximum=receive_maximum, filters=platform_filters(shared),
+                     on_message=inbox, **kwargs)  # type: ignore[arg-type]
     inbox.session, inbox.auto_ack = s, auto_ack
     if start:
         s.start()
@@ -183,6 +184,39 @@ def test_receive_maximum_is_backpressure(mosquitto: MosquittoServer, cleanup: li
     wait_for(lambda: len(inbox) >= 50)
     time.sleep(0.2)
     assert inbox.payloads == [p for _, p in sent]
+
+
+def test_maximum_packet_size_bounds_what_the_broker_sends(mosquitto: MosquittoServer,
+                                                          cleanup: list[Mqtt5Session]) -> None:
+    """MQTT 5 Maximum Packet Size in CONNECT: the broker drops a bigger message instead of sending it."""
+    inbox = Inbox()
+    cleanup.append(session(mosquitto, new_id("maxpkt"), inbox, auto_ack=True, max_packet_bytes=8192))
+    big, small = ("smartpark/v1/maxpkt/dev0/telemetry", b"x" * 20_000), ("smartpark/v1/maxpkt/dev0/telemetry", b"{}")
+    publish_many(mosquitto.host, mosquitto.port, [big, small])
+    wait_for(lambda: len(inbox) >= 1)
+    time.sleep(0.3)
+    assert inbox.payloads == [b"{}"]
+
+
+def test_receive_buffer_returns_to_its_size_after_a_large_packet(mosquitto: MosquittoServer,
+                                                                 cleanup: list[Mqtt5Session]) -> None:
+    """One large packet must not pin its memory for the life of the process."""
+    sizes: list[int] = []
+
+    class Sizes(Inbox):
+        def __call__(self, topic: str, payload: bytes, packet_id: int, generation: int) -> None:
+            sizes.append(len(s._buf))  # the reader thread, while the packet is in the buffer
+            super().__call__(topic, payload, packet_id, generation)
+
+    inbox = Sizes()
+    s = session(mosquitto, new_id("bigpkt"), inbox, auto_ack=True)
+    cleanup.append(s)
+    topic = "smartpark/v1/bigpkt/dev0/telemetry"
+    publish_many(mosquitto.host, mosquitto.port, [(topic, b"y" * (3 << 20)), (topic, b"{}")])
+    wait_for(lambda: len(inbox) >= 2)
+    assert inbox.payloads == [b"y" * (3 << 20), b"{}"]
+    assert sizes[0] >= 3 << 20  # grown to hold it
+    wait_for(lambda: len(s._buf) == BUFFER_BYTES)
 
 
 def test_session_resumes_after_stop_start(mosquitto: MosquittoServer, cleanup: list[Mqtt5Session]) -> None:

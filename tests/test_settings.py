@@ -52,7 +52,7 @@ def test_production_refuses_placeholders_and_embedded_defaults(monkeypatch: pyte
     monkeypatch.setenv("SMARTPARK_INFLUX_URL", "http://influxdb:8086")
     with pytest.raises(ConfigError, match="placeholder password"):
         load_settings(_env_file=None)
-    monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtt://ingest:Xk3-long-secret@mosquitto:1883")
+    monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtts://ingest:Xk3-long-secret@mosquitto:8883")
     with pytest.raises(ConfigError, match="SMARTPARK_INFLUX_TOKEN"):
         load_settings(_env_file=None)
     monkeypatch.setenv("SMARTPARK_INFLUX_TOKEN", "a-real-token")
@@ -64,6 +64,11 @@ def test_production_refuses_placeholders_and_embedded_defaults(monkeypatch: pyte
         load_settings(_env_file=None).check_session_secret()
     monkeypatch.setenv("SMARTPARK_API_SESSION_SECRET", "k" * 40)
     load_settings(_env_file=None).check_session_secret()
+    monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtt://ingest:Xk3-long-secret@mosquitto:1883")
+    with pytest.raises(ConfigError, match="plain-text mqtt:// to mosquitto"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("SMARTPARK_MQTT_ALLOW_PLAINTEXT", "true")
+    assert load_settings(_env_file=None).env == "production"
 
 
 def test_the_api_refuses_a_missing_session_secret_in_production(tmp_path: Path) -> None:
@@ -72,7 +77,7 @@ def test_the_api_refuses_a_missing_session_secret_in_production(tmp_path: Path) 
     from smartpark.core.registry import Registry
     from smartpark.core.store.embedded import EmbeddedStore
 
-    settings = Settings(_env_file=None, env="production", mqtt_url="mqtt://i:Xk3-long-secret@m:1883",  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, env="production", mqtt_url="mqtts://i:Xk3-long-secret@m:8883",  # type: ignore[call-arg]
                         influx_url="http://i:8086", influx_password="Xk3-long-secret", data_dir=tmp_path)
     registry, store = Registry(settings.metadata_url), EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
     with pytest.raises(ConfigError, match="SMARTPARK_API_SESSION_SECRET"):
@@ -83,7 +88,7 @@ def test_the_api_refuses_a_missing_session_secret_in_production(tmp_path: Path) 
 
 def test_production_refuses_a_placeholder_service_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMARTPARK_ENV", "production")
-    monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtt://ingest:Xk3-long-secret@mosquitto:1883")
+    monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtts://ingest:Xk3-long-secret@mosquitto:8883")
     monkeypatch.setenv("SMARTPARK_INFLUX_URL", "http://influxdb:8086")
     monkeypatch.setenv("SMARTPARK_INFLUX_ADMIN_USERNAME", "admin")
     monkeypatch.setenv("SMARTPARK_INFLUX_ADMIN_PASSWORD", "Xk3-long-secret")
@@ -98,12 +103,49 @@ def test_production_refuses_a_placeholder_service_password(monkeypatch: pytest.M
     assert load_settings(_env_file=None).influx_users() == {"api": ("smartpark-api", "Xk3-other-secret")}
 
 
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("mqtt://ingest:Xk3-long-secret@broker.example:1883", False),
+    ("mqtt://ingest:Xk3-long-secret@10.0.0.5:1883", False),
+    ("mqtt://ingest:Xk3-long-secret@127.0.0.1:1883", True),
+    ("mqtt://ingest:Xk3-long-secret@localhost:1883", True),
+    ("mqtt://ingest:Xk3-long-secret@[::1]:1883", True),
+    ("mqtts://ingest:Xk3-long-secret@broker.example:8883", True),
+])
+def test_production_refuses_plain_text_mqtt_beyond_loopback(monkeypatch: pytest.MonkeyPatch, url: str,
+                                                            allowed: bool) -> None:
+    """The password of an mqtt:// URL crosses the network readable: production needs mqtts:// or a stated opt-in."""
+    for var, value in [("SMARTPARK_ENV", "production"), ("SMARTPARK_MQTT_URL", url),
+                       ("SMARTPARK_INFLUX_URL", "http://influxdb:8086"), ("SMARTPARK_INFLUX_TOKEN", "a-real-token"),
+                       ("SMARTPARK_API_SESSION_SECRET", "k" * 40)]:
+        monkeypatch.setenv(var, value)
+    if allowed:
+        assert load_settings(_env_file=None).mqtt_url == url
+    else:
+        with pytest.raises(ConfigError, match=r"plain-text mqtt://.*SMARTPARK_MQTT_ALLOW_PLAINTEXT"):
+            load_settings(_env_file=None)
+        monkeypatch.setenv("SMARTPARK_MQTT_ALLOW_PLAINTEXT", "true")
+        assert load_settings(_env_file=None).mqtt_url == url
+
+
+def test_tls_files_are_checked_before_any_io(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SMARTPARK_MQTT_CA_FILE", str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError, match=r"SMARTPARK_MQTT_CA_FILE: .*missing.pem is not a file"):
+        load_settings(_env_file=None)
+    monkeypatch.delenv("SMARTPARK_MQTT_CA_FILE")
+    cert = tmp_path / "client.pem"
+    cert.write_text("x")
+    monkeypatch.setenv("SMARTPARK_MQTT_CERT_FILE", str(cert))
+    with pytest.raises(ConfigError, match="SMARTPARK_MQTT_CERT_FILE and SMARTPARK_MQTT_KEY_FILE go together"):
+        load_settings(_env_file=None)
+
+
 @pytest.mark.parametrize("token", ["changeme", "CHANGEME", "password", "secret", " admin ", "admin:changeme"])
 def test_production_refuses_a_placeholder_influx_token(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
     monkeypatch.setenv("SMARTPARK_ENV", "production")
     monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtt://ingest:Xk3-long-secret@mosquitto:1883")
     monkeypatch.setenv("SMARTPARK_INFLUX_URL", "http://influxdb:8086")
     monkeypatch.setenv("SMARTPARK_API_SESSION_SECRET", "k" * 40)
+    monkeypatch.setenv("SMARTPARK_MQTT_ALLOW_PLAINTEXT", "true")
     monkeypatch.setenv("SMARTPARK_INFLUX_TOKEN", token)
     with pytest.raises(ConfigError, match="SMARTPARK_INFLUX_TOKEN is a placeholder"):
         load_settings(_env_file=None)

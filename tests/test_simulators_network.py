@@ -24,7 +24,7 @@ from smartpark.simulators.scenario import parse_scenario
 from smartpark.simulators.timeline import Frame, Timeline
 from smartpark.simulators.truth import TruthWriter, read_truth
 
-from factories import forget_session, now_ms, wait_for
+from factories import endpoint_of, forget_session, now_ms, wait_for
 from servers import MosquittoServer
 
 PARK = """
@@ -102,14 +102,14 @@ def test_outage_readings_all_arrive_after_reconnect_none_lost_none_doubled(
     client_id = f"smartpark-ingest-{uuid.uuid4().hex[:8]}"
     settings = Settings(_env_file=None, data_dir=tmp_path / "data", ingest_client_id=client_id,  # type: ignore[call-arg]
                         ingest_batch_age_s=0.2)
-    ingest = IngestService(settings, influx_store, registry, default_catalog(), mqtt_host=mosquitto.host,
-                           mqtt_port=mosquitto.port, username=None, password=None, mqtt5=True)
+    ingest = IngestService(settings, influx_store, registry, default_catalog(), endpoint=endpoint_of(mosquitto),
+                           mqtt5=True)
     ingest.start()
     try:
         start = (now_ms() - 3 * 3_600_000) // 60_000 * 60_000
         truth_path = tmp_path / "truth.jsonl"
         with TruthWriter(truth_path) as truth:
-            run = PublishRun(park, parse_scenario(OUTAGE), mosquitto.host, mosquitto.port, start_ms=start,
+            run = PublishRun(park, parse_scenario(OUTAGE), endpoint_of(mosquitto), start_ms=start,
                              end_ms=start + 2 * 3_600_000, speed=0, truth=truth)
             stats = run.run()
         records = list(read_truth(truth_path))
@@ -157,7 +157,7 @@ def test_backfill_writes_what_it_generated(tmp_path: Path, influx_store: InfluxS
 @pytest.mark.mosquitto
 def test_load_generator_counts_every_acknowledged_message(mosquitto: MosquittoServer) -> None:
     devices = [("load", f"m{d:03d}") for d in range(50)]
-    result = run_load(mosquitto.host, mosquitto.port, devices, 20_000, processes=2, connections=2, window=500)
+    result = run_load(endpoint_of(mosquitto), devices, 20_000, processes=2, connections=2, window=500)
     assert result.messages == 20_000
     assert result.rate > 0
 
@@ -167,7 +167,7 @@ def test_live_simulator_plays_a_scenario(mosquitto: MosquittoServer, outage_park
     park, _ = outage_park
     scenario = parse_scenario("seed: 4\nnetwork: {duplicate_rate: 1.0}\n")  # every reading sent twice
     creds = {r.device.id: "pw" for r in Timeline(park, scenario, 0).model.devices}
-    with LiveSimulator(park, creds, mosquitto.host, mosquitto.port, interval_s=0.2, scenario=scenario) as sim:
+    with LiveSimulator(park, creds, endpoint_of(mosquitto), interval_s=0.2, scenario=scenario) as sim:
         assert sim.wait_connected(10)
         wait_for(lambda: sim.acked >= 24, timeout=20)
     assert sim.published >= 24

@@ -15,7 +15,8 @@ def open_store(settings: Settings, catalog: Catalog) -> TimeSeriesStore:
         return InfluxStore(settings.influx_url, settings.influx_db, catalog,
                            username=settings.influx_username, password=settings.influx_password,
                            token=settings.influx_token, timeout_s=settings.influx_timeout_s,
-                           retention_days=settings.retention_days, gzip_writes=settings.influx_gzip)
+                           retention_days=settings.retention_days, gzip_writes=settings.influx_gzip,
+                           ca_file=settings.influx_ca_file)
     from smartpark.core.store.embedded import EmbeddedStore
 
     return EmbeddedStore(settings.data_dir / "timeseries.sqlite", catalog)

@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import gzip
 import math
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from math import isfinite
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -74,6 +76,7 @@ from smartpark.core.store.base import (
     minute_query,
 )
 from smartpark.core.store.rollups import RAW_RP, RESAMPLE_FOR, ROLLUPS, late_spans, marks_body, rollup_select
+from smartpark.core.tls import TlsFiles, tls_context
 
 __all__ = [
     "RAW_RP",
@@ -265,6 +268,17 @@ def _error_message(resp: httpx.Response) -> str:
     return resp.text.strip()[:500] or resp.reason_phrase
 
 
+def _verify(url: str, ca_file: Path | None) -> ssl.SSLContext | bool:
+    """How httpx verifies the server: the CA file's context, or the system CAs for https://. For http:// an empty
+    (still verifying) context: nothing is verified on plain HTTP, and httpx's default would load the certifi
+    bundle into every process (~3 MiB of the ingest's memory)."""
+    if ca_file is not None:
+        return tls_context(TlsFiles(ca_file))
+    if url.startswith("https://"):
+        return True
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 class InfluxStore:
     """TimeSeriesStore over the InfluxDB v1 HTTP API (one keep-alive ``httpx.Client``; thread-safe)."""
 
@@ -282,9 +296,11 @@ class InfluxStore:
         transport: httpx.BaseTransport | None = None,
         hour_cache_s: float = 900.0,
         gzip_writes: bool = False,
+        ca_file: Path | None = None,
     ) -> None:
         """``transport`` replaces the network (tests: ``httpx.MockTransport``); ``hour_cache_s`` bounds how
-        long hour_sums keeps an hour's result (0: not at all); ``gzip_writes`` compresses write bodies."""
+        long hour_sums keeps an hour's result (0: not at all); ``gzip_writes`` compresses write bodies;
+        ``ca_file`` verifies an https:// server against that CA bundle instead of the system CAs."""
         if not database:
             raise ValueError("InfluxDB database name is empty")
         if retention_days < 1:
@@ -316,8 +332,9 @@ class InfluxStore:
             auth = httpx.BasicAuth(username, password)
         self._writers = ThreadPoolExecutor(WRITE_REQUESTS, thread_name_prefix="influx-write")
         self._readers = ThreadPoolExecutor(LATEST_REQUESTS, thread_name_prefix="influx-read")
+        verify = _verify(self.url, ca_file)
         self._client = httpx.Client(
-            base_url=self.url, headers=headers, auth=auth, timeout=timeout_s, transport=transport
+            base_url=self.url, headers=headers, auth=auth, timeout=timeout_s, transport=transport, verify=verify
         )
 
     # --- plumbing

@@ -1,42 +1,44 @@
-"""MQTT in, lean: an MQTT 5 client session on the ``mqtt5`` sans-io codec, a drop-in for ``MqttSource``.
+"""MQTT in, lean: an MQTT 5 consumer session on the ``mqtt5`` sans-io codec (a ``MessageSource``).
 
 Why this exists: paho-mqtt spends ~26 µs of CPU per received QoS-1 message in its pure-Python receive path
 (packet reassembly, MQTTMessage objects, callback plumbing, per-message ack bookkeeping). The Rust codec
 ``mqtt5`` parses a PUBLISH in ~0.2 µs and writes a PUBACK in ~0.15 µs, so a session that only does the
 socket I/O in Python receives and acks for a fraction of that cost.
 
-The semantics are MqttSource's: a persistent session (``clean_start=False``, a week of session expiry), QoS-1
+The semantics are PahoSource's: a persistent session (``clean_start=False``, a week of session expiry), QoS-1
 subscriptions, PUBACK only when ``ack()`` is called (after the data is durable), and MQTT 5 ``Receive
 Maximum`` as backpressure. Every CONNACK bumps ``generation``; acks of an older connection are dropped, the
 broker redelivers those messages (DUP) and the store overwrites them.
 
 Threads: one daemon reader thread owns the socket's receive side, parses every complete packet of its buffer
 in a tight loop and calls ``on_message``; ``ack()`` (any thread), pings and subscribes write through a lock.
+The link comes from ``link.open_link`` (plain socket or TLS); CONNECT carries MQTT 5 Maximum Packet Size,
+so the broker never sends a packet bigger than ``max_packet_bytes``, and the receive buffer, grown for a
+packet bigger than ``BUFFER_BYTES``, shrinks back once that packet is consumed.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 from contextlib import suppress
 
 import mqtt5
 
-from smartpark.ingest.errors import BrokerUnreachable
-from smartpark.ingest.source import SESSION_EXPIRY_S, subscriptions
+from smartpark.core.mqtt.connect import Backoff, connect_packet
+from smartpark.core.mqtt.endpoint import Endpoint
+from smartpark.core.mqtt.errors import BrokerUnreachable, ConnectRefused
+from smartpark.core.mqtt.link import Link, broker_error, open_link
+from smartpark.core.mqtt.source import SESSION_EXPIRY_S, OnMessage
 
 __all__ = ["Mqtt5Session"]
 
-log = logging.getLogger("smartpark.ingest")
+log = logging.getLogger("smartpark.mqtt")
 
-OnMessage = Callable[[str, bytes, int, int], None]  # topic, payload, packet id (0 for QoS 0), generation
-
-BUFFER_BYTES = 1 << 20  # one recv fills up to this; grows only for a bigger packet
+BUFFER_BYTES = 1 << 20  # one recv fills up to this; grows only for a bigger packet, then shrinks back
 CONNECT_TIMEOUT_S = 10.0
 # A PUBACK with reason Success and no properties is 4 bytes (MQTT 5 3.4.2.1): 0x40, remaining length 2, packet
 # id. Packed as big-endian u32s in one call: a quarter of the codec's cost per ack, on the hot path.
@@ -45,25 +47,20 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 30.0
 JOIN_TIMEOUT_S = 10.0
 
 
-class _Refused(Exception):
-    """The broker answered CONNECT with a failure reason code."""
-
-
 class Mqtt5Session:
-    def __init__(self, *, host: str, port: int, client_id: str, username: str | None, password: str | None,
-                 receive_maximum: int, shared: str, on_message: OnMessage, mqtt5: bool = True,
-                 keepalive_s: int = 30) -> None:
-        del mqtt5  # MQTT 5 only; accepted for MqttSource's signature
-        self.host, self.port, self.client_id = host, port, client_id
-        self.username, self.password = username, password
+    def __init__(self, endpoint: Endpoint, *, client_id: str, receive_maximum: int, filters: list[str],
+                 on_message: OnMessage, keepalive_s: int = 30, max_packet_bytes: int | None = None) -> None:
+        self.endpoint, self.client_id = endpoint, client_id
+        self.host, self.port = endpoint.host, endpoint.port
         self.receive_maximum = max(1, min(receive_maximum, 65535))
-        self.filters = subscriptions(shared)
+        self.max_packet_bytes = max_packet_bytes
+        self.filters = filters
         self.on_message = on_message
         self.keepalive_s = keepalive_s
         self.subscribed = threading.Event()
         self.generation = 0  # bumped on every CONNACK: acks of an older connection are void
         self._wlock = threading.Lock()  # guards _sock, generation changes and every sendall
-        self._sock: socket.socket | None = None
+        self._sock: Link | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._buf = bytearray(BUFFER_BYTES)
@@ -79,10 +76,8 @@ class Mqtt5Session:
         self._stopping.clear()
         try:
             self._connect()
-        except OSError as exc:
-            raise BrokerUnreachable(self.host, self.port, str(exc) or type(exc).__name__) from exc
-        except _Refused as exc:
-            raise BrokerUnreachable(self.host, self.port, str(exc)) from exc
+        except OSError as exc:  # after the link was open: CONNECT unanswered, connection dropped, TLS alert
+            raise broker_error(self.endpoint, exc, stage="connect") from exc
         self._thread = threading.Thread(target=self._run, name=f"mqtt5-{self.client_id}", daemon=True)
         self._thread.start()
 
@@ -122,16 +117,18 @@ class Mqtt5Session:
 
     # ------------------------------------------------------------------------------------ connection
     def _connect(self) -> None:
-        """TCP connect, CONNECT/CONNACK, install the socket (generation + 1), SUBSCRIBE."""
-        sock = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT_S)
+        """Open the link (TCP, TLS), CONNECT/CONNACK, install it (generation + 1), SUBSCRIBE."""
+        sock = open_link(self.endpoint, CONNECT_TIMEOUT_S)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._end = 0
-            sock.sendall(self._connect_packet())
+            sock.sendall(connect_packet(self.endpoint, self.client_id, clean_start=False, keepalive_s=self.keepalive_s,
+                                        session_expiry_s=SESSION_EXPIRY_S, receive_maximum=self.receive_maximum,
+                                        max_packet_bytes=self.max_packet_bytes))
             connack = self._read_connack(sock)
             if connack.reason_code != mqtt5.ConnAckReasonCode.SUCCESS:
                 detail = f": {connack.reason_str}" if connack.reason_str else ""
-                raise _Refused(f"CONNACK {connack.reason_code.name}{detail}")
+                raise ConnectRefused(self.host, self.port, f"CONNACK {connack.reason_code.name}{detail}",
+                                     tls=self.endpoint.tls is not None)
             self._ka = float(connack.server_keep_alive or self.keepalive_s)
             sock.settimeout(max(self._ka / 4, 0.05) if self._ka else None)
             self._install(sock)
@@ -139,15 +136,7 @@ class Mqtt5Session:
             sock.close()
             raise
 
-    def _connect_packet(self) -> bytes:
-        return mqtt5.ConnectPacket(
-            self.client_id, username=self.username or None,
-            password=self.password.encode() if self.username and self.password is not None else None,
-            clean_start=False, keep_alive=self.keepalive_s, session_expiry_interval=SESSION_EXPIRY_S,
-            receive_max=self.receive_maximum,
-        ).write()
-
-    def _read_connack(self, sock: socket.socket) -> mqtt5.ConnAckPacket:
+    def _read_connack(self, sock: Link) -> mqtt5.ConnAckPacket:
         """Receive until the CONNACK is complete; bytes after it stay in the buffer for the reader."""
         while True:
             try:
@@ -160,7 +149,7 @@ class Mqtt5Session:
             self._end = self._compact(used, self._end)
             return packet
 
-    def _install(self, sock: socket.socket) -> None:
+    def _install(self, sock: Link) -> None:
         with self._wlock:
             if self._stopping.is_set():
                 raise ConnectionAbortedError("stopping")
@@ -187,7 +176,7 @@ class Mqtt5Session:
             except Exception as exc:
                 if self._stopping.is_set():
                     break
-                log.warning("MQTT connection to %s:%s lost (%s); reconnecting", self.host, self.port,
+                log.warning("MQTT connection to %s lost (%s); reconnecting", self.endpoint.url,
                             exc, exc_info=not isinstance(exc, OSError))
             self._drop()
             if not self._reconnect():
@@ -196,18 +185,16 @@ class Mqtt5Session:
 
     def _reconnect(self) -> bool:
         """Reconnect with exponential backoff and jitter; False once stop() was called."""
-        delay = BACKOFF_MIN_S
-        while not self._stopping.wait(random.uniform(delay / 2, delay)):
+        backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
+        while not self._stopping.wait(backoff.next()):
             try:
                 self._connect()
-            except (OSError, _Refused) as exc:
+            except (OSError, BrokerUnreachable) as exc:
                 if self._stopping.is_set():
                     return False
-                delay = min(delay * 2, BACKOFF_MAX_S)
-                log.warning("MQTT reconnect to %s:%s failed (%s); retrying within %.0f s", self.host,
-                            self.port, exc, delay)
+                log.warning("MQTT reconnect failed (%s); retrying", exc)
                 continue
-            log.warning("MQTT reconnected to %s:%s (generation %d)", self.host, self.port, self.generation)
+            log.warning("MQTT reconnected to %s (generation %d)", self.endpoint.url, self.generation)
             return True
         return False
 
@@ -234,7 +221,7 @@ class Mqtt5Session:
                 self._recv(sock)
             self._keepalive(sock)
 
-    def _recv(self, sock: socket.socket) -> None:
+    def _recv(self, sock: Link) -> None:
         """recv_into the free tail of the buffer."""
         n = sock.recv_into(self._mv[self._end :])
         if not n:
@@ -243,19 +230,29 @@ class Mqtt5Session:
         self._last_recv = time.monotonic()
 
     def _compact(self, off: int, end: int) -> int:
-        """Move the unparsed tail to the front (one copy per recv); grow if a single packet fills the buffer."""
+        """Move the unparsed tail to the front (one copy per recv); grow if a single packet fills the buffer, and
+        shrink back to BUFFER_BYTES once what is left fits (one big packet must not pin its memory)."""
         if off == end:
+            if len(self._buf) > BUFFER_BYTES:
+                self._resize(BUFFER_BYTES, 0, 0)
             return 0
+        if len(self._buf) > BUFFER_BYTES and end - off <= BUFFER_BYTES // 2:
+            self._resize(BUFFER_BYTES, off, end)
+            return end - off
         if off:
             self._mv[: end - off] = self._mv[off:end]
             return end - off
         if end == len(self._buf):
-            grown = bytearray(2 * len(self._buf))
-            grown[:end] = self._buf
-            self._buf, self._mv = grown, memoryview(grown)
+            self._resize(2 * len(self._buf), 0, end)
         return end
 
-    def _keepalive(self, sock: socket.socket) -> None:
+    def _resize(self, size: int, off: int, end: int) -> None:
+        """A new buffer of ``size`` bytes holding ``_buf[off:end]`` at its start."""
+        buf = bytearray(size)
+        buf[: end - off] = self._mv[off:end]
+        self._buf, self._mv = buf, memoryview(buf)
+
+    def _keepalive(self, sock: Link) -> None:
         """PINGREQ after keep_alive/2 without a write (or a read); dead after keep_alive*1.5 without a read."""
         if not self._ka:
             return
@@ -266,7 +263,7 @@ class Mqtt5Session:
             self._send(sock, mqtt5.PingReqPacket().write())
             self._last_ping = now
 
-    def _send(self, sock: socket.socket, data: bytes) -> None:
+    def _send(self, sock: Link, data: bytes) -> None:
         with self._wlock:
             sock.sendall(data)
             self._last_send = time.monotonic()
@@ -286,6 +283,6 @@ class Mqtt5Session:
             log.debug("MQTT: ignoring %s", type(packet).__name__)
 
 
-def _shutdown(sock: socket.socket) -> None:
+def _shutdown(sock: Link) -> None:
     with suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
