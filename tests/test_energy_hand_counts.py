@@ -121,7 +121,7 @@ class Platform:
         self.registry.load_park(parse_park_file(park_yaml))
         client = f"smartpark-ingest-{uuid.uuid4().hex[:8]}"
         self.settings = Settings(_env_file=None, data_dir=tmp_path, ingest_client_id=client,  # type: ignore[call-arg]
-                                 ingest_batch_age_s=0.1, retention_days=3650)
+                                 ingest_batch_age_s=0.1, retention_days=3650, store_forward_days=3650)
         creds: dict[str, Any]
         if kind == "embedded":
             from smartpark.broker import EmbeddedBroker
