@@ -9,6 +9,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from smartpark.core.ids import ID_PATTERN
+from smartpark.core.registry.parkfile import HJ212_MN_PATTERN
 
 T = TypeVar("T")
 
@@ -21,6 +22,7 @@ __all__ = [
     "EmissionsKpi",
     "EnergyKpi",
     "GreeningKpi",
+    "Hj212Identity",
     "HourMean",
     "KeyCreate",
     "KeyCreated",
@@ -91,9 +93,18 @@ class DeviceCreate(DeviceBase):
     id: str = Field(pattern=ID_PATTERN, examples=["sinter-3-cems"])
 
 
+class Hj212Identity(BaseModel):
+    """A stack monitor's HJ 212 identity: the MN its data acquisition unit sends and its PW (write-only: stored
+    as a hash, never shown again)."""
+
+    mn: str = Field(pattern=HJ212_MN_PATTERN, examples=["88888880000001"])
+    pw: str = Field(min_length=1, max_length=64, examples=["123456"])
+
+
 class DeviceUpdate(BaseModel):
     kind: DeviceKind | None = None
     source_type: str | None = Field(None, max_length=40)
+    hj212: Hj212Identity | None = Field(None, description="Bind the device to an HJ 212 MN and PW (the gateway)")
 
 
 class DevicePublic(DeviceBase):
@@ -103,6 +114,7 @@ class DevicePublic(DeviceBase):
     site_id: str = Field(examples=["steel-works"])
     online: bool | None = None
     last_seen: UtcDatetime | None = None
+    hj212_mn: str | None = Field(None, description="HJ 212 MN of the device's data acquisition unit, if any")
 
 
 class DeviceProvisioned(DevicePublic):

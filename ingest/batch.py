@@ -33,6 +33,7 @@ class Batch:
     written: bool = False  # points durable (store or spool): a retried commit must not write them again
     rewrite: bool = False  # written to the store while an earlier batch went to the spool: write again after it
     recorded: bool = False  # dead letters recorded: a retried commit must not record them twice
+    done: list[Callable[[], None]] = field(default_factory=list)  # run once durable (other sources' acks)
 
     def add(self, msg: DecodedMessage, ack: tuple[int, int]) -> None:
         if not self.messages:
@@ -42,6 +43,17 @@ class Batch:
         if msg.status is not None:
             self.status[msg.status.device] = msg.status
         self.acks.append(ack)
+        self.readings += msg.readings
+        self.messages += 1
+
+    def add_local(self, msg: DecodedMessage, on_durable: Callable[[], None] | None) -> None:
+        """A message from a source other than the broker (the HJ 212 gateway): acked by a callback."""
+        if not self.messages:
+            self.opened = time.monotonic()
+        self.points += msg.points
+        self.dead += msg.dead
+        if on_durable is not None:
+            self.done.append(on_durable)
         self.readings += msg.readings
         self.messages += 1
 
@@ -68,6 +80,17 @@ class Batcher:
             while len(self._batch.points) >= self.high_water:
                 self._cond.wait(0.5)
             self._batch.add(msg, ack)
+            self.received += 1
+            if len(self._batch.points) >= self.max_points:
+                self._cond.notify()
+
+    def add_local(self, msg: DecodedMessage, on_durable: Callable[[], None] | None = None) -> None:
+        """As add(), for a message another source received; ``on_durable`` runs on the writer thread once the
+        batch is durable (store or spool) and its dead letters recorded."""
+        with self._lock:
+            while len(self._batch.points) >= self.high_water:
+                self._cond.wait(0.5)
+            self._batch.add_local(msg, on_durable)
             self.received += 1
             if len(self._batch.points) >= self.max_points:
                 self._cond.notify()

@@ -118,6 +118,38 @@ def ingest(verbose: Verbose = False) -> None:
 
 
 @app.command()
+def hj212(verbose: Verbose = False) -> None:
+    """Run the HJ 212 gateway alone: stack monitors' data acquisition units over TCP on
+    SMARTPARK_HJ212_HOST:SMARTPARK_HJ212_PORT, into the configured store (its own writer, spool and metrics)."""
+    from prometheus_client import start_http_server
+
+    from smartpark.ingest.service import IngestService
+    from smartpark.platform import hj212_gateway, open_core
+
+    settings = _settings(verbose)
+    try:
+        catalog, registry, store = open_core(settings)
+        writer = IngestService(settings, store, registry, catalog, mqtt_host=None, mqtt_port=0, username=None,
+                               password=None, spool_dir="hj212-spool", instance="smartpark-hj212-writer")
+        writer.start()
+        gateway = hj212_gateway(settings, registry, catalog, writer)
+        gateway.start()
+    except SmartparkError as exc:
+        _fail(str(exc))
+    try:
+        if settings.hj212_metrics_port:
+            start_http_server(settings.hj212_metrics_port, registry=gateway.stats.registry)
+    except OSError as exc:
+        gateway.stop()
+        writer.stop()
+        _fail(f"metrics port {settings.hj212_metrics_port}: {exc}; set SMARTPARK_HJ212_METRICS_PORT (0: off)")
+    err.print(f"HJ 212 gateway on {settings.hj212_host}:{gateway.port}; Ctrl-C stops.", highlight=False)
+    _wait_for_signal()
+    gateway.stop()
+    writer.stop()
+
+
+@app.command()
 def api(verbose: Verbose = False) -> None:
     """Serve the HTTP API on SMARTPARK_API_HOST:SMARTPARK_API_PORT."""
     import uvicorn

@@ -27,8 +27,9 @@ from smartpark.ingest.service import IngestService
 
 if TYPE_CHECKING:
     from smartpark.alerts import AlertEngine
+    from smartpark.hj212.server import Gateway
 
-__all__ = ["Platform", "admin_key", "alert_engine", "demo_park_path", "open_core"]
+__all__ = ["Platform", "admin_key", "alert_engine", "demo_park_path", "hj212_gateway", "open_core"]
 
 log = logging.getLogger("smartpark")
 INGEST_USER = "smartpark-ingest"
@@ -78,6 +79,40 @@ def alert_engine(settings: Settings, registry: Registry, store: TimeSeriesStore,
                        source_factory=source)
 
 
+def hj212_gateway(settings: Settings, registry: Registry, catalog: Catalog, ingest: IngestService) -> Gateway:
+    """The HJ 212 gateway, feeding ``ingest``'s writer (the same durable hand-off as MQTT); with its upstream
+    relay when SMARTPARK_HJ212_FORWARD names any. Its `stop` stops the relay too."""
+    from smartpark.core.reference import load_reference
+    from smartpark.hj212.codes import load_codes
+    from smartpark.hj212.forward import Forwarder, parse_targets
+    from smartpark.hj212.identities import Identities
+    from smartpark.hj212.server import Gateway, GatewayConfig
+
+    park = registry.park()
+    config = GatewayConfig(host=settings.hj212_host, port=settings.hj212_port,
+                           max_connections=settings.hj212_max_connections,
+                           idle_timeout_s=settings.hj212_idle_timeout_s, max_segment=settings.hj212_max_segment,
+                           split_timeout_s=settings.hj212_split_timeout_s,
+                           stats_interval_s=settings.ingest_stats_interval_s,
+                           timezone=park.timezone if park else "Asia/Shanghai", retention_ms=settings.retention_ms)
+    gateway = Gateway(config, ingest.batcher, Identities(registry.hj212_identities), catalog,
+                      codes=load_codes(catalog, settings.hj212_codes_file),
+                      reference=load_reference(settings.reference_file))
+    targets = parse_targets(settings.hj212_forward)
+    if targets:
+        forwarder = Forwarder(settings.data_dir / "hj212-forward.sqlite", targets, gateway.stats)
+        gateway.forward = forwarder.enqueue
+        forwarder.start()
+        stop_gateway = gateway.stop
+
+        def stop_both() -> None:
+            stop_gateway()
+            forwarder.stop()
+
+        gateway.stop = stop_both  # type: ignore[method-assign]
+    return gateway
+
+
 def admin_key(settings: Settings, registry: Registry) -> str:
     """The development admin key, created once and kept in the data dir (mode 600) for `up`."""
     path = settings.data_dir / "admin.key"
@@ -105,6 +140,7 @@ class Platform:
         self.api_server: uvicorn.Server | None = None
         self.ingest: IngestService | None = None
         self.alerts: AlertEngine | None = None
+        self.hj212: Gateway | None = None
         self._alerts_login: tuple[str | None, str | None] = (None, None)
 
     def start(self) -> None:
@@ -118,6 +154,11 @@ class Platform:
                                     username=user, password=password, mqtt5=mqtt5)
         self.ingest.start()
         self._stops.append(self.ingest.stop)
+        if self.settings.hj212_enabled:
+            self.hj212 = hj212_gateway(self.settings, registry, catalog, self.ingest)
+            self.hj212.start()
+            self._stops.append(self.hj212.stop)
+            log.info("HJ 212 gateway on %s:%d", self.settings.hj212_host, self.hj212.port)
         self.alerts = alert_engine(self.settings, registry, store, catalog, host=host, port=port,
                                    username=self._alerts_login[0], password=self._alerts_login[1], mqtt5=mqtt5)
         self.alerts.start()
@@ -144,6 +185,7 @@ class Platform:
 
     def _start_api(self, registry: Registry, store: TimeSeriesStore, catalog: Catalog) -> None:
         metrics = [self.ingest.stats.registry] if self.ingest else []
+        metrics += [self.hj212.stats.registry] if self.hj212 else []
         app = create_app(self.settings, registry=registry, store=store, catalog=catalog, metrics=metrics)
         config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,
                                 log_level="warning", lifespan="on")

@@ -16,11 +16,13 @@ import yaml
 from smartpark.core.errors import ParkFileError
 from smartpark.core.ids import ID_PATTERN
 
-__all__ = ["DeviceSpec", "ParkFile", "ParkSpec", "SiteSpec", "parse_park_file", "read_park_file"]
+__all__ = ["HJ212_MN_PATTERN", "DeviceSpec", "Hj212Spec", "ParkFile", "ParkSpec", "SiteSpec", "parse_park_file",
+           "read_park_file"]
 
 Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 DeviceKind = Literal["energy_meter", "cems", "greening", "gateway"]
 Pct = Annotated[float, msgspec.Meta(ge=0, le=100)]
+HJ212_MN_PATTERN = "^[0-9A-Za-z]{1,64}$"  # 24 characters in HJ 212-2017; letters and digits only
 
 
 class ParkSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -30,10 +32,18 @@ class ParkSpec(msgspec.Struct, forbid_unknown_fields=True):
     timezone: str = "Asia/Shanghai"  # regulatory hours are local clock hours
 
 
+class Hj212Spec(msgspec.Struct, forbid_unknown_fields=True):
+    """A stack monitor's HJ 212 identity: the MN its data acquisition unit sends and its PW (stored hashed)."""
+
+    mn: Annotated[str, msgspec.Meta(pattern=HJ212_MN_PATTERN)]
+    pw: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
 class DeviceSpec(msgspec.Struct, forbid_unknown_fields=True):
     id: Id
     kind: DeviceKind
     source_type: str | None = None  # CEMS only: selects reference O2 and limits
+    hj212: Hj212Spec | None = None  # CEMS reporting over HJ 212 (the gateway), not MQTT
 
 
 class SiteSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -115,6 +125,9 @@ def _check_unique(park: ParkFile, path: str) -> None:
             if device.id in seen_devices:
                 raise ParkFileError(f"device id {device.id!r} appears twice", path=path, key="id")
             seen_devices.add(device.id)
+    mns = [d.hj212.mn for s in park.sites for d in s.devices if d.hj212 is not None]
+    if len(set(mns)) != len(mns):
+        raise ParkFileError("an hj212 MN appears on two devices", path=path, key="mn")
 
 
 def read_park_file(path: Path) -> ParkFile:
