@@ -102,6 +102,8 @@ class FrameReader:
         """One frame or malformation from the head of the buffer; None when more bytes are needed."""
         buf = self._buf
         start = buf.find(HEADER)
+        while start != -1 and buf[start + 2:start + 3] == b"#":  # "###": the frame starts at the last pair
+            start += 1
         if start != 0:
             return self._garbage(start)
         if len(buf) < 6:
