@@ -39,16 +39,16 @@ class Identities:
         self._loaded = 0.0
         self._verified: dict[tuple[str, str, bytes], bool] = {}
         self._lock = threading.Lock()
-        self._reload()
+        self.reload()
 
     def find(self, mn: str) -> Identity | None:
         age = time.monotonic() - self._loaded
         if age > REFRESH_S:  # devices unbound or deleted in the registry stop being accepted
-            self._reload()
+            self.reload()
             age = 0.0
         found = self._map.get(mn)
         if found is None and age > RELOAD_S:
-            self._reload()
+            self.reload()
             found = self._map.get(mn)
         return found
 
@@ -62,7 +62,7 @@ class Identities:
             self._verified[key] = ok
         return ok
 
-    def _reload(self) -> None:
+    def reload(self) -> None:
         with self._lock:
             try:
                 self._map = {mn: Identity(*row) for mn, row in self._load().items()}

@@ -36,3 +36,43 @@ def minute_cp(ts_ms: int, *, nox: float = 40.0, o2: float = 17.0, so2: float = 2
 
 def minute_frame(ts_ms: int, *, mn: str = MN, pw: str = PW, flag: int = 5, **values: float) -> bytes:
     return build_frame(segment(minute_cp(ts_ms, **values), mn=mn, pw=pw, flag=flag, qn_text=qn(ts_ms)))
+
+
+class Unit:
+    """A data acquisition unit over a real TCP socket: sends bytes, reads the gateway's answers as frames."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        import socket
+
+        from smartpark.hj212.frame import FrameReader
+
+        self.sock = socket.create_connection((host, port), timeout=20)
+        self.reader = FrameReader()
+        self.pending: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def answer(self, timeout: float = 20.0) -> bytes:
+        """The next answer's data segment (raises TimeoutError when none comes)."""
+        from smartpark.hj212.frame import Frame
+
+        self.sock.settimeout(timeout)
+        while not self.pending:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the gateway closed the connection")
+            self.pending += [f.segment for f in self.reader.feed(data) if isinstance(f, Frame)]
+        return self.pending.pop(0)
+
+    def closed_by_gateway(self, timeout: float = 20.0) -> bool:
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except (ConnectionResetError, TimeoutError):
+            return False
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
