@@ -21,8 +21,10 @@ import time
 from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
+import msgspec
+
 from smartpark.core.catalog import Catalog
-from smartpark.core.contract import ReadingDecoder, to_points
+from smartpark.core.contract import Reading, ReadingDecoder, telemetry_topic, to_points
 from smartpark.core.errors import ConfigError
 from smartpark.core.reference import Reference
 from smartpark.hj212.codes import CodeMap
@@ -46,6 +48,13 @@ SWEEP_S = 1.0
 MAX_SPLITS = 16  # split packets being reassembled per connection
 MAX_PW_FAILURES = 3  # wrong PWs on one connection before it is closed (each check costs a PBKDF2)
 GARBAGE_LETTERS = 10  # garbage runs dead-lettered per connection (all are counted)
+
+
+def _reading_json(r: Reading) -> bytes:
+    body: dict[str, object] = {"ts": r.ts_ms, "metrics": r.metrics}
+    if r.flags:
+        body["flags"] = r.flags
+    return msgspec.json.encode(body)
 
 
 class GatewayConfig:
@@ -134,6 +143,9 @@ class Gateway:
         self.reference = reference
         self.forward = forward
         self.instance = instance
+        # Told every durable reading as contract JSON on its telemetry topic (the alert engine's `offer`), so
+        # alerts treat HJ 212 readings like any other.
+        self.observers: list[Callable[[str, bytes], None]] = []
         self.decoder = ReadingDecoder(catalog, retention_ms=config.retention_ms)
         self.stats = gateway_stats()
         self.connections: set[_Connection] = set()
@@ -333,7 +345,9 @@ class Gateway:
             self.stats.add("readings", len(decoded.readings))
             self._compare(identity, done.metrics)
         answers = [p for p in parts if p.flag.answer]
-        on_durable = self._answer_later(conn, answers) if answers else None
+        offers = [(telemetry_topic(r.site, r.device), _reading_json(r)) for r in decoded.readings
+                  ] if self.observers else []
+        on_durable = self._after_durable(conn, answers, offers) if answers or offers else None
         self.stats.add("packets_accepted")
         self.sink.add_local(DecodedMessage(to_points(decoded.readings, self.catalog), len(decoded.readings), dead),
                             on_durable)
@@ -347,10 +361,16 @@ class Gateway:
             log.warning("%s: the monitor's O2-corrected %s disagree with the platform's correction",
                         identity.device, ", ".join(off))
 
-    def _answer_later(self, conn: _Connection, packets: list[Packet]) -> Callable[[], None]:
+    def _after_durable(self, conn: _Connection, packets: list[Packet], offers: list[tuple[str, bytes]]
+                       ) -> Callable[[], None]:
         loop = self._loop
 
-        def on_durable() -> None:  # the writer thread: hand over to the loop
+        def on_durable() -> None:  # the writer thread: readings to the observers, answers over to the loop
+            for topic, payload in offers:
+                for observe in self.observers:
+                    observe(topic, payload)
+            if not packets:
+                return
             try:
                 loop.call_soon_threadsafe(self._answer, conn, packets)  # type: ignore[union-attr]
             except RuntimeError:  # the loop stopped: the unit resends, the resend overwrites itself

@@ -163,6 +163,8 @@ class Platform:
                                    username=self._alerts_login[0], password=self._alerts_login[1], mqtt5=mqtt5)
         self.alerts.start()
         self._stops.append(self.alerts.stop)
+        if self.hj212 is not None:
+            self.hj212.observers.append(self.alerts.offer)
         self._start_api(registry, store, catalog)
         if self.simulate:
             self._start_simulator(park, registry, host, port, mqtt5)
