@@ -28,6 +28,7 @@ from smartpark.ingest.service import IngestService
 if TYPE_CHECKING:
     from smartpark.alerts import AlertEngine
     from smartpark.hj212.server import Gateway
+    from smartpark.simulators.live import Hj212Target
 
 __all__ = ["Platform", "admin_key", "alert_engine", "demo_park_path", "hj212_gateway", "open_core"]
 
@@ -215,9 +216,19 @@ class Platform:
         credentials = {d.id: registry.provision_device(d.id) for s in park.sites for d in s.devices}
         scenario = default_scenario() if self.park_file == demo_park_path() else None  # it names demo devices
         sim = LiveSimulator(park, credentials, host, port, interval_s=self.sim_interval_s, mqtt5=mqtt5,
-                            scenario=scenario)
+                            scenario=scenario, hj212=self._hj212_target(park))
         sim.start()
         self._stops.append(sim.stop)
+
+    def _hj212_target(self, park: ParkFile) -> Hj212Target | None:
+        """Where the scenario's HJ 212 stack monitors connect, with their MN and PW from the park file."""
+        from smartpark.simulators.live import Hj212Target
+
+        if self.hj212 is None:
+            return None
+        identities = {d.id: (d.hj212.mn, d.hj212.pw) for s in park.sites for d in s.devices if d.hj212}
+        host = "127.0.0.1" if self.settings.hj212_host in ("0.0.0.0", "::", "") else self.settings.hj212_host  # noqa: S104
+        return Hj212Target(host, self.hj212.port, identities, self.settings.hj212_codes_file)
 
     def stop(self) -> None:
         # While clients drain and disconnect, amqtt warns about every late PUBACK of a message it has
