@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     hj212_forward: str = ""
     """Relay every accepted raw packet to these upstream platforms (the authority's), `host:port,host:port`;
     store-and-forward: packets wait in the data dir while an upstream is down. Empty: no relay."""
+    hj212_flush_quiet_s: float = Field(0.02, ge=0, le=60)
+    """`smartpark hj212`: its writer writes a batch once no packet waiting for an answer came for this long
+    (units send nothing more until answered), else after SMARTPARK_INGEST_BATCH_AGE_S. 0: batch age only.
+    Inside `smartpark up` the gateway shares the ingest's writer and its batch age."""
     hj212_codes_file: Path | None = None
     """An HJ 212 code table (code -> catalog metric) to use instead of the built-in one."""
     hj212_metrics_port: int = Field(9109, ge=0, le=65535)

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 from smartpark.core.contract import Decoded, ReadingDecoder
 from smartpark.core.emissions import o2_correct
 from smartpark.core.reference import SourceType
-from smartpark.hj212.codes import CodeMap
+from smartpark.hj212.codes import FLAG, VALUE, CodeMap
 from smartpark.hj212.errors import PacketError
 from smartpark.hj212.parse import Packet, data_time_ms
 
@@ -38,21 +38,17 @@ def convert(packet: Packet, device: tuple[str, str], codes: CodeMap, decoder: Re
     metrics: dict[str, float] = {}
     flags: dict[str, str] = {}
     unmapped = 0
+    resolve, cn = codes.resolve, packet.cn
     for item in packet.cp:
         for key, value in item.items():
-            code, _, suffix = key.partition("-")
-            if not suffix:
-                continue  # DataTime and other plain items
-            targets = codes.for_item(packet.cn, code)
-            if targets is None:
+            target = resolve(cn, key)
+            if target is None:
                 unmapped += 1
-                continue
-            if suffix == "Flag":
-                flags.update((metric, value) for _, metric, _ in targets)
-                continue
-            for wanted, metric, scale in targets:
-                if suffix == wanted:
-                    metrics[metric] = _number(key, value) * scale
+            elif target[0] == VALUE:
+                metrics[target[1]] = _number(key, value) * target[2]  # type: ignore[index]
+            elif target[0] == FLAG:
+                for metric in target[1]:
+                    flags[metric] = value
     flags = {m: f for m, f in flags.items() if m in metrics}
     if not metrics:
         raise PacketError("bad_segment", f"CN {packet.cn} packet carries no value the code table maps")

@@ -8,6 +8,7 @@ it is split once, and values stay text until the converter knows which of them i
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -134,6 +135,7 @@ def _cp_items(cp: str) -> list[dict[str, str]]:
     return items
 
 
+@lru_cache(maxsize=8192)  # units of a park report the same minutes: one parse per minute, not per packet
 def data_time_ms(text: str, tz: ZoneInfo) -> int:
     """``YYYYMMDDhhmmss`` on the monitor's clock (the park's time zone) as epoch milliseconds."""
     if len(text) != 14 or not text.isdigit():

@@ -28,6 +28,7 @@ class Batch:
     readings: int = 0
     messages: int = 0
     opened: float = 0.0  # monotonic time of the first message
+    last: float = 0.0  # monotonic time of the last add_local (the quiet rule)
     taken: float = 0.0  # perf_counter time the writer took it
     write: Future[None] | None = None  # its background store write, until the writer has its outcome
     written: bool = False  # points durable (store or spool): a retried commit must not write them again
@@ -48,8 +49,9 @@ class Batch:
 
     def add_local(self, msg: DecodedMessage, on_durable: Callable[[], None] | None) -> None:
         """A message from a source other than the broker (the HJ 212 gateway): acked by a callback."""
+        self.last = time.monotonic()
         if not self.messages:
-            self.opened = time.monotonic()
+            self.opened = self.last
         self.points += msg.points
         self.dead += msg.dead
         if on_durable is not None:
@@ -66,10 +68,14 @@ class Batcher:
     the socket, which is backpressure the broker understands.
     """
 
-    def __init__(self, max_points: int, max_age_s: float) -> None:
+    def __init__(self, max_points: int, max_age_s: float, quiet_s: float = 0.0) -> None:
+        """``quiet_s`` > 0: a batch of add_local messages is also due once none came for that long. Senders
+        that wait for their answer (HJ 212 units) send nothing more until the batch is written: waiting out
+        ``max_age_s`` would only add latency."""
         self.max_points = max_points
         self.high_water = 4 * max_points
         self.max_age_s = max_age_s
+        self.quiet_s = quiet_s
         self._batch = Batch()
         self._lock = threading.Lock()  # add() takes it directly: a Condition's with-block costs two Python calls
         self._cond = threading.Condition(self._lock)
@@ -97,8 +103,12 @@ class Batcher:
 
     def _due(self) -> bool:
         b = self._batch
-        return len(b.points) >= self.max_points or (
-            b.messages > 0 and time.monotonic() - b.opened >= self.max_age_s)
+        if len(b.points) >= self.max_points:
+            return True
+        if not b.messages:
+            return False
+        now = time.monotonic()
+        return now - b.opened >= self.max_age_s or (self.quiet_s > 0 and b.done and now - b.last >= self.quiet_s)
 
     def wake(self) -> None:
         """Make a waiting take() look at its ``until`` again (the writer has something else to do)."""
@@ -116,6 +126,8 @@ class Batcher:
                 wait = deadline - time.monotonic()
                 if self._batch.messages:
                     wait = min(wait, self._batch.opened + self.max_age_s - time.monotonic())
+                    if self.quiet_s > 0 and self._batch.done:
+                        wait = min(wait, self._batch.last + self.quiet_s - time.monotonic())
                 if deadline - time.monotonic() <= 0:
                     return None
                 self._cond.wait(max(wait, 0.001))

@@ -68,17 +68,18 @@ class NoBroker:
 class IngestService:
     def __init__(self, settings: Settings, store: TimeSeriesStore, registry: Registry, catalog: Catalog,
                  *, mqtt_host: str | None, mqtt_port: int, username: str | None, password: str | None,
-                 mqtt5: bool = True, spool_dir: str = "spool", instance: str | None = None) -> None:
+                 mqtt5: bool = True, spool_dir: str = "spool", instance: str | None = None,
+                 quiet_s: float = 0.0) -> None:
         """``mqtt_host`` None: no broker, messages come only through `batcher.add_local` (the HJ 212 gateway
         on its own). ``spool_dir`` (under the data dir) and ``instance`` (the `platform` points' device tag)
-        keep two writers on one data dir apart."""
+        keep two writers on one data dir apart; ``quiet_s``: see Batcher."""
         self.settings = settings
         self.store = store
         self.registry = registry
         self.stats = IngestStats()
         self.dead_letters = DeadLetterBox(settings.data_dir / "dead-letters.sqlite")
         self.decoder = MessageDecoder(catalog, Bindings(registry.bindings), settings.retention_ms)
-        self.batcher = Batcher(settings.ingest_batch_size, settings.ingest_batch_age_s)
+        self.batcher = Batcher(settings.ingest_batch_size, settings.ingest_batch_age_s, quiet_s)
         # The mqtt5-codec session costs ~3 µs per message against paho's ~45 (bench/bench_ingest.py).
         source_class = Mqtt5Session if mqtt5 and settings.ingest_mqtt_client == "session" else MqttSource
         self.source: MqttSource | Mqtt5Session | NoBroker = NoBroker() if mqtt_host is None else source_class(

@@ -130,7 +130,8 @@ def hj212(verbose: Verbose = False) -> None:
     try:
         catalog, registry, store = open_core(settings)
         writer = IngestService(settings, store, registry, catalog, mqtt_host=None, mqtt_port=0, username=None,
-                               password=None, spool_dir="hj212-spool", instance="smartpark-hj212-writer")
+                               password=None, spool_dir="hj212-spool", instance="smartpark-hj212-writer",
+                               quiet_s=settings.hj212_flush_quiet_s)
         writer.start()
         gateway = hj212_gateway(settings, registry, catalog, writer)
         gateway.start()
