@@ -32,6 +32,10 @@ class Identity(NamedTuple):
     source_type: str | None
 
 
+def _key(mn: str, identity: Identity, pw: str) -> tuple[str, str, bytes]:
+    return mn, identity.pw_hash, hashlib.sha256(pw.encode()).digest()  # the PW itself is not kept
+
+
 class Identities:
     def __init__(self, load: Callable[[], dict[str, tuple[str, str, str, str | None]]]) -> None:
         self._load = load
@@ -52,14 +56,17 @@ class Identities:
             found = self._map.get(mn)
         return found
 
-    def password_ok(self, mn: str, identity: Identity, pw: str) -> bool:
-        key = (mn, identity.pw_hash, hashlib.sha256(pw.encode()).digest())  # the PW itself is not kept
-        ok = self._verified.get(key)
-        if ok is None:
-            ok = verify_password(pw, identity.pw_hash)
+    def cached(self, mn: str, identity: Identity, pw: str) -> bool | None:
+        """The remembered outcome of checking ``pw``; None when it was never checked (call `verify`)."""
+        return self._verified.get(_key(mn, identity, pw))
+
+    def verify(self, mn: str, identity: Identity, pw: str) -> bool:
+        """Check ``pw`` against the hash (a PBKDF2: tens of ms; the gateway runs it off its loop) and remember."""
+        ok = verify_password(pw, identity.pw_hash)
+        with self._lock:
             if len(self._verified) >= CACHE_MAX:
                 self._verified.clear()
-            self._verified[key] = ok
+            self._verified[_key(mn, identity, pw)] = ok
         return ok
 
     def reload(self) -> None:

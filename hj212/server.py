@@ -18,7 +18,9 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -48,6 +50,8 @@ SWEEP_S = 1.0
 MAX_SPLITS = 16  # split packets being reassembled per connection
 MAX_PW_FAILURES = 3  # wrong PWs on one connection before it is closed (each check costs a PBKDF2)
 GARBAGE_LETTERS = 10  # garbage runs dead-lettered per connection (all are counted)
+HASHERS = 2  # threads checking PWs (PBKDF2 releases the GIL): a reconnect storm never stalls the loop
+WAIT = object()  # a frame that waits for its PW check
 
 
 def _reading_json(r: Reading) -> bytes:
@@ -82,7 +86,8 @@ class _Split:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("gateway", "last", "letters", "peer", "pw_failures", "reader", "splits", "transport")
+    __slots__ = ("backlog", "gateway", "last", "letters", "peer", "pw_failures", "reader", "splits", "transport",
+                 "verifying")
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -93,6 +98,8 @@ class _Connection(asyncio.Protocol):
         self.splits: dict[tuple[str, str, str], _Split] = {}
         self.pw_failures = 0
         self.letters = 0
+        self.backlog: deque[Frame | Malformed] = deque()  # in order; holds frames while a PW is checked
+        self.verifying = False  # a PW check runs off the loop: reading paused, frames wait in the backlog
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -102,8 +109,9 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last = time.monotonic()
-        for item in self.reader.feed(data):
-            self.gateway._item(self, item)
+        self.backlog.extend(self.reader.feed(data))
+        if not self.verifying:
+            self.gateway._drain(self)
 
     def eof_received(self) -> bool:
         return False  # close our side too: a unit that half-closed sends nothing more
@@ -156,6 +164,7 @@ class Gateway:
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._next_stats = time.monotonic() + config.stats_interval_s
+        self._hasher = ThreadPoolExecutor(HASHERS, thread_name_prefix="hj212-pw")
 
     # --- lifecycle
     def start(self, wait_s: float = 10.0) -> None:
@@ -195,6 +204,7 @@ class Gateway:
                     conn.transport.abort()
             loop.run_until_complete(asyncio.sleep(0))
             loop.close()
+            self._hasher.shutdown(wait=False, cancel_futures=True)
 
     # --- connections
     def _opened(self, conn: _Connection) -> None:
@@ -239,18 +249,29 @@ class Gateway:
                 self.sink.add_local(DecodedMessage(points, 0, []))
 
     # --- frames
-    def _item(self, conn: _Connection, item: Frame | Malformed) -> None:
+    def _drain(self, conn: _Connection) -> None:
+        """Handle the connection's frames in order, until one waits for its PW check."""
+        backlog = conn.backlog
+        while backlog and not conn.verifying:
+            if self._item(conn, backlog[0]) is WAIT:
+                return
+            backlog.popleft()
+
+    def _item(self, conn: _Connection, item: Frame | Malformed) -> object:
+        """Handle one frame or malformation; WAIT when the frame must wait for its PW check."""
         try:
-            if isinstance(item, Frame):
-                self.stats.add("frames_received")
-                self._frame(conn, item)
-            else:
+            if isinstance(item, Malformed):
                 self._malformed(conn, item)
+                return None
+            if self._frame(conn, item) is WAIT:
+                return WAIT
         except PacketError as exc:
             self._reject(conn, exc.reason, exc.detail, item.raw)
         except Exception as exc:  # a bug costs one dead letter, never the connection or the others
             log.exception("HJ 212 frame from %s failed", conn.peer)
             self._reject(conn, "bad_segment", f"undecodable: {exc!r}"[:300], item.raw)
+        self.stats.add("frames_received")
+        return None
 
     def _malformed(self, conn: _Connection, bad: Malformed) -> None:
         if bad.reason == "garbage":
@@ -269,35 +290,41 @@ class Gateway:
             if packet.qn is not None:
                 self._refuse(conn, packet, "bad_crc")
 
-    def _frame(self, conn: _Connection, frame: Frame) -> None:
+    def _frame(self, conn: _Connection, frame: Frame) -> object:
         try:
             packet = parse_segment(frame.segment)
         except PacketError as exc:
             self._reject(conn, exc.reason, exc.detail, frame.raw)
-            return
+            return None
         identity = self._authenticate(conn, packet, frame.raw)
-        if identity is None:
-            return
+        if identity is None or identity is WAIT:
+            return identity
         if packet.st not in AIR_SOURCE_ST or packet.cn not in DATA_COMMANDS:
             reason = "bad_st" if packet.st not in AIR_SOURCE_ST else "bad_cn"
             self._reject(conn, reason, f"ST={packet.st} CN={packet.cn} is not data of an air source", frame.raw)
             if packet.flag.answer:
                 self._refuse(conn, packet, reason)
-            return
+            return None
         if self.forward is not None:
             self.forward(frame.raw)
         if packet.flag.split:
-            self._split_part(conn, packet, frame.raw, identity)
+            self._split_part(conn, packet, frame.raw, identity)  # type: ignore[arg-type]
         else:
-            self._data(conn, [packet], frame.raw, identity)
+            self._data(conn, [packet], frame.raw, identity)  # type: ignore[arg-type]
+        return None
 
-    def _authenticate(self, conn: _Connection, packet: Packet, raw: bytes) -> Identity | None:
+    def _authenticate(self, conn: _Connection, packet: Packet, raw: bytes) -> Identity | object | None:
+        """The packet's device; None (refused, counted) or WAIT (its PW is being checked off the loop)."""
         identity = self.identities.find(packet.mn)
         if identity is None:
             self._reject(conn, "unknown_mn", f"MN {packet.mn!r} is not bound to a device", raw)
             self._refuse(conn, packet, "unknown_mn")
             return None
-        if not self.identities.password_ok(packet.mn, identity, packet.pw):
+        ok = self.identities.cached(packet.mn, identity, packet.pw)
+        if ok is None:
+            self._verify_later(conn, packet.mn, identity, packet.pw)
+            return WAIT
+        if not ok:
             self._reject(conn, "wrong_pw", f"wrong PW for MN {packet.mn!r} ({identity.device})", raw)
             self._refuse(conn, packet, "wrong_pw")
             conn.pw_failures += 1
@@ -305,6 +332,22 @@ class Gateway:
                 conn.close("closed_wrong_pw")
             return None
         return identity
+
+    def _verify_later(self, conn: _Connection, mn: str, identity: Identity, pw: str) -> None:
+        """A first login (or a new PW) costs a PBKDF2: run it in the hasher threads so the loop keeps serving
+        every other connection; this one stops reading until it is done, then goes on in order."""
+        conn.verifying = True
+        if conn.transport is not None:
+            conn.transport.pause_reading()
+        future = self._loop.run_in_executor(self._hasher, self.identities.verify, mn, identity, pw)  # type: ignore[union-attr]
+        future.add_done_callback(lambda _: self._verified(conn))
+
+    def _verified(self, conn: _Connection) -> None:
+        conn.verifying = False
+        if conn.transport is None or conn.transport.is_closing():
+            return
+        conn.transport.resume_reading()
+        self._drain(conn)
 
     def _split_part(self, conn: _Connection, packet: Packet, raw: bytes, identity: Identity) -> None:
         key = (packet.mn, packet.cn, packet.qn or packet.data_time or "")

@@ -98,7 +98,9 @@ class Batcher:
                 self._cond.wait(0.5)
             self._batch.add_local(msg, on_durable)
             self.received += 1
-            if len(self._batch.points) >= self.max_points:
+            # The first message of a batch wakes the writer too, so that it waits out the batch's own age (or
+            # quiet time) from now, not the rest of a wait begun when there was nothing to write.
+            if len(self._batch.points) >= self.max_points or self._batch.messages == 1:
                 self._cond.notify()
 
     def _due(self) -> bool:
