@@ -98,12 +98,11 @@ def run_one(name: str, args: argparse.Namespace, tmp: Path, influx: Influx, reg:
     proc = start_server(name, tmp, influx.url, db, reg, port, args.batch_age)
     t0_s = (int(time.time()) // 60 - 60 * 24 * 20) * 60  # 20 days ago: room for a minute per frame
     all_frames = [frames_for(i, args.frames, t0_s) for i in range(args.connections)]
-    cpu0 = cpu_seconds(proc.pid)
-    sent, latencies, wall = asyncio.run(load_for(port, all_frames, args.seconds))
+    sent, latencies, wall, cpu0 = asyncio.run(load_for(port, all_frames, args.seconds, proc.pid))
     cpu, rss = cpu_seconds(proc.pid) - cpu0, peak_rss_mib(proc.pid)
     proc.terminate()
     proc.wait(timeout=60)
-    stored = influx.count(db, "emissions", "nox_mg_m3")
+    stored = influx.count(db, "emissions", "nox_mg_m3") - args.connections  # less the login packets
     influx.q(f'DROP DATABASE "{db}"')
     latencies.sort()
     return {"server": name, "connections": args.connections, "answered": sent, "stored": stored,
@@ -113,8 +112,10 @@ def run_one(name: str, args: argparse.Namespace, tmp: Path, influx: Influx, reg:
             "wall_s": round(wall, 1)}
 
 
-async def load_for(port: int, all_frames: list[list[bytes]], seconds: float) -> tuple[int, list[float], float]:
-    """Connect every unit, then let them all send for ``seconds``."""
+async def load_for(port: int, all_frames: list[list[bytes]], seconds: float, pid: int
+                   ) -> tuple[int, list[float], float, float]:
+    """Connect and log in every unit, then let them all send for ``seconds``: (answered frames, latencies,
+    wall seconds, the server's CPU-seconds when the timed window began)."""
     latencies: list[float] = []
     started = asyncio.Event()
     deadline: list[float] = []
@@ -148,11 +149,11 @@ async def load_for(port: int, all_frames: list[list[bytes]], seconds: float) -> 
             await asyncio.sleep(0.05)  # connect in waves
     while logged_in[0] < len(tasks) and not any(t.done() for t in tasks):
         await asyncio.sleep(0.1)
-    t0 = time.monotonic()
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
     deadline.append(t0 + seconds)
     started.set()
     sent = sum(await asyncio.wait_for(asyncio.gather(*tasks), timeout=seconds + 120))
-    return sent, latencies, time.monotonic() - t0
+    return sent, latencies, time.monotonic() - t0, cpu0
 
 
 def main() -> None:
