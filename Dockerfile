@@ -13,6 +13,7 @@ COPY ingest ingest
 COPY api api
 COPY alerts alerts
 COPY simulators simulators
+COPY hj212 hj212
 RUN /opt/smartpark/bin/pip install . && /opt/smartpark/bin/smartpark --help > /dev/null
 
 FROM ${PYTHON_IMAGE} AS runtime
