@@ -333,3 +333,27 @@ def test_relay_stores_and_forwards_while_the_upstream_is_down(tmp_path: Path) ->
             wait_for(lambda: upstream.frames() == frames, timeout=60)  # noqa: B023
         finally:
             upstream.close()
+
+
+def test_a_slow_pw_check_never_holds_up_other_units(env: Env) -> None:
+    """A first login costs a PBKDF2; while one runs (held here until released), other units are answered."""
+    ts = (now_ms() // 60_000 - 50) * 60_000
+    first = env.unit()
+    first.send(minute_frame(ts))
+    assert qn(ts).encode() in first.answer()  # logged in: its PW check is remembered
+    release = threading.Event()
+    verify = env.gateway.identities.verify
+
+    def held(*args: Any) -> bool:
+        release.wait(30)
+        return verify(*args)
+
+    env.gateway.identities.verify = held  # type: ignore[method-assign]
+    newcomer = env.unit()
+    newcomer.send(minute_frame(ts + 60_000, pw="another") + minute_frame(ts + 120_000, pw="another"))
+    for i in range(3):  # answered while the newcomer's check is still running
+        first.send(minute_frame(ts + (i + 3) * 60_000))
+        assert qn(ts + (i + 3) * 60_000).encode() in first.answer()
+    release.set()
+    assert newcomer.answer().endswith(b"QnRtn=3&&")  # then the newcomer's frames, in order
+    assert newcomer.answer().endswith(b"QnRtn=3&&")
