@@ -43,6 +43,8 @@ def parse_targets(text: str) -> list[tuple[str, int]]:
 class Forwarder:
     def __init__(self, path: Path, targets: list[tuple[str, int]], stats: IngestStats) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)  # raw packets carry the units' PWs (SQLite's -wal follows the mode)
+        path.chmod(0o600)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -52,6 +53,14 @@ MAX_PW_FAILURES = 3  # wrong PWs on one connection before it is closed (each che
 GARBAGE_LETTERS = 10  # garbage runs dead-lettered per connection (all are counted)
 HASHERS = 2  # threads checking PWs (PBKDF2 releases the GIL): a reconnect storm never stalls the loop
 WAIT = object()  # a frame that waits for its PW check
+
+
+_PW = re.compile(rb"PW=[^;&]*")
+
+
+def redact(raw: bytes) -> bytes:
+    """A raw packet without its PW, for dead letters (the relay keeps the PW: the upstream checks it)."""
+    return _PW.sub(b"PW=***", raw)
 
 
 def _reading_json(r: Reading) -> bytes:
@@ -379,7 +388,7 @@ class Gateway:
                        now_ms=now_ms)
         decoded = done.decoded
         topic = f"hj212/{packet.mn}/{packet.cn}"
-        dead = [DeadLetter(now_ms, r.reason.value, topic, r.index, r.detail, raw) for r in decoded.rejections]
+        dead = [DeadLetter(now_ms, r.reason.value, topic, r.index, r.detail, redact(raw)) for r in decoded.rejections]
         for r in decoded.rejections:
             self.stats.reject(r.reason.value)
         if done.unmapped:
@@ -436,5 +445,5 @@ class Gateway:
         self._dead(conn, reason, detail, raw)
 
     def _dead(self, conn: _Connection, reason: str, detail: str, raw: bytes) -> None:
-        letter = DeadLetter(time.time_ns() // 1_000_000, reason, f"hj212/{conn.peer}", None, detail, raw)
+        letter = DeadLetter(time.time_ns() // 1_000_000, reason, f"hj212/{conn.peer}", None, detail, redact(raw))
         self.sink.add_local(DecodedMessage([], 0, [letter]))

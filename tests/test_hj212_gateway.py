@@ -152,6 +152,10 @@ def test_each_malformation_is_counted_dead_lettered_and_refused_where_the_standa
                 "bad_length", "too_large", "bad_datatime", "out_of_range"}
     assert set(env.rejected()) == expected
     wait_for(lambda: set(env.dead()) == expected)
+    letters = env.writer.dead_letters.recent(100)
+    wrong = next(d for d in letters if d.reason == "wrong_pw")
+    assert b"654321" not in wrong.payload  # a PW never lands in the dead letters
+    assert b"PW=***" in wrong.payload
     assert stored_nox(env, ts) == 44.0  # the good packet after all that went through
     unit.close()
 
@@ -328,6 +332,7 @@ def test_relay_stores_and_forwards_while_the_upstream_is_down(tmp_path: Path) ->
         unit.send(minute_frame(now_ms(), pw="bad000"))  # refused packets are not relayed
         unit.answer()
         wait_for(lambda: env.gateway.stats.snapshot().get("forward_failures", 0) >= 1)  # noqa: B023
+        assert (tmp_path / "hj212-forward.sqlite").stat().st_mode & 0o077 == 0  # packets carry PWs
         upstream = Upstream(port)
         try:
             wait_for(lambda: upstream.frames() == frames, timeout=60)  # noqa: B023
