@@ -15,16 +15,19 @@ from smartpark.hj212.parse import Packet, data_time_ms
 __all__ = ["ZS_PAIRS", "Conversion", "convert", "zs_disagreements"]
 
 ZS_PAIRS = (("so2_mg_m3", "so2_zs_mg_m3"), ("nox_mg_m3", "nox_zs_mg_m3"), ("pm_mg_m3", "pm_zs_mg_m3"))
+ZS_METRICS = frozenset(c for _, c in ZS_PAIRS) | {"so2_zs_h_mg_m3", "nox_zs_h_mg_m3", "pm_zs_h_mg_m3",
+                                                  "so2_zs_d_mg_m3", "nox_zs_d_mg_m3", "pm_zs_d_mg_m3"}
+ZS_SENTINEL = 9999.99  # HJ 212-2025 sends this where a value cannot be O2-corrected [S]
 ZS_TOLERANCE = (0.05, 1.0)  # relative, absolute (mg/m3): rounding on the monitor's side is not a disagreement
 
 
 class Conversion:
     """The validated reading (or its rejection) and what the packet carried that has no catalog metric."""
 
-    __slots__ = ("decoded", "metrics", "unmapped")
+    __slots__ = ("decoded", "metrics", "sentinels", "unmapped")
 
-    def __init__(self, decoded: Decoded, metrics: dict[str, float], unmapped: int) -> None:
-        self.decoded, self.metrics, self.unmapped = decoded, metrics, unmapped
+    def __init__(self, decoded: Decoded, metrics: dict[str, float], unmapped: int, sentinels: int = 0) -> None:
+        self.decoded, self.metrics, self.unmapped, self.sentinels = decoded, metrics, unmapped, sentinels
 
 
 def convert(packet: Packet, device: tuple[str, str], codes: CodeMap, decoder: ReadingDecoder, *, tz: ZoneInfo,
@@ -49,10 +52,14 @@ def convert(packet: Packet, device: tuple[str, str], codes: CodeMap, decoder: Re
             elif target[0] == FLAG:
                 for metric in target[1]:
                     flags[metric] = value
+    sentinels = [m for m in ZS_METRICS if metrics.get(m) == ZS_SENTINEL]
+    for m in sentinels:  # "cannot be corrected", not 9999.99 mg/m3
+        del metrics[m]
     flags = {m: f for m, f in flags.items() if m in metrics}
     if not metrics:
         raise PacketError("bad_segment", f"CN {packet.cn} packet carries no value the code table maps")
-    return Conversion(decoder.validate(site, device_id, ts_ms, metrics, flags=flags, now_ms=now_ms), metrics, unmapped)
+    return Conversion(decoder.validate(site, device_id, ts_ms, metrics, flags=flags, now_ms=now_ms), metrics, unmapped,
+                      len(sentinels))
 
 
 def _number(key: str, text: str) -> float:

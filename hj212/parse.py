@@ -7,6 +7,7 @@ it is split once, and values stay text until the converter knows which of them i
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from functools import lru_cache
 from typing import NamedTuple
@@ -14,10 +15,12 @@ from zoneinfo import ZoneInfo
 
 from smartpark.hj212.errors import PacketError
 
-__all__ = ["DATA_COMMANDS", "Flag", "Packet", "data_time_ms", "parse_segment"]
+__all__ = ["DATA_COMMANDS", "HEARTBEAT", "Flag", "Packet", "data_time_ms", "parse_segment"]
 
 DATA_COMMANDS = frozenset({"2011", "2051", "2061", "2031"})  # real-time, minute, hourly, daily data
+HEARTBEAT = "9015"  # HJ 212-2025 heartbeat [S]: keeps a connection alive, nothing to store
 VERSION_2017 = 1  # Flag V5..V0 = 000001: HJ 212-2017; 0 was HJ/T 212-2005 (other codes and flags)
+_CIPHER = re.compile(r"[0-9A-Fa-f]+|[A-Za-z0-9+/]+={0,2}")  # hex or base64, no key=value structure
 MAX_SPLIT = 99  # PNUM above this is refused: reassembly is bounded per connection
 
 
@@ -63,10 +66,10 @@ _REQUIRED = ("ST", "CN", "PW", "MN")
 
 def parse_segment(segment: bytes) -> Packet:
     """Header fields and CP items; raises PacketError(reason) for anything the gateway cannot take."""
-    try:
-        text = segment.decode("ascii")
+    try:  # ASCII in 2017; HJ 212-2025 counts the length in UTF-8 bytes and allows Chinese in CP [S]
+        text = segment.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PacketError("bad_encoding", f"not ASCII at byte {exc.start}") from None
+        raise PacketError("bad_encoding", f"not UTF-8 at byte {exc.start}") from None
     head, sep, cp = text.partition("CP=&&")
     if not sep or not cp.endswith("&&"):
         raise PacketError("bad_segment", "no CP=&&...&& in the data segment")
@@ -121,6 +124,8 @@ def _split(fields: dict[str, str], flag: Flag) -> tuple[int | None, int | None]:
 
 
 def _cp_items(cp: str) -> list[dict[str, str]]:
+    if len(cp) >= 16 and _CIPHER.fullmatch(cp):  # HJ 212-2025: SM4-encrypted CP over the internet [S]
+        raise PacketError("encrypted", "CP holds no key=value item: an SM4-encrypted CP (not supported)")
     items = []
     for group in cp.split(";"):
         if not group:

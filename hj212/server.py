@@ -35,7 +35,7 @@ from smartpark.hj212.convert import convert, zs_disagreements
 from smartpark.hj212.errors import PacketError
 from smartpark.hj212.frame import Frame, FrameReader, Malformed
 from smartpark.hj212.identities import Identities, Identity
-from smartpark.hj212.parse import DATA_COMMANDS, Packet, parse_segment
+from smartpark.hj212.parse import DATA_COMMANDS, HEARTBEAT, Packet, parse_segment
 from smartpark.hj212.reply import data_answer, refusal
 from smartpark.hj212.stats import gateway_stats
 from smartpark.ingest.batch import Batcher
@@ -308,6 +308,9 @@ class Gateway:
         identity = self._authenticate(conn, packet, frame.raw)
         if identity is None or identity is WAIT:
             return identity
+        if packet.cn == HEARTBEAT:
+            self.stats.add("heartbeats")
+            return None
         if packet.st not in AIR_SOURCE_ST or packet.cn not in DATA_COMMANDS:
             reason = "bad_st" if packet.st not in AIR_SOURCE_ST else "bad_cn"
             self._reject(conn, reason, f"ST={packet.st} CN={packet.cn} is not data of an air source", frame.raw)
@@ -393,6 +396,8 @@ class Gateway:
             self.stats.reject(r.reason.value)
         if done.unmapped:
             self.stats.add("unmapped_items", done.unmapped)
+        if done.sentinels:
+            self.stats.add("zs_sentinels", done.sentinels)
         if decoded.readings:
             self.stats.add("readings", len(decoded.readings))
             self._compare(identity, done.metrics)

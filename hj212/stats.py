@@ -23,6 +23,8 @@ HELP = {
     "refusals_sent": "9011 refusals sent (QnRtn: PW, MN, ST, Flag, QN, CN or CRC wrong)",
     "unmapped_items": "CP values of codes the code table does not map (kept in the relayed raw packet only)",
     "zs_disagreements": "monitor O2-corrected values that disagree with the platform's correction",
+    "zs_sentinels": "monitor O2-corrected values sent as 9999.99 (cannot be corrected; HJ 212-2025 [S]): not stored",
+    "heartbeats": "heartbeat packets (CN 9015, HJ 212-2025 [S])",
 }
 
 

@@ -160,6 +160,16 @@ def test_each_malformation_is_counted_dead_lettered_and_refused_where_the_standa
     unit.close()
 
 
+def test_a_heartbeat_is_counted_not_refused(env: Env) -> None:
+    ts = (now_ms() // 60_000 - 6) * 60_000
+    unit = env.unit()
+    unit.send(build_frame(segment("", cn="9015", st="91", flag=8, qn_text=qn(ts))))  # HJ 212-2025 [S]
+    unit.send(minute_frame(ts, flag=9))
+    assert unit.answer() == f"QN={qn(ts)};ST=91;CN=9014;PW={PW};MN={MN};Flag=8;CP=&&&&".encode()
+    assert env.gateway.stats.snapshot()["heartbeats"] == 1
+    assert env.rejected() == {}
+
+
 def test_repeated_wrong_pw_closes_the_connection(env: Env) -> None:
     unit = env.unit()
     for _ in range(3):

@@ -160,3 +160,26 @@ def test_corrected_values_that_disagree_with_the_platform_are_found() -> None:
     assert zs_disagreements(ok, sinter, ref.emissions.o2_correction_max_pct) == []
     wrong_o2_ref = {"nox_mg_m3": 40.0, "o2_pct": 17.0, "nox_zs_mg_m3": 40.0}
     assert zs_disagreements(wrong_o2_ref, sinter, ref.emissions.o2_correction_max_pct) == ["nox_mg_m3"]
+
+
+# ------------------------------------------------------------------------------------------ HJ 212-2025 [S]
+def test_an_encrypted_cp_is_refused_with_its_own_reason() -> None:
+    with pytest.raises(PacketError) as exc:
+        parse_segment(segment("5B3C0A9F1E2D4C6B8A7F9E0D1C2B3A49", flag=9, qn_text="2" * 17).encode())
+    assert exc.value.reason == "encrypted"
+    assert "encrypted" in REASONS
+
+
+def test_utf8_text_in_cp_is_taken() -> None:
+    ts = now_ms()
+    p, done = run(segment(f"DataTime={data_time(ts)};Info=烧结机头;a21002-Avg=30", flag=9, qn_text=qn(ts)))
+    assert p.cp[1] == {"Info": "烧结机头"}
+    assert done.decoded.readings[0].metrics == {"nox_mg_m3": 30.0}
+
+
+def test_a_corrected_value_of_9999_99_means_not_correctable() -> None:
+    ts = now_ms()
+    _, done = run(segment(f"DataTime={data_time(ts)};a21002-Avg=30,a21002-ZsAvg=9999.99,a21002-Flag=N;"
+                          f"a19001-Avg=20.8", flag=9, qn_text=qn(ts)))
+    assert done.decoded.readings[0].metrics == {"nox_mg_m3": 30.0, "o2_pct": 20.8}
+    assert done.sentinels == 1
