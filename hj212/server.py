@@ -174,6 +174,8 @@ class Gateway:
         self._failure: BaseException | None = None
         self._next_stats = time.monotonic() + config.stats_interval_s
         self._hasher = ThreadPoolExecutor(HASHERS, thread_name_prefix="hj212-pw")
+        self._answers: deque[tuple[_Connection, list[Packet]]] = deque()  # durable, to answer (writer -> loop)
+        self._answers_due = False
 
     # --- lifecycle
     def start(self, wait_s: float = 10.0) -> None:
@@ -420,25 +422,36 @@ class Gateway:
 
     def _after_durable(self, conn: _Connection, packets: list[Packet], offers: list[tuple[str, bytes]]
                        ) -> Callable[[], None]:
-        loop = self._loop
-
         def on_durable() -> None:  # the writer thread: readings to the observers, answers over to the loop
             for topic, payload in offers:
                 for observe in self.observers:
                     observe(topic, payload)
-            if not packets:
-                return
-            try:
-                loop.call_soon_threadsafe(self._answer, conn, packets)  # type: ignore[union-attr]
-            except RuntimeError:  # the loop stopped: the unit resends, the resend overwrites itself
-                self.stats.add("answers_dropped", len(packets))
+            if packets:
+                self._answers.append((conn, packets))
+                if not self._answers_due:  # one wake-up of the loop for a whole batch's answers
+                    self._answers_due = True
+                    try:
+                        self._loop.call_soon_threadsafe(self._answer_all)  # type: ignore[union-attr]
+                    except RuntimeError:  # the loop stopped: units resend, resends overwrite themselves
+                        self.stats.add("answers_dropped", len(self._answers))
+                        self._answers.clear()
 
         return on_durable
 
-    def _answer(self, conn: _Connection, packets: list[Packet]) -> None:
-        for packet in packets:
-            counter = "answers_sent" if conn.send(data_answer(packet)) else "answers_dropped"
-            self.stats.add(counter)
+    def _answer_all(self) -> None:
+        self._answers_due = False  # before draining: an answer queued from now on schedules another round
+        answers = self._answers
+        sent = dropped = 0
+        while answers:
+            conn, packets = answers.popleft()
+            for packet in packets:
+                if conn.send(data_answer(packet)):
+                    sent += 1
+                else:
+                    dropped += 1
+        self.stats.add("answers_sent", sent)
+        if dropped:
+            self.stats.add("answers_dropped", dropped)
 
     # --- rejections
     def _refuse(self, conn: _Connection, packet: Packet, reason: str) -> None:
