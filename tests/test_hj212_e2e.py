@@ -116,7 +116,7 @@ def start_gateway(tmp_path: Path, influx: InfluxStore, port: int, batch_age_s: f
     env |= {"SMARTPARK_DATA_DIR": str(tmp_path / "data"), "SMARTPARK_INFLUX_URL": influx.url,
             "SMARTPARK_INFLUX_DB": influx.database, "SMARTPARK_HJ212_PORT": str(port),
             "SMARTPARK_HJ212_METRICS_PORT": "0", "SMARTPARK_INGEST_BATCH_AGE_S": str(batch_age_s),
-            "SMARTPARK_RETENTION_DAYS": "30"}
+            "SMARTPARK_HJ212_FLUSH_QUIET_S": "0" if batch_age_s > 1 else "0.02", "SMARTPARK_RETENTION_DAYS": "30"}
     log = (tmp_path / "gateway.log").open("a")
     proc = subprocess.Popen([sys.executable, "-m", "smartpark", "hj212"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, text=True)
@@ -143,7 +143,7 @@ def test_killed_between_receipt_and_storage_the_resend_is_stored_once(tmp_path: 
     port = free_port()
     ts = (now_ms() // 60_000 - 5) * 60_000
     frame = minute_frame(ts, nox=49.5)
-    # A batch that waits 30 s before its write: the gateway holds the packet, not yet durable.
+    # A batch that waits 30 s before its write (no quiet flush): the gateway holds the packet, not yet durable.
     proc = start_gateway(tmp_path, influx_db, port, batch_age_s=30)
     try:
         unit = Unit(port)
