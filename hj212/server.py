@@ -163,6 +163,7 @@ class Gateway:
         # Told every durable reading as contract JSON on its telemetry topic (the alert engine's `offer`), so
         # alerts treat HJ 212 readings like any other.
         self.observers: list[Callable[[str, bytes], None]] = []
+        self.closers: list[Callable[[], None]] = []  # run by stop() once the loop ended (the upstream relay)
         self.decoder = ReadingDecoder(catalog, retention_ms=config.retention_ms)
         self.stats = gateway_stats()
         self.connections: set[_Connection] = set()
@@ -191,6 +192,8 @@ class Gateway:
             loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=10)
+        for close in self.closers:
+            close()
 
     def _run(self) -> None:
         loop = self._loop = asyncio.new_event_loop()

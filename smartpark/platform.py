@@ -82,7 +82,7 @@ def alert_engine(settings: Settings, registry: Registry, store: TimeSeriesStore,
 
 def hj212_gateway(settings: Settings, registry: Registry, catalog: Catalog, ingest: IngestService) -> Gateway:
     """The HJ 212 gateway, feeding ``ingest``'s writer (the same durable hand-off as MQTT); with its upstream
-    relay when SMARTPARK_HJ212_FORWARD names any. Its `stop` stops the relay too."""
+    relay when SMARTPARK_HJ212_FORWARD names any (its `stop` stops the relay too)."""
     from smartpark.core.reference import load_reference
     from smartpark.hj212.codes import load_codes
     from smartpark.hj212.forward import Forwarder, parse_targets
@@ -103,14 +103,8 @@ def hj212_gateway(settings: Settings, registry: Registry, catalog: Catalog, inge
     if targets:
         forwarder = Forwarder(settings.data_dir / "hj212-forward.sqlite", targets, gateway.stats)
         gateway.forward = forwarder.enqueue
+        gateway.closers.append(forwarder.stop)
         forwarder.start()
-        stop_gateway = gateway.stop
-
-        def stop_both() -> None:
-            stop_gateway()
-            forwarder.stop()
-
-        gateway.stop = stop_both  # type: ignore[method-assign]
     return gateway
 
 
