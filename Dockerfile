@@ -13,6 +13,7 @@ COPY ingest ingest
 COPY api api
 COPY alerts alerts
 COPY simulators simulators
+COPY hj212 hj212
 # the postgres extra: the PostgreSQL driver, for SMARTPARK_DATABASE_URL=postgresql+psycopg://...
 RUN /opt/smartpark/bin/pip install ".[postgres]" && /opt/smartpark/bin/smartpark --help > /dev/null
 

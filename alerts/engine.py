@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +52,7 @@ RECEIVE_MAXIMUM = 10_000
 SUBSCRIBE_TIMEOUT_S = 30.0
 DEVICE_REFRESH_S = 5.0
 HOUR_MS = 3_600_000
+LOCAL_GENERATION = sys.maxsize  # offered messages: never voided by a reconnect, never acked to the broker
 
 
 SourceFactory = Callable[[OnMessage], MessageSource]
@@ -131,6 +133,11 @@ class AlertEngine:
     def _on_message(self, topic: str, payload: bytes, mid: int, generation: int) -> None:
         self._queue.put((topic, payload, mid, generation))
 
+    def offer(self, topic: str, payload: bytes) -> None:
+        """A telemetry message that reached the platform by another path than the broker (the HJ 212 gateway,
+        once durable), evaluated like the stream's; nothing to ack. Thread-safe."""
+        self._queue.put((topic, payload, 0, LOCAL_GENERATION))
+
     def _stream_loop(self) -> None:
         while not self._stop.is_set():
             try:
@@ -150,7 +157,7 @@ class AlertEngine:
                 self._failures = 0
             except Exception:  # not acked: memory goes back to what was committed, the broker redelivers
                 log.exception("alert evaluation of %d messages failed", len(batch))
-                self._recover(max(m[3] for m in batch))
+                self._recover(max((m[3] for m in batch if m[3] != LOCAL_GENERATION), default=self._void_generation))
 
     def _recover(self, generation: int) -> None:
         """After a failed batch: state and replay marks back to what was committed, then a new connection.
@@ -194,7 +201,7 @@ class AlertEngine:
             self.book.close_idle_late(changes)  # late data that stopped coming: its episodes end where it did
             if changes and not self._commit(changes):
                 return  # stopping with the database down: not acked, the broker keeps the messages
-        self.source.ack([(gen, mid) for _t, _p, mid, gen in batch])
+        self.source.ack([(gen, mid) for _t, _p, mid, gen in batch if gen != LOCAL_GENERATION])
         self.processed += len(batch)
 
     def _commit(self, changes: Changes) -> bool:

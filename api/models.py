@@ -9,6 +9,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from smartpark.core.ids import ID_SCHEMA_PATTERN
+from smartpark.core.registry.parkfile import HJ212_MN_PATTERN
 
 T = TypeVar("T")
 
@@ -24,6 +25,7 @@ __all__ = [
     "EnergyDay",
     "EnergyKpi",
     "GreeningKpi",
+    "Hj212Identity",
     "HourMean",
     "KeyCreate",
     "KeyCreated",
@@ -113,6 +115,14 @@ class DeviceCreate(DeviceBase):
     id: str = Field(pattern=ID_SCHEMA_PATTERN, examples=["sinter-3-cems"])
 
 
+class Hj212Identity(BaseModel):
+    """A stack monitor's HJ 212 identity: the MN its data acquisition unit sends and its PW (write-only: stored
+    as a hash, never shown again)."""
+
+    mn: str = Field(pattern=HJ212_MN_PATTERN, examples=["88888880000001"])
+    pw: str = Field(min_length=1, max_length=64, examples=["123456"])
+
+
 class DeviceUpdate(BaseModel):
     """Only the fields given change; null clears the source type, the kind cannot be null."""
 
@@ -122,6 +132,7 @@ class DeviceUpdate(BaseModel):
     role: MeterRole | None = None
     parent_id: str | None = Field(None, pattern=ID_SCHEMA_PATTERN)
     rated_kw: float | None = Field(None, gt=0, le=1e8)
+    hj212: Hj212Identity | None = Field(None, description="Bind the device to an HJ 212 MN and PW (the gateway)")
 
 
 class DevicePublic(DeviceBase):
@@ -131,6 +142,7 @@ class DevicePublic(DeviceBase):
     site_id: str = Field(examples=["steel-works"])
     online: bool | None = None
     last_seen: UtcDatetime | None = None
+    hj212_mn: str | None = Field(None, description="HJ 212 MN of the device's data acquisition unit, if any")
 
 
 class DeviceProvisioned(DevicePublic):

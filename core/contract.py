@@ -239,6 +239,17 @@ class ReadingDecoder:
             return Decoded([Reading(site, device, ts, env.metrics, {}, env.seq)], [])  # type: ignore[arg-type]
         return self._one(site, device, env, now_ms, None)
 
+    def validate(self, site: str, device: str, ts_ms: int, metrics: dict[str, float], *, flags: dict[str, str],
+                 now_ms: int) -> Decoded:
+        """One reading that arrived in another shape (an HJ 212 packet), held to the same rules as JSON ones:
+        catalog, finiteness, range, flags, time window."""
+        if not 1 <= len(metrics) <= MAX_METRICS:
+            return _reject(Reason.BAD_SCHEMA, f"{len(metrics)} metrics, allowed 1..{MAX_METRICS}")
+        bad = next((f for f in flags.values() if f not in VALID_FLAGS), None)
+        if bad is not None:
+            return _reject(Reason.BAD_SCHEMA, f"flag {bad!r} is not one of {''.join(sorted(VALID_FLAGS))}")
+        return self._one(site, device, _RawReading(metrics=metrics, ts=ts_ms, flags=flags or None), now_ms, None)
+
     def _in_bounds(self, metrics: dict[str, float]) -> bool:
         """All known metrics within their bounds (NaN and infinities are not)."""
         bounds = self._bounds

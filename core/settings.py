@@ -232,6 +232,44 @@ class Settings(BaseSettings):
     alerts_webhook_allow_private: bool = False
     """Allow webhook URLs resolving to private, loopback, link-local or CGNAT addresses (SSRF guard off for them)."""
 
+    # --- HJ 212 gateway (hj212/: `smartpark hj212`, and inside `smartpark up`)
+    hj212_enabled: bool = True
+    """Run the HJ 212 gateway inside `smartpark up` (stack monitors' data acquisition units over TCP)."""
+    hj212_host: str = "127.0.0.1"
+    """Address the HJ 212 gateway listens on (0.0.0.0 for data acquisition units on the plant network)."""
+    hj212_port: int = Field(9212, ge=0, le=65535)
+    """TCP port of the HJ 212 gateway (0: any free port, for tests)."""
+    hj212_max_connections: int = Field(10_000, ge=1)
+    """Connections beyond this are closed at once and counted (`too_many_connections`)."""
+    hj212_idle_timeout_s: float = Field(600.0, gt=0)
+    """A connection that sends nothing for this long is closed (half-open links, dead units); units send
+    minute data, so 10 minutes of silence is a dead link."""
+    hj212_max_segment: int = Field(4096, ge=64, le=9999)
+    """Longest data segment taken (the length field allows 9999; the common limit is 1024 [U]): bounds each
+    connection's buffer. Longer frames are refused (`too_large`)."""
+    hj212_split_timeout_s: float = Field(60.0, gt=0)
+    """Parts of a split packet (Flag D, PNUM/PNO) that are not all in after this long are dead-lettered."""
+    hj212_forward: str = ""
+    """Relay every accepted raw packet to these upstream platforms (the authority's), `host:port,host:port`;
+    store-and-forward: packets wait in the data dir while an upstream is down. Empty: no relay."""
+    hj212_flush_quiet_s: float = Field(0.02, ge=0, le=60)
+    """`smartpark hj212`: its writer writes a batch once no packet waiting for an answer came for this long
+    (units send nothing more until answered), else after SMARTPARK_INGEST_BATCH_AGE_S. 0: batch age only.
+    Inside `smartpark up` the gateway shares the ingest's writer and its batch age."""
+    hj212_codes_file: Path | None = None
+    """An HJ 212 code table (code -> catalog metric) to use instead of the built-in one."""
+    hj212_metrics_port: int = Field(9109, ge=0, le=65535)
+    """Port of the standalone gateway's Prometheus /metrics endpoint (0: off). Inside `smartpark up`, see the API."""
+
+    @field_validator("hj212_forward")
+    @classmethod
+    def _hj212_forward(cls, v: str) -> str:
+        for target in filter(None, (t.strip() for t in v.split(","))):
+            host, sep, port = target.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"SMARTPARK_HJ212_FORWARD needs host:port items, got {target!r}")
+        return v
+
     @field_validator("mqtt_url")
     @classmethod
     def _mqtt_url(cls, v: str) -> str:

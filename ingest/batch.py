@@ -29,6 +29,7 @@ class Batch:
     readings: int = 0
     messages: int = 0
     opened: float = 0.0  # monotonic time of the first message
+    last: float = 0.0  # monotonic time of the last add_local (the quiet rule)
     taken: float = 0.0  # perf_counter time the writer took it
     write: Future[None] | None = None  # its background store write, until the writer has its outcome
     written: bool = False  # points durable (store or spool): a retried commit must not write them again
@@ -37,6 +38,7 @@ class Batch:
     late: list[tuple[int, Point]] = field(default_factory=list)  # (received ms, point) that may change history
     rewrites: list[Rewrite] = field(default_factory=list)  # stored values these points change (audit trail)
     audited: bool = False  # rewrites recorded: a retried commit must not record them twice
+    done: list[Callable[[], None]] = field(default_factory=list)  # run once durable (other sources' acks)
 
     def add(self, msg: DecodedMessage, ack: tuple[int, int]) -> None:
         if not self.messages:
@@ -51,6 +53,18 @@ class Batch:
         self.readings += msg.readings
         self.messages += 1
 
+    def add_local(self, msg: DecodedMessage, on_durable: Callable[[], None] | None) -> None:
+        """A message from a source other than the broker (the HJ 212 gateway): acked by a callback."""
+        self.last = time.monotonic()
+        if not self.messages:
+            self.opened = self.last
+        self.points += msg.points
+        self.dead += msg.dead
+        if on_durable is not None:
+            self.done.append(on_durable)
+        self.readings += msg.readings
+        self.messages += 1
+
 
 class Batcher:
     """Collects messages until ``max_points`` or ``max_age_s``; `take()` blocks until a batch is due.
@@ -60,10 +74,14 @@ class Batcher:
     the socket, which is backpressure the broker understands.
     """
 
-    def __init__(self, max_points: int, max_age_s: float) -> None:
+    def __init__(self, max_points: int, max_age_s: float, quiet_s: float = 0.0) -> None:
+        """``quiet_s`` > 0: a batch of add_local messages is also due once none came for that long. Senders
+        that wait for their answer (HJ 212 units) send nothing more until the batch is written: waiting out
+        ``max_age_s`` would only add latency."""
         self.max_points = max_points
         self.high_water = 4 * max_points
         self.max_age_s = max_age_s
+        self.quiet_s = quiet_s
         self._batch = Batch()
         self._lock = threading.Lock()  # add() takes it directly: a Condition's with-block costs two Python calls
         self._cond = threading.Condition(self._lock)
@@ -78,10 +96,27 @@ class Batcher:
             if len(self._batch.points) >= self.max_points:
                 self._cond.notify()
 
+    def add_local(self, msg: DecodedMessage, on_durable: Callable[[], None] | None = None) -> None:
+        """As add(), for a message another source received; ``on_durable`` runs on the writer thread once the
+        batch is durable (store or spool) and its dead letters recorded."""
+        with self._lock:
+            while len(self._batch.points) >= self.high_water:
+                self._cond.wait(0.5)
+            self._batch.add_local(msg, on_durable)
+            self.received += 1
+            # The first message of a batch wakes the writer too, so that it waits out the batch's own age (or
+            # quiet time) from now, not the rest of a wait begun when there was nothing to write.
+            if len(self._batch.points) >= self.max_points or self._batch.messages == 1:
+                self._cond.notify()
+
     def _due(self) -> bool:
         b = self._batch
-        return len(b.points) >= self.max_points or (
-            b.messages > 0 and time.monotonic() - b.opened >= self.max_age_s)
+        if len(b.points) >= self.max_points:
+            return True
+        if not b.messages:
+            return False
+        now = time.monotonic()
+        return now - b.opened >= self.max_age_s or (self.quiet_s > 0 and b.done and now - b.last >= self.quiet_s)
 
     def wake(self) -> None:
         """Make a waiting take() look at its ``until`` again (the writer has something else to do)."""
@@ -99,6 +134,8 @@ class Batcher:
                 wait = deadline - time.monotonic()
                 if self._batch.messages:
                     wait = min(wait, self._batch.opened + self.max_age_s - time.monotonic())
+                    if self.quiet_s > 0 and self._batch.done:
+                        wait = min(wait, self._batch.last + self.quiet_s - time.monotonic())
                 if deadline - time.monotonic() <= 0:
                     return None
                 self._cond.wait(max(wait, 0.001))

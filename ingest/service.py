@@ -38,7 +38,7 @@ from smartpark.ingest.rewrites import find_rewrites
 from smartpark.ingest.spool import Spool, SpoolFull
 from smartpark.ingest.stats import IngestStats
 
-__all__ = ["IngestService"]
+__all__ = ["IngestService", "NoBroker"]
 
 log = logging.getLogger("smartpark.ingest")
 REPLAY_MIN_S, REPLAY_MAX_S = 0.5, 30.0
@@ -47,9 +47,32 @@ GC_YOUNG_THRESHOLD = 50_000  # allocations between two young collections (Python
 PIPELINE = 2  # batches handed to the store at once: +10-15 % readings/s on 2 cores (bench/bench_ingest.py)
 
 
+class NoBroker:
+    """The source of an ingest that takes messages only from inside the process (`smartpark hj212`)."""
+
+    host, port = "-", 0
+
+    def __init__(self) -> None:
+        self.subscribed = threading.Event()
+        self.subscribed.set()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def ack(self, acks: list[tuple[int, int]]) -> int:
+        return 0
+
+
 class IngestService:
     def __init__(self, settings: Settings, store: TimeSeriesStore, registry: Registry, catalog: Catalog,
-                 *, endpoint: Endpoint, mqtt5: bool = True) -> None:
+                 *, endpoint: Endpoint | None, mqtt5: bool = True, spool_dir: str = "spool",
+                 instance: str | None = None, quiet_s: float = 0.0) -> None:
+        """``endpoint`` None: no broker, messages come only through `batcher.add_local` (the HJ 212 gateway
+        on its own). ``spool_dir`` (under the data dir) and ``instance`` (the `platform` points' device tag)
+        keep two writers on one data dir apart; ``quiet_s``: see Batcher."""
         self.settings = settings
         self.store = store
         self.registry = registry
@@ -59,13 +82,14 @@ class IngestService:
                                           max_age_ms=int(settings.dead_letters_max_age_days * 86_400_000))
         self.stats.set_counter("dead_letters_pruned", self.dead_letters.pruned)  # at open: the age limit
         self.decoder = MessageDecoder(catalog, Bindings(registry.bindings), settings.retention_ms, settings.window_ms)
-        self.batcher = Batcher(settings.ingest_batch_size, settings.ingest_batch_age_s)
+        self.batcher = Batcher(settings.ingest_batch_size, settings.ingest_batch_age_s, quiet_s)
         # The mqtt5-codec session costs ~3 µs per message against paho's ~45 (bench/bench_ingest.py).
-        self.source: MessageSource = open_source(
+        self.source: MessageSource | NoBroker = NoBroker() if endpoint is None else open_source(
             endpoint, client_id=settings.ingest_client_id, on_message=self._on_message, mqtt5=mqtt5,
             client=settings.ingest_mqtt_client, receive_maximum=2 * settings.ingest_batch_size,
             filters=platform_filters(settings.ingest_shared), max_packet_bytes=settings.ingest_max_packet_bytes)
-        self.spool = Spool(settings.data_dir / "spool", settings.spool_max_bytes)
+        self.instance = instance or settings.ingest_client_id
+        self.spool = Spool(settings.data_dir / spool_dir, settings.spool_max_bytes)
         self.audit = AuditTrail(registry.engine)
         self._next_replay = 0.0
         self._replay_delay = REPLAY_MIN_S
@@ -240,6 +264,9 @@ class IngestService:
         for s in batch.status.values():
             self.registry.set_device_status(s.device, s.online, datetime.fromtimestamp(s.ts_ms / 1000, UTC))
         self.source.ack(batch.acks)
+        for on_durable in batch.done:
+            on_durable()
+        batch.done = []  # a retried commit must not answer twice
         self._count(batch, time.perf_counter() - (batch.taken or time.perf_counter()))
         return True
 
@@ -347,6 +374,6 @@ class IngestService:
 
     def _write_own_stats(self) -> None:
         try:
-            self.store.write(self.stats.points(self.settings.ingest_client_id, time.time_ns() // 1_000_000))
+            self.store.write(self.stats.points(self.instance, time.time_ns() // 1_000_000))
         except StoreError as exc:
             log.warning("could not write the ingest's own figures: %s", exc)

@@ -42,7 +42,9 @@ HELP = {
 class IngestStats(Collector):
     """Thread-safe counters; `snapshot()` for tests, `registry` for Prometheus, `points()` for the store."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "smartpark_ingest", help_text: dict[str, str] | None = None) -> None:
+        self.prefix = prefix
+        self.help = HELP if help_text is None else help_text
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -75,14 +77,14 @@ class IngestStats(Collector):
         with self._lock:
             counters, rejected, gauges = dict(self.counters), dict(self.rejected), dict(self.gauges)
         for name, value in sorted(counters.items()):
-            yield CounterMetricFamily(f"smartpark_ingest_{name}", HELP.get(name, name), value=value)
-        family = CounterMetricFamily("smartpark_ingest_rejected", "rejected messages or readings by reason",
+            yield CounterMetricFamily(f"{self.prefix}_{name}", self.help.get(name, name), value=value)
+        family = CounterMetricFamily(f"{self.prefix}_rejected", "rejected messages or readings by reason",
                                      labels=["reason"])
         for reason, value in sorted(rejected.items()):
             family.add_metric([reason], value)
         yield family
         for name, value in sorted(gauges.items()):
-            yield GaugeMetricFamily(f"smartpark_ingest_{name}", HELP.get(name, name), value=value)
+            yield GaugeMetricFamily(f"{self.prefix}_{name}", self.help.get(name, name), value=value)
 
     def points(self, instance: str, ts_ms: int) -> list[Point]:
         with self._lock:

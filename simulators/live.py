@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -35,9 +36,10 @@ from smartpark.simulators.models import DeviceRef, ParkModel
 
 if TYPE_CHECKING:
     from smartpark.simulators.delivery import Delivery, Message
+    from smartpark.simulators.hj212 import Hj212Unit
     from smartpark.simulators.scenario import Scenario
 
-__all__ = ["LiveSimulator", "status_topic"]
+__all__ = ["Hj212Target", "LiveSimulator", "status_topic"]
 
 log = logging.getLogger("smartpark.simulators")
 
@@ -59,6 +61,16 @@ def status_topic(site: str, device: str) -> str:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class Hj212Target:
+    """The gateway the scenario's HJ 212 units talk to, and their identities (device -> (MN, PW))."""
+
+    host: str
+    port: int
+    identities: dict[str, tuple[str, str]]
+    codes_file: Path | None = None
 
 
 @dataclass(eq=False)
@@ -107,6 +119,7 @@ class LiveSimulator:
         keepalive_s: int = 30,
         scenario: Scenario | None = None,
         counters: dict[str, dict[str, float]] | None = None,
+        hj212: Hj212Target | None = None,
     ) -> None:
         """``counters``: device -> metric -> the value to continue from (simulators/resume.py)."""
         if interval_s <= 0:
@@ -139,8 +152,9 @@ class LiveSimulator:
         if missing:
             log.error("%d devices have no MQTT credentials and are not simulated: %s%s", len(missing),
                       ", ".join(missing[:5]), ", ..." if len(missing) > 5 else "")
+        self._units = self._hj212_units(hj212)
         self._devices = {r.device.id: self._device(r, credentials[r.device.id])
-                         for r in refs if r.device.id in credentials}
+                         for r in refs if r.device.id in credentials and r.device.id not in self._units}
 
     # ------------------------------------------------------------------------------------ public face
 
@@ -155,6 +169,8 @@ class LiveSimulator:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("LiveSimulator already started")
+        for unit in self._units.values():
+            unit.start()
         self._thread = threading.Thread(target=self._run, name="smartpark-simulator", daemon=True)
         self._thread.start()
 
@@ -163,6 +179,8 @@ class LiveSimulator:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        for unit in self._units.values():
+            unit.stop()
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
         """True once every device is online, False if not within ``timeout_s`` (refused ones never are)."""
@@ -180,7 +198,36 @@ class LiveSimulator:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def hj212_units(self) -> dict[str, Hj212Unit]:
+        return dict(self._units)
+
     # ---------------------------------------------------------------------------------- client set-up
+
+    def _hj212_units(self, target: Hj212Target | None) -> dict[str, Hj212Unit]:
+        """The scenario's HJ 212 stack monitors that have an identity and a gateway to talk to."""
+        links = [t for t in (self.scenario.transports if self.scenario else []) if t.transport == "hj212"]
+        if not links:
+            return {}
+        if target is None:
+            log.error("the scenario has HJ 212 devices but no gateway runs: they are not simulated")
+            return {}
+        from zoneinfo import ZoneInfo
+
+        from smartpark.simulators.hj212 import Hj212Unit, metric_codes
+
+        codes = metric_codes(target.codes_file)
+        units = {}
+        for link in links:
+            identity = target.identities.get(link.device)
+            if identity is None:
+                log.error("HJ 212 device %s has no hj212 identity in the park file: not simulated", link.device)
+                continue
+            units[link.device] = Hj212Unit(link.device, *identity, target.host, target.port, link=link,
+                                           codes=codes, tz=ZoneInfo(self.park.park.timezone),
+                                           seed=self.scenario.seed if self.scenario else 1)
+        return units
+
 
     def _device(self, ref: DeviceRef, password: str) -> _Device:
         dev = _Device(ref.site.id, ref.device.id)
@@ -367,6 +414,10 @@ class LiveSimulator:
 
     def _publish_messages(self, messages: list[Message]) -> None:
         for msg in messages:
+            unit = self._units.get(msg.device)
+            if unit is not None:
+                unit.deliver(msg.payload)
+                continue
             dev = self._devices.get(msg.device)
             if dev is None or dev.state != "online":
                 continue  # a device that is not connected measures but cannot send

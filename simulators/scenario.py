@@ -32,6 +32,7 @@ __all__ = [
     "Outage",
     "Scenario",
     "Stuck",
+    "Transport",
     "default_scenario",
     "load_scenario",
     "parse_scenario",
@@ -121,6 +122,17 @@ class Network(msgspec.Struct, forbid_unknown_fields=True):
     malformed_rate: Rate = 0.0
 
 
+class Transport(msgspec.Struct, forbid_unknown_fields=True):
+    """How a device reaches the platform: MQTT (the default) or, for a stack monitor, HJ 212 over TCP to the
+    gateway with its own faults (per packet chances)."""
+
+    device: str
+    transport: Literal["mqtt", "hj212"] = "hj212"
+    bad_crc_rate: Rate = 0.0  # a packet goes out first with a wrong CRC (the gateway answers 9011 QnRtn=9)
+    split_rate: Rate = 0.0  # a packet is sent as a split packet in two parts (Flag D, PNUM/PNO)
+    reconnect_rate: Rate = 0.0  # the unit drops its connection and reconnects before a packet
+
+
 class Scenario(msgspec.Struct, forbid_unknown_fields=True):
     name: str = "unnamed"
     description: str = ""
@@ -131,6 +143,7 @@ class Scenario(msgspec.Struct, forbid_unknown_fields=True):
     upsets: bool = True  # the models' own rare, unscheduled upsets on stacks
     network: Network = msgspec.field(default_factory=Network)
     events: list[Event] = []
+    transports: list[Transport] = []  # devices that do not speak MQTT (HJ 212 stack monitors)
     source: str = ""  # where it was read from (set by the loader)
 
 

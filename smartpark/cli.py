@@ -179,6 +179,42 @@ def ingest(verbose: Verbose = False) -> None:
 
 
 @app.command()
+def hj212(verbose: Verbose = False) -> None:
+    """Run the HJ 212 gateway alone: stack monitors' data acquisition units over TCP on
+    SMARTPARK_HJ212_HOST:SMARTPARK_HJ212_PORT, into the configured store (its own writer, spool and metrics)."""
+    from prometheus_client import start_http_server
+
+    from smartpark.ingest.service import IngestService
+    from smartpark.platform import hj212_gateway, open_core
+
+    settings = _settings(verbose)
+    stop = _stop_on_signals()
+    try:
+        catalog, registry, store = open_core(settings)
+        writer = IngestService(settings, store, registry, catalog, endpoint=None, spool_dir="hj212-spool",
+                               instance="smartpark-hj212-writer", quiet_s=settings.hj212_flush_quiet_s)
+        writer.start()
+        gateway = hj212_gateway(settings, registry, catalog, writer)
+        gateway.start()
+    except SmartparkError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _stopped_during_start_up()
+    try:
+        if settings.hj212_metrics_port:
+            start_http_server(settings.hj212_metrics_port, addr=settings.ingest_metrics_host,
+                              registry=gateway.stats.registry)
+    except OSError as exc:
+        gateway.stop()
+        writer.stop()
+        _fail(f"metrics port {settings.hj212_metrics_port}: {exc}; set SMARTPARK_HJ212_METRICS_PORT (0: off)")
+    err.print(f"HJ 212 gateway on {settings.hj212_host}:{gateway.port}; Ctrl-C stops.", highlight=False)
+    _until_stopped(stop)
+    gateway.stop()
+    writer.stop()
+
+
+@app.command()
 def api(verbose: Verbose = False) -> None:
     """Serve the HTTP API on SMARTPARK_API_HOST:SMARTPARK_API_PORT."""
     import uvicorn

@@ -31,9 +31,11 @@ if TYPE_CHECKING:
 
     from smartpark.alerts import AlertEngine
     from smartpark.core.store.rollups import RollupRepairer
+    from smartpark.hj212.server import Gateway
+    from smartpark.simulators.live import Hj212Target
 
 __all__ = ["INFLUX_PRIVILEGES", "DataDirLock", "Platform", "admin_key", "alert_engine", "demo_park_path",
-           "init_databases", "open_core", "private_data_dir", "rollup_repairer", "write_private"]
+           "hj212_gateway", "init_databases", "open_core", "private_data_dir", "rollup_repairer", "write_private"]
 
 log = logging.getLogger("smartpark")
 # Least privilege on InfluxDB 1.x: what each service's own user may do on the database (`smartpark db init`).
@@ -165,6 +167,34 @@ def rollup_repairer(settings: Settings, store: TimeSeriesStore) -> RollupRepaire
     return repairer
 
 
+def hj212_gateway(settings: Settings, registry: Registry, catalog: Catalog, ingest: IngestService) -> Gateway:
+    """The HJ 212 gateway, feeding ``ingest``'s writer (the same durable hand-off as MQTT); with its upstream
+    relay when SMARTPARK_HJ212_FORWARD names any (its `stop` stops the relay too)."""
+    from smartpark.core.reference import load_reference
+    from smartpark.hj212.codes import load_codes
+    from smartpark.hj212.forward import Forwarder, parse_targets
+    from smartpark.hj212.identities import Identities
+    from smartpark.hj212.server import Gateway, GatewayConfig
+
+    park = registry.park()
+    config = GatewayConfig(host=settings.hj212_host, port=settings.hj212_port,
+                           max_connections=settings.hj212_max_connections,
+                           idle_timeout_s=settings.hj212_idle_timeout_s, max_segment=settings.hj212_max_segment,
+                           split_timeout_s=settings.hj212_split_timeout_s,
+                           stats_interval_s=settings.ingest_stats_interval_s,
+                           timezone=park.timezone if park else "Asia/Shanghai", retention_ms=settings.retention_ms)
+    gateway = Gateway(config, ingest.batcher, Identities(registry.hj212_identities), catalog,
+                      codes=load_codes(catalog, settings.hj212_codes_file),
+                      reference=load_reference(settings.reference_file))
+    targets = parse_targets(settings.hj212_forward)
+    if targets:
+        forwarder = Forwarder(settings.data_dir / "hj212-forward.sqlite", targets, gateway.stats)
+        gateway.forward = forwarder.enqueue
+        gateway.closers.append(forwarder.stop)
+        forwarder.start()
+    return gateway
+
+
 def admin_key(settings: Settings, registry: Registry) -> str:
     """The development admin key, created once and kept in the data dir (mode 600) for `up`."""
     path = settings.data_dir / "admin.key"
@@ -207,6 +237,7 @@ class Platform:
         self.api_server: uvicorn.Server | None = None
         self.ingest: IngestService | None = None
         self.alerts: AlertEngine | None = None
+        self.hj212: Gateway | None = None
         self._alerts_login: tuple[str | None, str | None] = (None, None)
 
     def start(self) -> None:
@@ -224,10 +255,17 @@ class Platform:
         repairer = rollup_repairer(self.settings, store)
         if repairer is not None:
             self._stops.append(repairer.stop)
+        if self.settings.hj212_enabled:
+            self.hj212 = hj212_gateway(self.settings, registry, catalog, self.ingest)
+            self.hj212.start()
+            self._stops.append(self.hj212.stop)
+            log.info("HJ 212 gateway on %s:%d", self.settings.hj212_host, self.hj212.port)
         alerts_endpoint = endpoint.login(*self._alerts_login)
         self.alerts = alert_engine(self.settings, registry, store, catalog, endpoint=alerts_endpoint, mqtt5=mqtt5)
         self.alerts.start()
         self._stops.append(self.alerts.stop)
+        if self.hj212 is not None:
+            self.hj212.observers.append(self.alerts.offer)
         self._start_api(registry, store, catalog)
         if self.simulate:
             self._start_simulator(park, registry, endpoint, mqtt5, store=store, catalog=catalog)
@@ -255,6 +293,7 @@ class Platform:
         from smartpark.api.app import create_app
 
         metrics = [self.ingest.stats.registry] if self.ingest else []
+        metrics += [self.hj212.stats.registry] if self.hj212 else []
         app = create_app(self.settings, registry=registry, store=store, catalog=catalog, metrics=metrics)
         config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,
                                 log_level="warning", lifespan="on",
@@ -294,9 +333,19 @@ class Platform:
         scenario = default_scenario() if self.park_file == demo_park_path() else None  # it names demo devices
         counters = stored_counters(store, park, catalog, time.time_ns() // 1_000_000)  # continue, never restart
         sim = LiveSimulator(park, credentials, endpoint, interval_s=self.sim_interval_s, mqtt5=mqtt5,
-                            scenario=scenario, counters=counters)
+                            scenario=scenario, counters=counters, hj212=self._hj212_target(park))
         sim.start()
         self._stops.append(sim.stop)
+
+    def _hj212_target(self, park: ParkFile) -> Hj212Target | None:
+        """Where the scenario's HJ 212 stack monitors connect, with their MN and PW from the park file."""
+        from smartpark.simulators.live import Hj212Target
+
+        if self.hj212 is None:
+            return None
+        identities = {d.id: (d.hj212.mn, d.hj212.pw) for s in park.sites for d in s.devices if d.hj212}
+        host = "127.0.0.1" if self.settings.hj212_host in ("0.0.0.0", "::", "") else self.settings.hj212_host  # noqa: S104
+        return Hj212Target(host, self.hj212.port, identities, self.settings.hj212_codes_file)
 
     def stop(self) -> None:
         # While clients drain and disconnect, amqtt warns about every late PUBACK of a message it has

@@ -32,7 +32,8 @@ def run(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess
 
 def test_up_serves_latest_values_of_every_demo_site_and_stops_cleanly(tmp_path: Path) -> None:
     api_port = free_port()
-    env = _env(tmp_path, SMARTPARK_API_PORT=str(api_port), SMARTPARK_MQTT_EMBEDDED_PORT=str(free_port()))
+    env = _env(tmp_path, SMARTPARK_API_PORT=str(api_port), SMARTPARK_MQTT_EMBEDDED_PORT=str(free_port()),
+               SMARTPARK_HJ212_PORT=str(free_port()))
     started = time.monotonic()
     with (tmp_path / "up.log").open("w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "smartpark", "up", "--interval", "2"], cwd=tmp_path,

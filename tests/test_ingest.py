@@ -229,10 +229,10 @@ def test_dead_letters_stay_under_their_size_cap_and_pruning_is_counted(tmp_path:
     store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
     store.init()
     service = IngestService(settings, store, registry, default_catalog(),
-                            endpoint=Endpoint(host, port, "ingest", password), mqtt5=False)
+                            endpoint=Endpoint(host, port, "smartpark-ingest", password), mqtt5=False)
     try:
         service.start()
-        with Publisher(host, port, username="tester", password=password) as pub:
+        with Publisher(host, port, username="smartpark-tester", password=password) as pub:
             for i in range(1500):  # distinct 4 KiB payloads: nothing to share
                 pub.publish("smartpark/v1/steel/steel-meter/telemetry", b"{" + str(i).encode() + b"x" * 4100)
         wait_for(lambda: service.stats.counters["messages_committed"] >= 1500, timeout=120)

@@ -6,9 +6,20 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from smartpark.api.deps import PrincipalDep, RegistryDep, require_admin, scoped_device
-from smartpark.api.errors import ADMIN_ERRORS, ERRORS, Unprocessable
+from smartpark.api.errors import ADMIN_ERRORS, ERRORS, Conflict, Unprocessable
 from smartpark.api.models import DeviceProvisioned, DevicePublic, DeviceUpdate
 from smartpark.api.routes.sites import provisioned
+from smartpark.core.errors import RegistryError
+from smartpark.core.registry import Registry
+
+
+def set_hj212(registry: Registry, device: str, mn: str, pw: str) -> None:
+    """An MN already bound to another device is a conflict (409), not a silent rebinding."""
+    try:
+        registry.set_hj212(device, mn, pw)
+    except RegistryError as exc:
+        raise Conflict(str(exc)) from exc
+
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=ERRORS)
 
@@ -22,10 +33,12 @@ def get_device(device: str, registry: RegistryDep, who: PrincipalDep) -> DeviceP
 def update_device(device: str, body: DeviceUpdate, registry: RegistryDep, who: PrincipalDep) -> DevicePublic:
     current = scoped_device(registry, who, device)
     require_admin(who)
-    fields = body.model_dump(exclude_unset=True)
+    fields = body.model_dump(exclude_unset=True, exclude={"hj212"})
     problem = registry.hierarchy_problem(current.site_id, device, fields)
     if problem:
         raise Unprocessable(problem)
+    if body.hj212 is not None:
+        set_hj212(registry, device, body.hj212.mn, body.hj212.pw)
     return DevicePublic.model_validate(registry.update_device(device, fields))
 
 

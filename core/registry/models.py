@@ -59,6 +59,10 @@ class Device(Base):
     kind: Mapped[str] = mapped_column(String(20))
     source_type: Mapped[str | None] = mapped_column(String(40), default=None)
     mqtt_password_hash: Mapped[str | None] = mapped_column(String(200), default=None)
+    # HJ 212 identity of a stack monitor's data acquisition unit (hj212/): its MN, unique in the park, and
+    # the hash of its PW (the same PBKDF2 format as the MQTT password).
+    hj212_mn: Mapped[str | None] = mapped_column(String(64), default=None, unique=True)
+    hj212_pw_hash: Mapped[str | None] = mapped_column(String(200), default=None)
     online: Mapped[bool | None] = mapped_column(Boolean, default=None)
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     # meter hierarchy (energy meters; rules in core/registry/hierarchy.py): role main/sub/generation (None: the

@@ -20,13 +20,14 @@ from smartpark.core.ids import ID_PATTERN, SERVICE_PREFIX, reserved_device_id
 from smartpark.core.reference import Reference, default_reference
 from smartpark.core.registry.hierarchy import METER_ROLES, MeterRole, hierarchy_errors
 
-__all__ = ["METER_ROLES", "DeviceSpec", "ParkFile", "ParkSpec", "SiteSpec", "parse_park_file", "read_park_file",
-           "valid_timezone"]
+__all__ = ["HJ212_MN_PATTERN", "METER_ROLES", "DeviceSpec", "Hj212Spec", "ParkFile", "ParkSpec", "SiteSpec",
+           "parse_park_file", "read_park_file", "valid_timezone"]
 
 Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 DeviceKind = Literal["energy_meter", "cems", "greening", "gateway"]
 Pct = Annotated[float, msgspec.Meta(ge=0, le=100)]
 Quota = Annotated[float, msgspec.Meta(gt=0)]
+HJ212_MN_PATTERN = "^[0-9A-Za-z]{1,64}$"  # 24 characters in HJ 212-2017; letters and digits only
 
 
 class ParkSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -34,6 +35,13 @@ class ParkSpec(msgspec.Struct, forbid_unknown_fields=True):
     name: str = ""
     region: str = "national"  # selects grid CO2 factors
     timezone: str = "Asia/Shanghai"  # regulatory hours are local clock hours
+
+
+class Hj212Spec(msgspec.Struct, forbid_unknown_fields=True):
+    """A stack monitor's HJ 212 identity: the MN its data acquisition unit sends and its PW (stored hashed)."""
+
+    mn: Annotated[str, msgspec.Meta(pattern=HJ212_MN_PATTERN)]
+    pw: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
 class DeviceSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -45,6 +53,7 @@ class DeviceSpec(msgspec.Struct, forbid_unknown_fields=True):
     role: MeterRole | None = None
     parent: Id | None = None
     rated_kw: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    hj212: Hj212Spec | None = None  # CEMS reporting over HJ 212 (the gateway), not MQTT
 
 
 class SiteSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -173,6 +182,9 @@ def _check_unique(park: ParkFile, path: str) -> None:
                 raise ParkFileError(f"device id {device.id!r}: ids beginning with {SERVICE_PREFIX!r} are reserved "
                                     "for the platform's services", path=path, key="id")
             seen_devices.add(device.id)
+    mns = [d.hj212.mn for s in park.sites for d in s.devices if d.hj212 is not None]
+    if len(set(mns)) != len(mns):
+        raise ParkFileError("an hj212 MN appears on two devices", path=path, key="mn")
 
 
 def read_park_file(path: Path, reference: Reference | None = None) -> ParkFile:

@@ -18,7 +18,13 @@ from smartpark.core.migrations import upgrade_schema
 from smartpark.core.registry.hierarchy import hierarchy_errors
 from smartpark.core.registry.models import ApiKey, Device, Park, Site
 from smartpark.core.registry.parkfile import ParkFile
-from smartpark.core.registry.secrets import DEVICE_PBKDF2_ITERATIONS, hash_password, new_api_key, new_password
+from smartpark.core.registry.secrets import (
+    DEVICE_PBKDF2_ITERATIONS,
+    hash_password,
+    new_api_key,
+    new_password,
+    verify_password,
+)
 
 __all__ = ["Registry"]
 
@@ -67,6 +73,11 @@ class Registry:
                     self._upsert_device(s, spec.id, dev.id, dev.kind, dev.source_type)
                     self._set_meter(s, dev.id, dev.role, dev.parent, dev.rated_kw)
                     n_devices += 1
+            s.flush()
+            for spec in park.sites:
+                for dev in spec.devices:
+                    if dev.hj212 is not None:
+                        _set_hj212(s, dev.id, dev.hj212.mn, dev.hj212.pw)
         return len(park.sites), n_devices
 
     @staticmethod
@@ -116,6 +127,20 @@ class Registry:
         with self.session() as s:
             rows = s.execute(select(Device.id, Device.site_id, Device.mqtt_password_hash))
             return {d: (site, h) for d, site, h in rows if h}
+
+    def hj212_identities(self) -> dict[str, tuple[str, str, str, str | None]]:
+        """HJ 212 MN -> (device id, site id, PW hash, source type): what the gateway binds packets with."""
+        with self.session() as s:
+            rows = s.execute(select(Device.hj212_mn, Device.id, Device.site_id, Device.hj212_pw_hash,
+                                    Device.source_type).where(Device.hj212_mn.is_not(None)))
+            return {mn: (d, site, h, st) for mn, d, site, h, st in rows if h}
+
+    def set_hj212(self, device_id: str, mn: str, pw: str) -> None:
+        """Bind an MN and PW to a device (PW stored hashed); an MN already bound elsewhere is an error."""
+        with self.session() as s:
+            if s.get(Device, device_id) is None:
+                raise RegistryError(f"unknown device {device_id!r}")
+            _set_hj212(s, device_id, mn, pw)
 
     # --- device credentials and state
     def provision_device(self, device_id: str, password: str | None = None) -> str:
@@ -246,6 +271,19 @@ class Registry:
             if device is not None:
                 s.delete(device)
             return device is not None
+
+
+def _set_hj212(s: Session, device_id: str, mn: str, pw: str) -> None:
+    """Rehash only a changed PW, so loading the same park file twice changes nothing."""
+    other = s.scalars(select(Device).where(Device.hj212_mn == mn, Device.id != device_id)).first()
+    if other is not None:
+        raise RegistryError(f"HJ 212 MN {mn!r} is already bound to device {other.id!r}")
+    device = s.get(Device, device_id)
+    if device is None:
+        raise RegistryError(f"unknown device {device_id!r}")
+    device.hj212_mn = mn
+    if device.hj212_pw_hash is None or not verify_password(pw, device.hj212_pw_hash):
+        device.hj212_pw_hash = hash_password(pw)
 
 
 def _fields(spec: object, exclude: set[str] | None = None) -> dict[str, object]:

@@ -1,0 +1,44 @@
+"""A scenario's stack monitor speaking HJ 212 to the gateway (`transport: hj212`) with its faults: packets
+with a bad CRC, split packets, reconnects. Its readings land, and the gateway counts each fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_hj212_gateway import HJ_PARK, start
+
+from smartpark.core.registry import parse_park_file
+from smartpark.simulators.live import Hj212Target, LiveSimulator
+from smartpark.simulators.scenario import parse_scenario
+
+from factories import wait_for
+from hj212_packets import MN, PW
+
+SCENARIO = """
+name: hj212-faults
+seed: 7
+interval_s: 60
+upsets: false
+transports:
+  - {device: sinter-cems, transport: hj212, bad_crc_rate: 0.5, split_rate: 0.5, reconnect_rate: 0.3}
+"""
+
+
+def test_a_stack_monitor_speaks_hj212_with_faults(tmp_path: Path) -> None:
+    for env in start(tmp_path):
+        park = parse_park_file(HJ_PARK)
+        target = Hj212Target("127.0.0.1", env.gateway.port, {"sinter-cems": (MN, PW)})
+        sim = LiveSimulator(park, {}, "127.0.0.1", 1, interval_s=0.05, scenario=parse_scenario(SCENARIO),
+                            hj212=target)
+        assert sim.device_count == 0  # no MQTT client for the HJ 212 unit (nor for devices without credentials)
+        (unit,) = sim.hj212_units.values()
+        with sim:
+            wait_for(lambda: unit.sent >= 12 and all(unit.faults[f] for f in ("bad_crc", "split", "reconnect")),  # noqa: B023
+                     timeout=60)
+        stats = env.gateway.stats.snapshot()
+        assert stats["rejected"]["bad_crc"] == unit.faults["bad_crc"]  # type: ignore[index]
+        assert stats["split_parts"] == 2 * unit.faults["split"]
+        assert stats["connections_opened"] >= 1 + unit.faults["reconnect"]
+        assert unit.unanswered == 0
+        latest = {v.metric for v in env.store.latest("steel") if v.device == "sinter-cems"}
+        assert {"nox_mg_m3", "so2_mg_m3", "pm_mg_m3", "o2_pct", "flow_nm3_h"} <= latest
