@@ -26,7 +26,7 @@ from smartpark.core.store.influx import InfluxStore, quote_ident
 from smartpark.ingest.service import IngestService
 from smartpark.platform import alert_engine, hj212_gateway
 
-from factories import ServedApp, forget_session, now_ms, wait_for
+from factories import ServedApp, endpoint_of, forget_session, now_ms, wait_for
 from hj212_packets import TZ, Unit, minute_frame, qn
 from servers import InfluxServer, MosquittoServer, free_port
 
@@ -47,8 +47,7 @@ def test_minute_data_with_a_nox_exceedance_reaches_store_kpis_and_webhook(
     gateway = hj212_gateway(settings, registry, catalog, writer)
     gateway.start()
     served = ServedApp(create_app(settings, registry=registry, store=influx_store, catalog=catalog))
-    engine = alert_engine(settings, registry, influx_store, catalog, host=mosquitto.host, port=mosquitto.port,
-                          username=None, password=None, mqtt5=True)
+    engine = alert_engine(settings, registry, influx_store, catalog, endpoint=endpoint_of(mosquitto), mqtt5=True)
     engine.start()
     gateway.observers.append(engine.offer)  # as `smartpark up` wires them
     receiver = Receiver()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from test_hj212_gateway import HJ_PARK, start
 
+from smartpark.core.mqtt import Endpoint
 from smartpark.core.registry import parse_park_file
 from smartpark.simulators.live import Hj212Target, LiveSimulator
 from smartpark.simulators.scenario import parse_scenario
@@ -28,7 +29,7 @@ def test_a_stack_monitor_speaks_hj212_with_faults(tmp_path: Path) -> None:
     for env in start(tmp_path):
         park = parse_park_file(HJ_PARK)
         target = Hj212Target("127.0.0.1", env.gateway.port, {"sinter-cems": (MN, PW)})
-        sim = LiveSimulator(park, {}, "127.0.0.1", 1, interval_s=0.05, scenario=parse_scenario(SCENARIO),
+        sim = LiveSimulator(park, {}, Endpoint("127.0.0.1", 1), interval_s=0.05, scenario=parse_scenario(SCENARIO),
                             hj212=target)
         assert sim.device_count == 0  # no MQTT client for the HJ 212 unit (nor for devices without credentials)
         (unit,) = sim.hj212_units.values()
