@@ -3,7 +3,7 @@
 It enforces the contract's MQTT rules like the production Mosquitto does (README, "Trusted MQTT"): every client
 authenticates (devices with their registry credentials, platform services with in-memory accounts); a device
 connects only with its own id as client id, publishes only under its own ``smartpark/v1/{site}/{device}/`` and
-subscribes to nothing; services take client ids in the reserved ``smartpark-`` namespace. Connections are
+subscribes to nothing; services take client ids in the reserved ``smartpark-`` namespace. Connections and packets are
 bounded, a CONNECT must come within seconds, and failed logins are throttled.
 """
 
@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
-from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter, WriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action, BrokerConfig, ListenerConfig, ListenerType
 from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
@@ -47,8 +47,13 @@ THROTTLE_MAX_S = 30.0
 THROTTLE_MAX_KEYS = 100_000
 CONNECT_TIMEOUT_S = 10.0  # a connection that sends no CONNECT within this is closed (half-open, slowloris)
 MAX_CONNECTIONS = 4096  # connections beyond this are closed at once
+MAX_PACKET_BYTES = 256 * 1024  # a packet announcing more closes the connection (Mosquitto: max_packet_size)
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
+
+
+class PacketTooLarge(ValueError):
+    """A client announced a packet beyond MAX_PACKET_BYTES (amqtt would read and keep it whole)."""
 
 
 class BrokerStartError(SmartparkError):
@@ -269,6 +274,46 @@ def _start_error(exc: BaseException, host: str, port: int) -> BrokerStartError:
     return BrokerStartError(f"the embedded MQTT broker failed to start on {host}:{port}: {exc}")
 
 
+class _BoundedReader(StreamReaderAdapter):
+    """Follows the MQTT framing of what amqtt reads and refuses a packet whose fixed header announces more than
+    ``max_bytes``, before its body is read: amqtt has no packet size limit, so one device could park a 256 MB
+    retained message in the broker's memory."""
+
+    def __init__(self, reader: asyncio.StreamReader, max_bytes: int) -> None:
+        super().__init__(reader)
+        self._max_bytes = max_bytes
+        self._body_left = 0
+        self._length: tuple[int, int] | None = None  # (value, multiplier) while in a remaining-length field
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await super().read(n)
+        self._follow(data)
+        return data
+
+    def _follow(self, data: bytes) -> None:
+        i = 0
+        while i < len(data):
+            if self._body_left:
+                step = min(self._body_left, len(data) - i)
+                self._body_left -= step
+                i += step
+                continue
+            byte = data[i]
+            i += 1
+            if self._length is None:  # the packet type byte; its remaining length follows
+                self._length = (0, 1)
+                continue
+            value, multiplier = self._length
+            value += (byte & 0x7F) * multiplier
+            if byte & 0x80:
+                self._length = (value, multiplier * 128)
+                continue
+            self._length = None
+            if value > self._max_bytes:
+                raise PacketTooLarge(f"packet of {value} bytes, limit {self._max_bytes}")
+            self._body_left = value
+
+
 class _Broker(Broker):
     """amqtt's Broker with what it lacks for untrusted clients.
 
@@ -277,7 +322,8 @@ class _Broker(Broker):
       ingest's session over;
     - retained messages go only to a session's own subscriptions, each checked by the ACL (amqtt sends a new
       session the retained messages matching every subscription of every client);
-    - bounded connections, and a connection that sends no CONNECT is closed after CONNECT_TIMEOUT_S.
+    - bounded connections, and a connection that sends no CONNECT is closed after CONNECT_TIMEOUT_S;
+    - bounded packets (MAX_PACKET_BYTES): a larger one closes the connection before its body is read.
     """
 
     def __init__(self, config: BrokerConfig, *, max_connections: int = MAX_CONNECTIONS,
@@ -296,7 +342,8 @@ class _Broker(Broker):
             return
         self._open += 1
         try:
-            await super().stream_connected(reader, writer, listener_name)
+            await self._client_connected(listener_name, _BoundedReader(reader, MAX_PACKET_BYTES),
+                                         StreamWriterAdapter(writer))
         finally:
             self._open -= 1
             # amqtt's writer close drains first; when the peer already vanished that raises, the socket

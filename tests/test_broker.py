@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import socket
 import uuid
@@ -13,7 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from smartpark.broker import EmbeddedBroker, PortInUse
+from smartpark.broker import MAX_PACKET_BYTES, EmbeddedBroker, PortInUse
 from smartpark.core.registry import Registry, parse_park_file
 
 PARK = """
@@ -283,3 +284,32 @@ def test_a_device_connects_only_with_its_own_id_as_client_id(broker: EmbeddedBro
         assert _attempt(probes, broker.port, "meter-1", password, client_id) != "Success", client_id
     assert _attempt(probes, broker.port, SERVICE, SERVICE_PASSWORD, "meter-1") != "Success"
     assert _attempt(probes, broker.port, "meter-1", password, "meter-1") == "Success"
+
+
+def _raw_connect(port: int, device: str, password: str) -> socket.socket:
+    """A device's MQTT 3.1.1 CONNECT by hand (paho would refuse to send what the broker must refuse)."""
+    def field(value: str) -> bytes:
+        return len(value.encode()).to_bytes(2, "big") + value.encode()
+    body = field("MQTT") + bytes([4, 0xC2]) + (30).to_bytes(2, "big") + field(device) + field(device) + field(password)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    assert sock.recv(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
+    return sock
+
+
+def test_a_packet_beyond_the_size_limit_closes_the_connection(registry: Registry, ingest: Probe, connect,
+                                                               broker: EmbeddedBroker) -> None:
+    """amqtt reads any packet whole: one device could keep a 256 MB retained message in the broker's memory."""
+    password = registry.provision_device("meter-1")
+    topic_name = topic("meter-1", "status").encode()
+    size = MAX_PACKET_BYTES + 1
+    header = bytes([0x33]) + bytes([(size & 0x7F) | 0x80, ((size >> 7) & 0x7F) | 0x80, size >> 14])  # QoS 1, retain
+    with _raw_connect(broker.port, "meter-1", password) as sock:
+        sock.sendall(header + len(topic_name).to_bytes(2, "big") + topic_name + b"\x00\x01")
+        with contextlib.suppress(OSError):  # the broker may close while the body is still being sent
+            sock.sendall(b"x" * (size - len(topic_name) - 4))
+        assert sock.recv(4) == b""  # closed, no PUBACK
+    device = connect("meter-1", password)
+    device.publish(topic("meter-1", "status"), "online", retain=True)
+    msg = ingest.next_message()  # the oversized message never reached a subscriber
+    assert (msg.topic, msg.payload) == (topic("meter-1", "status"), b"online")
