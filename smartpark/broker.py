@@ -277,7 +277,9 @@ def _start_error(exc: BaseException, host: str, port: int) -> BrokerStartError:
 class _BoundedReader(StreamReaderAdapter):
     """Follows the MQTT framing of what amqtt reads and refuses a packet whose fixed header announces more than
     ``max_bytes``, before its body is read: amqtt has no packet size limit, so one device could park a 256 MB
-    retained message in the broker's memory."""
+    retained message in the broker's memory. amqtt gives up on some bad packets mid-body (a wildcard in a
+    PUBLISH topic) and parses the rest as packets; a read that then crosses the end of the real packet closes
+    the connection, so the bound holds whatever the client sends."""
 
     def __init__(self, reader: asyncio.StreamReader, max_bytes: int) -> None:
         super().__init__(reader)
@@ -286,20 +288,17 @@ class _BoundedReader(StreamReaderAdapter):
         self._length: tuple[int, int] | None = None  # (value, multiplier) while in a remaining-length field
 
     async def read(self, n: int = -1) -> bytes:
+        if (n > self._body_left) if self._body_left else (n != 1):  # amqtt reads a fixed header byte by byte
+            raise PacketTooLarge(f"a read of {n} bytes out of step with the packet framing")
         data = await super().read(n)
         self._follow(data)
         return data
 
     def _follow(self, data: bytes) -> None:
-        i = 0
-        while i < len(data):
-            if self._body_left:
-                step = min(self._body_left, len(data) - i)
-                self._body_left -= step
-                i += step
-                continue
-            byte = data[i]
-            i += 1
+        if self._body_left:
+            self._body_left -= len(data)
+            return
+        for byte in data:
             if self._length is None:  # the packet type byte; its remaining length follows
                 self._length = (0, 1)
                 continue

@@ -313,3 +313,31 @@ def test_a_packet_beyond_the_size_limit_closes_the_connection(registry: Registry
     device.publish(topic("meter-1", "status"), "online", retain=True)
     msg = ingest.next_message()  # the oversized message never reached a subscriber
     assert (msg.topic, msg.payload) == (topic("meter-1", "status"), b"online")
+
+
+def _publish(to: str, body: bytes, mid: int) -> bytes:
+    """A QoS-1 retained PUBLISH by hand (any topic, even a wildcard one, which paho would refuse)."""
+    rest = len(to.encode()).to_bytes(2, "big") + to.encode() + mid.to_bytes(2, "big") + body
+    size, length = len(rest), b""
+    while True:
+        size, byte = size >> 7, size & 0x7F
+        length += bytes([byte | (0x80 if size else 0)])
+        if not size:
+            return b"\x33" + length + rest
+
+
+def test_an_oversized_packet_smuggled_after_a_bad_one_closes_the_connection(
+        registry: Registry, ingest: Probe, connect, broker: EmbeddedBroker) -> None:
+    """amqtt gives up on a PUBLISH with a wildcard topic after its topic and parses its body as packets: the
+    body here carries the header of a 1 MB packet, which must not get past the size limit that way."""
+    password = registry.provision_device("meter-1")
+    inner = _publish(topic("meter-1", "status"), b"x" * (4 * MAX_PACKET_BYTES), mid=2)
+    with _raw_connect(broker.port, "meter-1", password) as sock:
+        sock.sendall(_publish("smartpark/v1/plant-a/meter-1/#", inner[:8], mid=1))
+        with contextlib.suppress(OSError):
+            sock.sendall(inner[8:])
+        assert sock.recv(4) == b""
+    device = connect("meter-1", password)
+    device.publish(topic("meter-1", "status"), "online", retain=True)
+    msg = ingest.next_message()
+    assert (msg.topic, msg.payload) == (topic("meter-1", "status"), b"online")
