@@ -28,12 +28,12 @@ HOURLY = "nox-hourly-mean"
 
 
 @contextmanager
-def engine_env(tmp_path: Path, mosquitto: MosquittoServer) -> Iterator[Env]:
+def engine_env(tmp_path: Path, mosquitto: MosquittoServer, **settings: Any) -> Iterator[Env]:
     tmp_path.mkdir(exist_ok=True)
     store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
     store.init()
     try:
-        yield from start_env(tmp_path, mosquitto, store, **MANUAL_SCHEDULE)
+        yield from start_env(tmp_path, mosquitto, store, **MANUAL_SCHEDULE, **settings)
     finally:
         store.close()
 
@@ -132,3 +132,23 @@ def test_a_device_replaying_its_past_is_not_silent(env: Env) -> None:
     assert [ep for ep in env.repo.episodes(sites=None, active=True)[0] if ep.rule_id == "device-no-data"] == []
     env.engine.tick(now=now_ms() + int(env.settings.alerts_no_data_s * 1000) + 60_000)  # then really silent
     assert [ep.rule_id for ep in env.repo.episodes(sites=None, active=True)[0]] == ["device-no-data"]
+
+
+def test_an_exceedance_longer_than_the_late_window_stays_one_episode(tmp_path: Path,
+                                                                      mosquitto: MosquittoServer) -> None:
+    """Verdicts older than the late window are forgotten; the open episode of a run that began there must not
+    be: the run's later hours are the same exceedance, not a new episode (and webhook) every hour."""
+    with engine_env(tmp_path, mosquitto, alerts_late_window_h=2) as e:
+        subscribe(e, rules=[HOURLY])
+        start = hour_start(now_ms(), e.engine._tz) - 8 * HOUR
+        sent = 0
+        for i in range(6):  # six exceeding hours, each judged after it closes
+            hour = start + i * HOUR
+            sent += publish(e, minutes(hour, [70.0] * 60), batch=True)
+            e.settle(sent)
+            e.engine.tick(now=hour + HOUR + 2 * MINUTE)
+        assert hourly_episodes(e) == [(start, None, 70.0, 70.0)]
+        sent += publish(e, minutes(start + 6 * HOUR, [30.0] * 60), batch=True)  # a compliant hour ends it
+        e.settle(sent)
+        e.engine.tick(now=start + 7 * HOUR + 2 * MINUTE)
+        assert hourly_episodes(e) == [(start, start + 6 * HOUR, 70.0, 70.0)]
