@@ -152,3 +152,19 @@ def test_an_exceedance_longer_than_the_late_window_stays_one_episode(tmp_path: P
         e.settle(sent)
         e.engine.tick(now=start + 7 * HOUR + 2 * MINUTE)
         assert hourly_episodes(e) == [(start, start + 6 * HOUR, 70.0, 70.0)]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 'history is evidence' (not on main yet): no rate limit of episodes "
+                   "per device and rule; a back-dated batch replays weeks of flapping into one episode per "
+                   "flap, each with its webhooks")
+def test_one_back_dated_batch_cannot_open_an_episode_storm(env: Env) -> None:
+    """A hostile CEMS device sends 300 readings dated over the past weeks, over and under the limit of the
+    5-minute NOx threshold rule in turn: each triple (over, over 301 s later, under) is an episode."""
+    t0 = now_ms() - 20 * 86_400_000
+    readings = []
+    for i in range(100):
+        t = t0 + i * 400_000
+        readings += [nox(90.0, t), nox(90.0, t + 301_000), nox(20.0, t + 302_000)]
+    env.settle(publish(env, readings, batch=True))
+    _, total = env.repo.episodes(sites=None, active=None)
+    assert total <= 10, f"{total} episodes from one message"
