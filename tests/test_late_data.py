@@ -93,8 +93,8 @@ def hourly_truth(truth: list[dict], ref: Reference, need: int) -> set[int]:
 def pipeline(tmp: Path, influxd: InfluxServer, mosquitto: MosquittoServer
              ) -> Iterator[tuple[Settings, Registry, InfluxStore, AlertEngine]]:
     tag = uuid.uuid4().hex[:8]
-    settings = Settings(_env_file=None, data_dir=tmp, ingest_client_id=f"ingest-{tag}",  # type: ignore[call-arg]
-                        alerts_client_id=f"alerts-{tag}", ingest_batch_age_s=0.2, alerts_eval_interval_s=0.2)
+    settings = Settings(_env_file=None, data_dir=tmp, ingest_client_id=f"smartpark-ingest-{tag}",  # type: ignore[call-arg]
+                        alerts_client_id=f"smartpark-alerts-{tag}", ingest_batch_age_s=0.2, alerts_eval_interval_s=0.2)
     registry = Registry(f"sqlite:///{tmp / 'meta.sqlite'}")
     registry.init()
     registry.load_park(parse_park_file(PARK))
