@@ -89,7 +89,7 @@ class Authority:
         self._lock = threading.Lock()
         self._hashes: dict[str, tuple[str, str]] = {}
         self._loaded_at = -1e9
-        self._sites: dict[str, str] = {}  # device id -> site, recorded at its last successful login
+        self._logins: dict[str, tuple[str, str]] = {}  # device id -> (site, password hash) of its last login
         self.throttle = LoginThrottle()
 
     def check(self, username: str, password: str, client_id: str | None = None, address: str | None = None) -> bool:
@@ -114,17 +114,21 @@ class Authority:
             return hmac.compare_digest(password.encode(), self._services[username].encode())
         entry = self._device(username, fresh=False)
         if entry is not None and verify_password(password, entry[1]):
-            return self._bind(username, entry[0])
+            return self._bind(username, entry)
         fresh = self._device(username, fresh=True)  # re-provisioned or new since the cache was filled
         if fresh is not None and fresh != entry and verify_password(password, fresh[1]):
-            return self._bind(username, fresh[0])
+            return self._bind(username, fresh)
         return False
 
     def may_publish(self, username: str | None, topic: str) -> bool:
         if username in self._services:
             return topic.startswith(TOPIC_ROOT)
-        site = self._sites.get(username or "")
-        return site is not None and topic in _device_topics(site, username or "")
+        login = self._logins.get(username or "")
+        if login is None or topic not in _device_topics(login[0], username or ""):
+            return False
+        # still the registry's credentials (cached HASH_TTL_S): a device deleted, or whose password was renewed
+        # (a stolen one), publishes nothing more on the session it opened before
+        return self._device(username or "", fresh=False) == login
 
     def may_subscribe(self, username: str | None, topic_filter: str) -> bool:
         # Devices subscribe to nothing: no contract topic flows platform -> device, and none reads another's.
@@ -134,8 +138,8 @@ class Authority:
         """Checked per delivered message, retained ones included: only services read the park's topics."""
         return username in self._services and topic.startswith(TOPIC_ROOT)
 
-    def _bind(self, device_id: str, site_id: str) -> bool:
-        self._sites[device_id] = site_id
+    def _bind(self, device_id: str, entry: tuple[str, str]) -> bool:
+        self._logins[device_id] = entry
         return True
 
     def _device(self, device_id: str, *, fresh: bool) -> tuple[str, str] | None:

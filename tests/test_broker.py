@@ -341,3 +341,20 @@ def test_an_oversized_packet_smuggled_after_a_bad_one_closes_the_connection(
     device.publish(topic("meter-1", "status"), "online", retain=True)
     msg = ingest.next_message()
     assert (msg.topic, msg.payload) == (topic("meter-1", "status"), b"online")
+
+
+@pytest.mark.parametrize("revoke", ["new-password", "deleted"])
+def test_a_revoked_device_publishes_nothing_more_on_its_open_session(registry: Registry, ingest: Probe, connect,
+                                                                     broker: EmbeddedBroker, revoke: str) -> None:
+    """Renewing a stolen password (or deleting the device) must stop the thief's session already connected."""
+    thief = connect("meter-1", registry.provision_device("meter-1"))
+    thief.publish(topic("meter-1"), "before")
+    assert ingest.next_message().payload == b"before"
+    if revoke == "new-password":
+        registry.provision_device("meter-1")
+    else:
+        registry.delete_device("meter-1")
+    broker.authority._loaded_at = -1e9  # the cache's few seconds have passed
+    thief.publish(topic("meter-1"), "after")
+    connect("meter-2", registry.provision_device("meter-2")).publish(topic("meter-2"), "other")
+    assert ingest.next_message().payload == b"other"  # "after" was dropped
