@@ -76,3 +76,15 @@ def test_production_refuses_a_placeholder_influx_token(monkeypatch: pytest.Monke
         load_settings(_env_file=None)
     monkeypatch.setenv("SMARTPARK_INFLUX_TOKEN", "smartpark:Xk3-long-secret")
     assert load_settings(_env_file=None).influx_token == "smartpark:Xk3-long-secret"
+
+
+@pytest.mark.parametrize("url", ["http://dev@ice:s3cret@broker:1883", "ftp://user:pa@ss-w0rd@influx:8086"])
+def test_a_refused_url_is_shown_without_any_of_its_credentials(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """User info may hold a raw '@' (the URL parsers split at the last one): none of it may reach a message."""
+    var = "SMARTPARK_MQTT_URL" if url.startswith("http:") else "SMARTPARK_INFLUX_URL"
+    monkeypatch.setenv(var, url)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(_env_file=None)
+    assert "s3cret" not in str(refused.value)
+    assert "ss-w0rd" not in str(refused.value)
+    assert "***@" in str(refused.value)
