@@ -14,6 +14,7 @@ import contextlib
 import errno
 import hmac
 import logging
+import resource
 import socket
 import threading
 import time
@@ -34,7 +35,7 @@ from smartpark.core.ids import SERVICE_PREFIX, is_service_id
 from smartpark.core.registry import Registry
 from smartpark.core.registry.secrets import verify_password
 
-__all__ = ["Authority", "BrokerStartError", "EmbeddedBroker", "PortInUse"]
+__all__ = ["Authority", "BrokerStartError", "EmbeddedBroker", "PortInUse", "connection_bound"]
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,18 @@ def broker_config(host: str, port: int, authority: Authority, *, debug: bool = F
     return BrokerConfig(listeners={"default": listener}, plugins=plugins)
 
 
+def connection_bound(requested: int) -> int:
+    """``requested``, within half of the process's open-file limit (raised to its hard limit first): the broker
+    shares the process with the API, the ingest and their databases, and at a common soft limit of 1,024 a
+    thousand idle connections made every file open fail (the API answered 500) long before 4,096."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return requested if soft == resource.RLIM_INFINITY else max(1, min(requested, soft // 2))
+
+
 def _check_port_free(host: str, port: int) -> None:
     """Bind like asyncio will (SO_REUSEADDR) so a taken port gives a clear error, not amqtt's traceback."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -424,7 +437,7 @@ class EmbeddedBroker:
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self.host, self.port, self.debug = host, port, debug
-        self.limits = {"max_connections": max_connections, "connect_timeout_s": connect_timeout_s}
+        self.limits = {"max_connections": connection_bound(max_connections), "connect_timeout_s": connect_timeout_s}
         self.authority = Authority(registry, service_accounts)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

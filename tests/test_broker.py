@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import queue
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -358,3 +360,44 @@ def test_a_revoked_device_publishes_nothing_more_on_its_open_session(registry: R
     thief.publish(topic("meter-1"), "after")
     connect("meter-2", registry.provision_device("meter-2")).publish(topic("meter-2"), "other")
     assert ingest.next_message().payload == b"other"  # "after" was dropped
+
+
+BROKER_UNDER_A_LOW_FILE_LIMIT = """
+import resource, sys, tempfile
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))  # a hard limit as low as a common soft one, scaled down
+from smartpark.broker import EmbeddedBroker
+from smartpark.core.registry import Registry
+registry = Registry(f"sqlite:///{sys.argv[1]}/meta.sqlite")
+registry.init()
+with EmbeddedBroker(registry, "127.0.0.1", int(sys.argv[2]), {"smartpark-ingest": "x"}, connect_timeout_s=300):
+    print("ready", flush=True)
+    sys.stdin.readline()  # the test's idle connections are open now
+    files = [tempfile.TemporaryFile() for _ in range(40)]  # what the API and the store open meanwhile
+    print("opened", len(files), flush=True)
+"""
+
+
+def test_idle_connections_cannot_exhaust_the_process_file_limit(tmp_path: Path) -> None:
+    """The embedded broker shares `smartpark up`'s process: its connection bound must leave files to the rest."""
+    port = free_port()
+    idle: list[socket.socket] = []
+    with subprocess.Popen([sys.executable, "-c", BROKER_UNDER_A_LOW_FILE_LIMIT, str(tmp_path), str(port)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None
+        assert child.stdin is not None
+        try:
+            assert child.stdout.readline().strip() == "ready"
+            for _ in range(300):
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S))
+            login = b"\x00\x04MQTT\x04\xc2\x00\x1e\x00\x05probe\x00\x05probe\x00\x01x"
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as last:
+                last.sendall(bytes([0x10, len(login)]) + login)
+                with contextlib.suppress(ConnectionResetError):  # refused or closed: connections are taken in
+                    last.recv(4)  # order, so all the idle ones are too (a broker out of files never answers)
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "opened 40"
+        finally:
+            for s in idle:
+                s.close()
+            child.kill()
