@@ -113,8 +113,13 @@ def _runs(state: State, tz: ZoneInfo) -> list[_Run]:
 def _reconcile(fig: HourFigures, state: State, now: int, tz: ZoneInfo, changes: Changes) -> None:
     """Bring the episodes (state.runs: run start -> [episode id, end or None, peak]) in line with the runs."""
     known = {int(k): v for k, v in state.runs.items()}
-    for run in _runs(state, tz):
-        inside = sorted(s for s in known if run.start <= s < (run.end if run.end is not None else 2**62))
+    compliant = [int(k) for k, v in state.hours.items() if v[1] is False]
+    for i, run in enumerate(_runs(state, tz)):
+        # The first run continues an episode whose first hours were pruned (older than the late window) unless
+        # a compliant hour ended that episode: without this, an exceedance longer than the window fired a new
+        # episode with the same open key every hour (IntegrityError: the whole round was lost).
+        low = -1 if i == 0 and not any(h < run.start for h in compliant) else run.start
+        inside = sorted(s for s in known if low <= s < (run.end if run.end is not None else 2**62))
         if not inside:
             known[run.start] = _fire(fig, run, now, changes)
             continue

@@ -7,8 +7,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 __all__ = ["redact", "split_credentials"]
 
-# scheme://user:password@  or  scheme://token@  anywhere in a text
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+# scheme://user:password@  or  scheme://token@  anywhere in a text; up to the authority's LAST '@', as the URL
+# parsers split it (a raw '@' in a password left its tail shown)
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]+@")
 
 
 def redact(text: str) -> str:

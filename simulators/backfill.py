@@ -209,7 +209,7 @@ def backfill(store: TimeSeriesStore, timeline: Timeline, end_ms: int, catalog: C
             writers.close()
     if isinstance(store, InfluxStore) and done:  # written long after the rollup CQs ran: mark for their repair
         start = int(timeline.start_s * 1000)
-        store.mark_late({m.domain: (start, end_ms) for m in catalog.metrics.values()})
+        store.mark_late({m.domain: [(start, end_ms)] for m in catalog.metrics.values()})
     return BackfillResult(done, time.perf_counter() - started)
 
 

@@ -3,7 +3,7 @@
 It enforces the contract's MQTT rules like the production Mosquitto does (README, "Trusted MQTT"): every client
 authenticates (devices with their registry credentials, platform services with in-memory accounts); a device
 connects only with its own id as client id, publishes only under its own ``smartpark/v1/{site}/{device}/`` and
-subscribes to nothing; services take client ids in the reserved ``smartpark-`` namespace. Connections are
+subscribes to nothing; services take client ids in the reserved ``smartpark-`` namespace. Connections and packets are
 bounded, a CONNECT must come within seconds, and failed logins are throttled.
 """
 
@@ -14,13 +14,14 @@ import contextlib
 import errno
 import hmac
 import logging
+import resource
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
 
-from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter, WriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action, BrokerConfig, ListenerConfig, ListenerType
 from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
@@ -34,7 +35,7 @@ from smartpark.core.ids import SERVICE_PREFIX, is_service_id
 from smartpark.core.registry import Registry
 from smartpark.core.registry.secrets import verify_password
 
-__all__ = ["Authority", "BrokerStartError", "EmbeddedBroker", "PortInUse"]
+__all__ = ["Authority", "BrokerStartError", "EmbeddedBroker", "PortInUse", "connection_bound"]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,13 @@ THROTTLE_MAX_S = 30.0
 THROTTLE_MAX_KEYS = 100_000
 CONNECT_TIMEOUT_S = 10.0  # a connection that sends no CONNECT within this is closed (half-open, slowloris)
 MAX_CONNECTIONS = 4096  # connections beyond this are closed at once
+MAX_PACKET_BYTES = 256 * 1024  # a packet announcing more closes the connection (Mosquitto: max_packet_size)
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
+
+
+class PacketTooLarge(ValueError):
+    """A client announced a packet beyond MAX_PACKET_BYTES (amqtt would read and keep it whole)."""
 
 
 class BrokerStartError(SmartparkError):
@@ -84,7 +90,7 @@ class Authority:
         self._lock = threading.Lock()
         self._hashes: dict[str, tuple[str, str]] = {}
         self._loaded_at = -1e9
-        self._sites: dict[str, str] = {}  # device id -> site, recorded at its last successful login
+        self._logins: dict[str, tuple[str, str]] = {}  # device id -> (site, password hash) of its last login
         self.throttle = LoginThrottle()
 
     def check(self, username: str, password: str, client_id: str | None = None, address: str | None = None) -> bool:
@@ -109,17 +115,21 @@ class Authority:
             return hmac.compare_digest(password.encode(), self._services[username].encode())
         entry = self._device(username, fresh=False)
         if entry is not None and verify_password(password, entry[1]):
-            return self._bind(username, entry[0])
+            return self._bind(username, entry)
         fresh = self._device(username, fresh=True)  # re-provisioned or new since the cache was filled
         if fresh is not None and fresh != entry and verify_password(password, fresh[1]):
-            return self._bind(username, fresh[0])
+            return self._bind(username, fresh)
         return False
 
     def may_publish(self, username: str | None, topic: str) -> bool:
         if username in self._services:
             return topic.startswith(TOPIC_ROOT)
-        site = self._sites.get(username or "")
-        return site is not None and topic in _device_topics(site, username or "")
+        login = self._logins.get(username or "")
+        if login is None or topic not in _device_topics(login[0], username or ""):
+            return False
+        # still the registry's credentials (cached HASH_TTL_S): a device deleted, or whose password was renewed
+        # (a stolen one), publishes nothing more on the session it opened before
+        return self._device(username or "", fresh=False) == login
 
     def may_subscribe(self, username: str | None, topic_filter: str) -> bool:
         # Devices subscribe to nothing: no contract topic flows platform -> device, and none reads another's.
@@ -129,8 +139,8 @@ class Authority:
         """Checked per delivered message, retained ones included: only services read the park's topics."""
         return username in self._services and topic.startswith(TOPIC_ROOT)
 
-    def _bind(self, device_id: str, site_id: str) -> bool:
-        self._sites[device_id] = site_id
+    def _bind(self, device_id: str, entry: tuple[str, str]) -> bool:
+        self._logins[device_id] = entry
         return True
 
     def _device(self, device_id: str, *, fresh: bool) -> tuple[str, str] | None:
@@ -249,6 +259,18 @@ def broker_config(host: str, port: int, authority: Authority, *, debug: bool = F
     return BrokerConfig(listeners={"default": listener}, plugins=plugins)
 
 
+def connection_bound(requested: int) -> int:
+    """``requested``, within half of the process's open-file limit (raised to its hard limit first): the broker
+    shares the process with the API, the ingest and their databases, and at a common soft limit of 1,024 a
+    thousand idle connections made every file open fail (the API answered 500) long before 4,096."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return requested if soft == resource.RLIM_INFINITY else max(1, min(requested, soft // 2))
+
+
 def _check_port_free(host: str, port: int) -> None:
     """Bind like asyncio will (SO_REUSEADDR) so a taken port gives a clear error, not amqtt's traceback."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -269,6 +291,45 @@ def _start_error(exc: BaseException, host: str, port: int) -> BrokerStartError:
     return BrokerStartError(f"the embedded MQTT broker failed to start on {host}:{port}: {exc}")
 
 
+class _BoundedReader(StreamReaderAdapter):
+    """Follows the MQTT framing of what amqtt reads and refuses a packet whose fixed header announces more than
+    ``max_bytes``, before its body is read: amqtt has no packet size limit, so one device could park a 256 MB
+    retained message in the broker's memory. amqtt gives up on some bad packets mid-body (a wildcard in a
+    PUBLISH topic) and parses the rest as packets; a read that then crosses the end of the real packet closes
+    the connection, so the bound holds whatever the client sends."""
+
+    def __init__(self, reader: asyncio.StreamReader, max_bytes: int) -> None:
+        super().__init__(reader)
+        self._max_bytes = max_bytes
+        self._body_left = 0
+        self._length: tuple[int, int] | None = None  # (value, multiplier) while in a remaining-length field
+
+    async def read(self, n: int = -1) -> bytes:
+        if (n > self._body_left) if self._body_left else (n != 1):  # amqtt reads a fixed header byte by byte
+            raise PacketTooLarge(f"a read of {n} bytes out of step with the packet framing")
+        data = await super().read(n)
+        self._follow(data)
+        return data
+
+    def _follow(self, data: bytes) -> None:
+        if self._body_left:
+            self._body_left -= len(data)
+            return
+        for byte in data:
+            if self._length is None:  # the packet type byte; its remaining length follows
+                self._length = (0, 1)
+                continue
+            value, multiplier = self._length
+            value += (byte & 0x7F) * multiplier
+            if byte & 0x80:
+                self._length = (value, multiplier * 128)
+                continue
+            self._length = None
+            if value > self._max_bytes:
+                raise PacketTooLarge(f"packet of {value} bytes, limit {self._max_bytes}")
+            self._body_left = value
+
+
 class _Broker(Broker):
     """amqtt's Broker with what it lacks for untrusted clients.
 
@@ -277,7 +338,8 @@ class _Broker(Broker):
       ingest's session over;
     - retained messages go only to a session's own subscriptions, each checked by the ACL (amqtt sends a new
       session the retained messages matching every subscription of every client);
-    - bounded connections, and a connection that sends no CONNECT is closed after CONNECT_TIMEOUT_S.
+    - bounded connections, and a connection that sends no CONNECT is closed after CONNECT_TIMEOUT_S;
+    - bounded packets (MAX_PACKET_BYTES): a larger one closes the connection before its body is read.
     """
 
     def __init__(self, config: BrokerConfig, *, max_connections: int = MAX_CONNECTIONS,
@@ -296,7 +358,8 @@ class _Broker(Broker):
             return
         self._open += 1
         try:
-            await super().stream_connected(reader, writer, listener_name)
+            await self._client_connected(listener_name, _BoundedReader(reader, MAX_PACKET_BYTES),
+                                         StreamWriterAdapter(writer))
         finally:
             self._open -= 1
             # amqtt's writer close drains first; when the peer already vanished that raises, the socket
@@ -374,7 +437,7 @@ class EmbeddedBroker:
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self.host, self.port, self.debug = host, port, debug
-        self.limits = {"max_connections": max_connections, "connect_timeout_s": connect_timeout_s}
+        self.limits = {"max_connections": connection_bound(max_connections), "connect_timeout_s": connect_timeout_s}
         self.authority = Authority(registry, service_accounts)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -28,12 +28,12 @@ HOURLY = "nox-hourly-mean"
 
 
 @contextmanager
-def engine_env(tmp_path: Path, mosquitto: MosquittoServer) -> Iterator[Env]:
+def engine_env(tmp_path: Path, mosquitto: MosquittoServer, **settings: Any) -> Iterator[Env]:
     tmp_path.mkdir(exist_ok=True)
     store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
     store.init()
     try:
-        yield from start_env(tmp_path, mosquitto, store, **MANUAL_SCHEDULE)
+        yield from start_env(tmp_path, mosquitto, store, **MANUAL_SCHEDULE, **settings)
     finally:
         store.close()
 
@@ -132,3 +132,39 @@ def test_a_device_replaying_its_past_is_not_silent(env: Env) -> None:
     assert [ep for ep in env.repo.episodes(sites=None, active=True)[0] if ep.rule_id == "device-no-data"] == []
     env.engine.tick(now=now_ms() + int(env.settings.alerts_no_data_s * 1000) + 60_000)  # then really silent
     assert [ep.rule_id for ep in env.repo.episodes(sites=None, active=True)[0]] == ["device-no-data"]
+
+
+def test_an_exceedance_longer_than_the_late_window_stays_one_episode(tmp_path: Path,
+                                                                      mosquitto: MosquittoServer) -> None:
+    """Verdicts older than the late window are forgotten; the open episode of a run that began there must not
+    be: the run's later hours are the same exceedance, not a new episode (and webhook) every hour."""
+    with engine_env(tmp_path, mosquitto) as e:
+        # a late window of 2 h (the store-and-forward window, 7 days by default, also bounds what the decoder
+        # takes: the readings here are 8 h old, so only the engine's own window is narrowed)
+        e.engine.late_window_ms = e.engine.scheduled.late_window_ms = 2 * HOUR
+        subscribe(e, rules=[HOURLY])
+        start = hour_start(now_ms(), e.engine._tz) - 8 * HOUR
+        sent = 0
+        for i in range(6):  # six exceeding hours, each judged after it closes
+            hour = start + i * HOUR
+            sent += publish(e, minutes(hour, [70.0] * 60), batch=True)
+            e.settle(sent)
+            e.engine.tick(now=hour + HOUR + 2 * MINUTE)
+        assert hourly_episodes(e) == [(start, None, 70.0, 70.0)]
+        sent += publish(e, minutes(start + 6 * HOUR, [30.0] * 60), batch=True)  # a compliant hour ends it
+        e.settle(sent)
+        e.engine.tick(now=start + 7 * HOUR + 2 * MINUTE)
+        assert hourly_episodes(e) == [(start, start + 6 * HOUR, 70.0, 70.0)]
+
+
+def test_one_back_dated_batch_cannot_open_an_episode_storm(env: Env) -> None:
+    """A hostile CEMS device sends 300 readings dated over the past weeks, over and under the limit of the
+    5-minute NOx threshold rule in turn: each triple (over, over 301 s later, under) is an episode."""
+    t0 = now_ms() - 6 * 86_400_000  # inside the store-and-forward window (7 days), so judged, not refused
+    readings = []
+    for i in range(100):
+        t = t0 + i * 400_000
+        readings += [nox(90.0, t), nox(90.0, t + 301_000), nox(20.0, t + 302_000)]
+    env.settle(publish(env, readings, batch=True))
+    _, total = env.repo.episodes(sites=None, active=None)
+    assert total <= 10, f"{total} episodes from one message"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from smartpark.broker import EmbeddedBroker, PortInUse
+from smartpark.broker import MAX_PACKET_BYTES, EmbeddedBroker, PortInUse
 from smartpark.core.registry import Registry, parse_park_file
 
 PARK = """
@@ -283,3 +286,118 @@ def test_a_device_connects_only_with_its_own_id_as_client_id(broker: EmbeddedBro
         assert _attempt(probes, broker.port, "meter-1", password, client_id) != "Success", client_id
     assert _attempt(probes, broker.port, SERVICE, SERVICE_PASSWORD, "meter-1") != "Success"
     assert _attempt(probes, broker.port, "meter-1", password, "meter-1") == "Success"
+
+
+def _raw_connect(port: int, device: str, password: str) -> socket.socket:
+    """A device's MQTT 3.1.1 CONNECT by hand (paho would refuse to send what the broker must refuse)."""
+    def field(value: str) -> bytes:
+        return len(value.encode()).to_bytes(2, "big") + value.encode()
+    body = field("MQTT") + bytes([4, 0xC2]) + (30).to_bytes(2, "big") + field(device) + field(device) + field(password)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    assert sock.recv(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
+    return sock
+
+
+def test_a_packet_beyond_the_size_limit_closes_the_connection(registry: Registry, ingest: Probe, connect,
+                                                               broker: EmbeddedBroker) -> None:
+    """amqtt reads any packet whole: one device could keep a 256 MB retained message in the broker's memory."""
+    password = registry.provision_device("meter-1")
+    topic_name = topic("meter-1", "status").encode()
+    size = MAX_PACKET_BYTES + 1
+    header = bytes([0x33]) + bytes([(size & 0x7F) | 0x80, ((size >> 7) & 0x7F) | 0x80, size >> 14])  # QoS 1, retain
+    with _raw_connect(broker.port, "meter-1", password) as sock:
+        sock.sendall(header + len(topic_name).to_bytes(2, "big") + topic_name + b"\x00\x01")
+        with contextlib.suppress(OSError):  # the broker may close while the body is still being sent
+            sock.sendall(b"x" * (size - len(topic_name) - 4))
+        assert sock.recv(4) == b""  # closed, no PUBACK
+    device = connect("meter-1", password)
+    device.publish(topic("meter-1", "status"), "online", retain=True)
+    msg = ingest.next_message()  # the oversized message never reached a subscriber
+    assert (msg.topic, msg.payload) == (topic("meter-1", "status"), b"online")
+
+
+def _publish(to: str, body: bytes, mid: int) -> bytes:
+    """A QoS-1 retained PUBLISH by hand (any topic, even a wildcard one, which paho would refuse)."""
+    rest = len(to.encode()).to_bytes(2, "big") + to.encode() + mid.to_bytes(2, "big") + body
+    size, length = len(rest), b""
+    while True:
+        size, byte = size >> 7, size & 0x7F
+        length += bytes([byte | (0x80 if size else 0)])
+        if not size:
+            return b"\x33" + length + rest
+
+
+def test_an_oversized_packet_smuggled_after_a_bad_one_closes_the_connection(
+        registry: Registry, ingest: Probe, connect, broker: EmbeddedBroker) -> None:
+    """amqtt gives up on a PUBLISH with a wildcard topic after its topic and parses its body as packets: the
+    body here carries the header of a 1 MB packet, which must not get past the size limit that way."""
+    password = registry.provision_device("meter-1")
+    inner = _publish(topic("meter-1", "status"), b"x" * (4 * MAX_PACKET_BYTES), mid=2)
+    with _raw_connect(broker.port, "meter-1", password) as sock:
+        sock.sendall(_publish("smartpark/v1/plant-a/meter-1/#", inner[:8], mid=1))
+        with contextlib.suppress(OSError):
+            sock.sendall(inner[8:])
+        assert sock.recv(4) == b""
+    device = connect("meter-1", password)
+    device.publish(topic("meter-1", "status"), "online", retain=True)
+    msg = ingest.next_message()
+    assert (msg.topic, msg.payload) == (topic("meter-1", "status"), b"online")
+
+
+@pytest.mark.parametrize("revoke", ["new-password", "deleted"])
+def test_a_revoked_device_publishes_nothing_more_on_its_open_session(registry: Registry, ingest: Probe, connect,
+                                                                     broker: EmbeddedBroker, revoke: str) -> None:
+    """Renewing a stolen password (or deleting the device) must stop the thief's session already connected."""
+    thief = connect("meter-1", registry.provision_device("meter-1"))
+    thief.publish(topic("meter-1"), "before")
+    assert ingest.next_message().payload == b"before"
+    if revoke == "new-password":
+        registry.provision_device("meter-1")
+    else:
+        registry.delete_device("meter-1")
+    broker.authority._loaded_at = -1e9  # the cache's few seconds have passed
+    thief.publish(topic("meter-1"), "after")
+    connect("meter-2", registry.provision_device("meter-2")).publish(topic("meter-2"), "other")
+    assert ingest.next_message().payload == b"other"  # "after" was dropped
+
+
+BROKER_UNDER_A_LOW_FILE_LIMIT = """
+import resource, sys, tempfile
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))  # a hard limit as low as a common soft one, scaled down
+from smartpark.broker import EmbeddedBroker
+from smartpark.core.registry import Registry
+registry = Registry(f"sqlite:///{sys.argv[1]}/meta.sqlite")
+registry.init()
+with EmbeddedBroker(registry, "127.0.0.1", int(sys.argv[2]), {"smartpark-ingest": "x"}, connect_timeout_s=300):
+    print("ready", flush=True)
+    sys.stdin.readline()  # the test's idle connections are open now
+    files = [tempfile.TemporaryFile() for _ in range(40)]  # what the API and the store open meanwhile
+    print("opened", len(files), flush=True)
+"""
+
+
+def test_idle_connections_cannot_exhaust_the_process_file_limit(tmp_path: Path) -> None:
+    """The embedded broker shares `smartpark up`'s process: its connection bound must leave files to the rest."""
+    port = free_port()
+    idle: list[socket.socket] = []
+    with subprocess.Popen([sys.executable, "-c", BROKER_UNDER_A_LOW_FILE_LIMIT, str(tmp_path), str(port)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None
+        assert child.stdin is not None
+        try:
+            assert child.stdout.readline().strip() == "ready"
+            for _ in range(300):
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S))
+            login = b"\x00\x04MQTT\x04\xc2\x00\x1e\x00\x05probe\x00\x05probe\x00\x01x"
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as last:
+                last.sendall(bytes([0x10, len(login)]) + login)
+                with contextlib.suppress(ConnectionResetError):  # refused or closed: connections are taken in
+                    last.recv(4)  # order, so all the idle ones are too (a broker out of files never answers)
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "opened 40"
+        finally:
+            for s in idle:
+                s.close()
+            child.kill()

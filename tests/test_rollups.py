@@ -90,3 +90,19 @@ def test_late_points_landing_on_rolled_up_windows_correct_them(influx_store: Inf
     influx_store.write(first[len(first) // 2:])  # the rest of the hour, later still
     RollupRepairer(influx_store, 60).run_once()
     assert assert_rollups_equal_raw(influx_store, start, start + HOUR) == 2 * (60 + 1)
+
+
+def test_late_points_weeks_apart_repair_their_own_windows_only(influx_store: InfluxStore) -> None:
+    """One reading dated three weeks back in a batch of an hour-old flush: the repair recomputes the windows of
+    each, not the three weeks between (80 statements over the whole park's raw data, every time it is sent)."""
+    recent = (now_ms() - 2 * HOUR) // HOUR * HOUR
+    old = recent - 21 * 24 * HOUR
+    points = late_points(recent, 1)
+    points.append(Point("energy", "steel", "steel-meter", old, {"energy_kwh": 900.0, "power_kw": 80.0}))
+    influx_store.write(points)
+    report = RollupRepairer(influx_store, 60).run_once()
+    assert (report.marks, report.spans, report.statements) == (3, 3, 6)  # energy: 2 spans, emissions: 1
+    assert assert_rollups_equal_raw(influx_store, recent, recent + HOUR) == 2 * (60 + 1)
+    db = quote_ident(influx_store.database)
+    where = f"WHERE time >= {old}ms AND time < {old + HOUR}ms"
+    assert rows(influx_store, f"SELECT energy_kwh FROM {db}.rp_1m.energy {where}") == {old - old % MINUTE: [900.0]}  # noqa: S608

@@ -161,3 +161,15 @@ def test_env_example_is_a_valid_dotenv_file(caplog: pytest.LogCaptureFixture) ->
         values = dotenv_values(ROOT / ".env.example")
     assert [r.getMessage() for r in caplog.records] == []
     assert set(values) == {f"SMARTPARK_{name.upper()}" for name in Settings.model_fields}
+
+
+@pytest.mark.parametrize("url", ["http://dev@ice:s3cret@broker:1883", "ftp://user:pa@ss-w0rd@influx:8086"])
+def test_a_refused_url_is_shown_without_any_of_its_credentials(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """User info may hold a raw '@' (the URL parsers split at the last one): none of it may reach a message."""
+    var = "SMARTPARK_MQTT_URL" if url.startswith("http:") else "SMARTPARK_INFLUX_URL"
+    monkeypatch.setenv(var, url)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(_env_file=None)
+    assert "s3cret" not in str(refused.value)
+    assert "ss-w0rd" not in str(refused.value)
+    assert "***@" in str(refused.value)

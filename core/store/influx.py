@@ -488,7 +488,7 @@ class InfluxStore:
                 future.result()  # re-raises the first failure, typed as the store's errors
         self.mark_late(late_spans(points, now, self._rolled_up), now)
 
-    def mark_late(self, spans: dict[str, tuple[int, int]], now_ms: int | None = None) -> None:
+    def mark_late(self, spans: dict[str, list[tuple[int, int]]], now_ms: int | None = None) -> None:
         """Record spans written too late for the rollup CQs (after the data: see core/store/rollups.py)."""
         if spans and self._is_v1_cached():
             self.write_lines(marks_body(spans, time.time_ns() // 1_000_000 if now_ms is None else now_ms))

@@ -62,6 +62,8 @@ OVERLAP_MS = 5 * 60_000  # marks are read this far behind the watermark (clock s
 FIRST_LOOK_MS = 7 * 86_400_000  # without a watermark (first run): marks of the last week
 CHUNK_MS = {"1m": 6 * 3_600_000, "1h": 31 * 86_400_000}  # one SELECT ... INTO covers at most this much
 EVERY_MS = {"1m": 60_000, "1h": 3_600_000}
+SPLIT_GAP_MS = 3_600_000  # late points further apart than this are marked as separate spans
+MAX_SPANS = 16  # spans per measurement and write at most (bounds the marks' series: the tag ``i``)
 _ts = attrgetter("ts_ms")
 
 
@@ -87,27 +89,37 @@ def rollup_select(catalog: Catalog, database: str, domain: str, rp: str) -> str:
             f"FROM {db}.{quote_ident(RAW_RP)}.{m}")
 
 
-def late_spans(points: Sequence[Point], now_ms: int, domains: Iterable[str]) -> dict[str, tuple[int, int]]:
-    """Per rolled-up measurement, the [first, last] time of the points older than LATE_MS (usually none: one
-    C-level pass finds the oldest point, and only a batch with late points is looked at point by point)."""
+def late_spans(points: Sequence[Point], now_ms: int, domains: Iterable[str]) -> dict[str, list[tuple[int, int]]]:
+    """Per rolled-up measurement, the [first, last] spans of the points older than LATE_MS (usually none: one
+    C-level pass finds the oldest point, and only a batch with late points is looked at point by point).
+    Late points far apart make separate spans (at most MAX_SPANS, split at the widest gaps): one reading
+    dated weeks back among today's must not have the repair recompute every window in between."""
     cutoff = now_ms - LATE_MS
     if not points or min(points, key=_ts).ts_ms >= cutoff:
         return {}
     wanted = set(domains)
-    spans: dict[str, tuple[int, int]] = {}
+    times: dict[str, list[int]] = {}
     for p in points:
         if p.ts_ms < cutoff and p.measurement in wanted:
-            lo, hi = spans.get(p.measurement, (p.ts_ms, p.ts_ms))
-            spans[p.measurement] = (min(lo, p.ts_ms), max(hi, p.ts_ms))
-    return spans
+            times.setdefault(p.measurement, []).append(p.ts_ms)
+    return {m: _split(sorted(ts)) for m, ts in times.items()}
 
 
-def marks_body(spans: dict[str, tuple[int, int]], now_ms: int) -> bytes:
-    """The mark points of ``spans`` as line protocol (measurement names are catalog domains: plain words)."""
+def _split(ts: list[int]) -> list[tuple[int, int]]:
+    gaps = sorted(((ts[i + 1] - ts[i], i) for i in range(len(ts) - 1) if ts[i + 1] - ts[i] > SPLIT_GAP_MS),
+                  reverse=True)[:MAX_SPANS - 1]
+    cuts = sorted(i for _, i in gaps)
+    bounds = zip([0, *(i + 1 for i in cuts)], [*cuts, len(ts) - 1], strict=True)
+    return [(ts[a], ts[b]) for a, b in bounds]
+
+
+def marks_body(spans: dict[str, list[tuple[int, int]]], now_ms: int) -> bytes:
+    """The mark points of ``spans`` as line protocol (measurement names are catalog domains: plain words); a
+    measurement's spans differ by the tag ``i`` (one point per series and time: they would overwrite each other)."""
     from smartpark.core.store.influx import escape_tag
 
-    return "\n".join(f"{MARKS},m={escape_tag(m)} start={lo}i,end={hi + 1}i {now_ms}"
-                     for m, (lo, hi) in sorted(spans.items())).encode()
+    return "\n".join(f"{MARKS},i={i},m={escape_tag(m)} start={lo}i,end={hi + 1}i {now_ms}"
+                     for m, ranges in sorted(spans.items()) for i, (lo, hi) in enumerate(ranges)).encode()
 
 
 @dataclass
