@@ -84,7 +84,8 @@ def secure(request: pytest.FixtureRequest, pki: TestPki) -> Endpoint:
 
 def core_of(tmp_path: Path, **settings: Any) -> tuple[Settings, EmbeddedStore, Registry]:
     """Settings (unique client ids), an embedded store and a registry of the test park, under ``tmp_path``."""
-    ids = {"ingest_client_id": f"ingest-{uuid.uuid4().hex[:8]}", "alerts_client_id": f"alerts-{uuid.uuid4().hex[:8]}"}
+    ids = {"ingest_client_id": f"smartpark-ingest-{uuid.uuid4().hex[:8]}",
+              "alerts_client_id": f"smartpark-alerts-{uuid.uuid4().hex[:8]}"}
     store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
     store.init()
     registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
