@@ -98,7 +98,7 @@ class StateBook:
                 changes.events.append(Resolved(target.episode, obs.ts_ms, obs.value))
             target.episode, target.peak = None, None
         elif step == "peak" and target.episode not in (None, SUPPRESSED) and target.peak is not None:
-            changes.events.append(Peak(target.episode, target.peak))  # type: ignore[arg-type]
+            changes.events.append(Peak(target.episode, target.peak))
         target.last_ts = max(target.last_ts, obs.ts_ms)
         changes.states[key] = state
         return step
@@ -135,7 +135,7 @@ class StateBook:
             if late is None or key in self.late_touched or (late.episode is None and late.pending_since is None):
                 continue
             if late.episode not in (None, SUPPRESSED):
-                changes.events.append(Resolved(late.episode, late.last_ts, None))  # type: ignore[arg-type]
+                changes.events.append(Resolved(late.episode, late.last_ts, None))
             late.episode, late.peak, late.pending_since, late.evidence, late.latches = None, None, None, [], []
             changes.states[key] = state
         self.late_touched.clear()

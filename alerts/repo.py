@@ -165,7 +165,7 @@ class AlertRepo:
 
     def seen(self) -> dict[str, int]:
         with self.session() as s:
-            return dict(s.execute(select(AlertSeen.device, AlertSeen.last_ms)).all())  # type: ignore[arg-type]
+            return dict(s.execute(select(AlertSeen.device, AlertSeen.last_ms)).all())
 
     def minutes(self, device: str, pollutant: str, start_ms: int, end_ms: int) -> list[tuple[int, float, int]]:
         with self.session() as s:

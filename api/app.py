@@ -75,7 +75,8 @@ def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore
     # the overview page's login: a signed cookie holding a session token (api/sessions.py, never the API key);
     # a random secret per process in development (settings refuse a missing or placeholder one in production)
     settings.check_session_secret()
-    app.add_middleware(SchemeSessionMiddleware, secret_key=settings.api_session_secret or secrets.token_urlsafe(32),
+    app.add_middleware(SchemeSessionMiddleware,  # type: ignore[arg-type]  # Starlette types only its own options
+                       secret_key=settings.api_session_secret or secrets.token_urlsafe(32),
                        session_cookie="smartpark_session", same_site="strict", max_age=SESSION_TTL_S,
                        always_secure=settings.api_secure_cookie == "always")
     app.add_middleware(SecurityHeaders)

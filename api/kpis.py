@@ -256,7 +256,7 @@ def _meters(usage: Usage, meters: Sequence[Device]) -> list[MeterUse]:
         unmetered = None
         if d.id in children:
             unmetered = {m: v - sum(amounts[c].get(m, 0.0) for c in children[d.id]) for m, v in amounts[d.id].items()}
-        out.append(MeterUse(device=d.id, role=role_of(d), parent=d.parent_id, amounts=amounts[d.id],  # type: ignore[arg-type]
+        out.append(MeterUse(device=d.id, role=role_of(d), parent=d.parent_id, amounts=amounts[d.id],
                             unmetered=unmetered))
     return out
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, cast
 
 import msgspec
 
@@ -64,7 +64,7 @@ class Reason(StrEnum):
 class Rejection(NamedTuple):
     reason: Reason
     detail: str
-    index: int | None = None  # position in a batch; None for the whole message
+    index: int | None = None  # type: ignore[assignment]  # position in a batch; None: the message (shadows tuple.index)
 
 
 class Topic(NamedTuple):
@@ -131,7 +131,7 @@ class _Envelope(msgspec.Struct):
 class _PyEnvelope(_Envelope):
     """The envelope of the slow path, where readings are already Python objects."""
 
-    readings: list[Any] | None = None  # type: ignore[assignment]
+    readings: list[Any] | None = None
 
 
 class _FastEnvelope(_Envelope):
@@ -248,7 +248,8 @@ class ReadingDecoder:
         bad = next((f for f in flags.values() if f not in VALID_FLAGS), None)
         if bad is not None:
             return _reject(Reason.BAD_SCHEMA, f"flag {bad!r} is not one of {''.join(sorted(VALID_FLAGS))}")
-        return self._one(site, device, _RawReading(metrics=metrics, ts=ts_ms, flags=flags or None), now_ms, None)
+        checked = cast("dict[str, Flag]", flags)  # each one is a valid flag (above)
+        return self._one(site, device, _RawReading(metrics=metrics, ts=ts_ms, flags=checked or None), now_ms, None)
 
     def _in_bounds(self, metrics: dict[str, float]) -> bool:
         """All known metrics within their bounds (NaN and infinities are not)."""
@@ -279,18 +280,19 @@ class ReadingDecoder:
 
     def _one(self, site: str, device: str, raw: _RawReading | _Envelope, now_ms: int, index: int | None
              ) -> Decoded:
-        problem = self._check_metrics(raw)
+        metrics = raw.metrics or {}  # never None here: an envelope without metrics was refused before
+        problem = self._check_metrics(metrics, raw.flags)
         if problem is None:
             ts_ms, problem = self._timestamp(raw.ts, now_ms)
         if problem is not None:
             return Decoded([], [Rejection(problem[0], problem[1], index)])
-        flags = {k: v for k, v in raw.flags.items() if v != "N"} if raw.flags else {}
-        reading = Reading(site, device, ts_ms, raw.metrics, flags, raw.seq, raw.ts is not None)
+        flags: dict[str, str] = {k: v for k, v in raw.flags.items() if v != "N"} if raw.flags else {}
+        reading = Reading(site, device, ts_ms, metrics, flags, raw.seq, raw.ts is not None)
         return Decoded([reading], [])
 
-    def _check_metrics(self, raw: _RawReading | _Envelope) -> tuple[Reason, str] | None:
+    def _check_metrics(self, metrics: dict[str, float], flags: dict[str, Flag] | None) -> tuple[Reason, str] | None:
         bounds = self._bounds
-        for name, value in raw.metrics.items():
+        for name, value in metrics.items():
             bound = bounds.get(name)
             if bound is None:
                 return Reason.UNKNOWN_METRIC, f"unknown metric {name!r}"
@@ -298,8 +300,8 @@ class ReadingDecoder:
                 if not math.isfinite(value):
                     return Reason.NON_FINITE, f"{name} is {value}"
                 return Reason.OUT_OF_RANGE, f"{name}={value} outside {bound[0]:g}..{bound[1]:g}"
-        for name in raw.flags or ():
-            if name not in raw.metrics:
+        for name in flags or ():
+            if name not in metrics:
                 return Reason.BAD_SCHEMA, f"flag for {name!r}, which the reading does not carry"
         return None
 

@@ -116,7 +116,7 @@ class Batcher:
         if not b.messages:
             return False
         now = time.monotonic()
-        return now - b.opened >= self.max_age_s or (self.quiet_s > 0 and b.done and now - b.last >= self.quiet_s)
+        return now - b.opened >= self.max_age_s or (self.quiet_s > 0 and bool(b.done) and now - b.last >= self.quiet_s)
 
     def wake(self) -> None:
         """Make a waiting take() look at its ``until`` again (the writer has something else to do)."""

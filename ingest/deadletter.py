@@ -107,7 +107,7 @@ class DeadLetterBox:
         """Bytes of the file in use (pages not on the free list): what the size cap bounds."""
         pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
         free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return (pages - free) * self._page
+        return int((pages - free) * self._page)
 
     def _prune_age(self) -> int:
         """Drop messages (and their letters) received before the age limit; the number of letters dropped."""

@@ -50,7 +50,7 @@ PIPELINE = 2  # batches handed to the store at once: +10-15 % readings/s on 2 co
 class NoBroker:
     """The source of an ingest that takes messages only from inside the process (`smartpark hj212`)."""
 
-    host, port = "-", 0
+    endpoint = Endpoint("-", 0)  # what an error message names: no broker
 
     def __init__(self) -> None:
         self.subscribed = threading.Event()

@@ -83,8 +83,8 @@ class IngestStats(Collector):
         for reason, value in sorted(rejected.items()):
             family.add_metric([reason], value)
         yield family
-        for name, value in sorted(gauges.items()):
-            yield GaugeMetricFamily(f"{self.prefix}_{name}", self.help.get(name, name), value=value)
+        for name, level in sorted(gauges.items()):
+            yield GaugeMetricFamily(f"{self.prefix}_{name}", self.help.get(name, name), value=level)
 
     def points(self, instance: str, ts_ms: int) -> list[Point]:
         with self._lock:

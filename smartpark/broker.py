@@ -380,7 +380,7 @@ class _Broker(Broker):
         except (AMQTTError, MQTTError, NoDataError, ValueError) as exc:
             await writer.close()
             raise AMQTTError(f"bad CONNECT from {remote_address}:{remote_port}: {exc}") from exc
-        if not await super()._authenticate(incoming, self.listeners_config.get("default")):  # type: ignore[arg-type]
+        if not await super()._authenticate(incoming, self.listeners_config.get("default")):
             await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
             await writer.close()
             raise AMQTTError(f"login of {incoming.username!r} as {incoming.client_id!r} refused")
@@ -400,7 +400,7 @@ class _Broker(Broker):
             session.parent = 1
         else:
             incoming.parent = 0
-        session.smartpark_login = (session.username, session.password)  # type: ignore[attr-defined]
+        session.smartpark_login = (session.username, session.password)
         return session
 
     async def _authenticate(self, session: Session, listener: ListenerConfig) -> bool:

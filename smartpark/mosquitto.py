@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from smartpark.core.contract import TOPIC_PREFIX
 from smartpark.core.errors import ConfigError
@@ -210,7 +211,7 @@ class _ControlClient:
         import paho.mqtt.client as mqtt
 
         self._timeout_s = timeout_s
-        self._replies: list[dict[str, object]] = []
+        self._replies: list[dict[str, Any]] = []
         self._got = threading.Event()
         self._ready = threading.Event()
         self._refused: str | None = None
@@ -250,7 +251,7 @@ class _ControlClient:
         self._replies = list(body.get("responses", []))
         self._got.set()
 
-    def call(self, commands: list[dict[str, object]]) -> list[dict[str, object]]:
+    def call(self, commands: list[dict[str, object]]) -> list[dict[str, Any]]:
         self._got.clear()
         self._client.publish(CONTROL_TOPIC, json.dumps({"commands": commands}), qos=1)
         if not self._got.wait(self._timeout_s):

@@ -84,12 +84,14 @@ def init_databases(settings: Settings) -> list[str]:
     _, registry, store = open_core(admin, create=True)
     try:
         users = settings.influx_users() if settings.influx_url else {}
-        if users and not (isinstance(store, InfluxStore) and store.is_v1()):
+        if not users:
+            return []
+        if not isinstance(store, InfluxStore) or not store.is_v1():
             raise ConfigError("SMARTPARK_INFLUX_*_USERNAME are InfluxDB 1.x users; on 2.x/3.x give each service "
                               "its own token (SMARTPARK_INFLUX_TOKEN) instead")
         done = []
         for service, (user, password) in users.items():
-            store.ensure_user(user, password, INFLUX_PRIVILEGES[service])  # type: ignore[union-attr]
+            store.ensure_user(user, password, INFLUX_PRIVILEGES[service])
             done.append(f"{user} ({INFLUX_PRIVILEGES[service]})")
         return done
     finally:

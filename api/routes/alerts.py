@@ -136,10 +136,10 @@ class EpisodePage(BaseModel):
 
 
 def _episode(ep: Episode) -> EpisodePublic:
-    return EpisodePublic(id=ep.id, rule=ep.rule_id, state=ep.state, severity=ep.severity,  # type: ignore[arg-type]
+    return EpisodePublic(id=ep.id, rule=ep.rule_id, state=ep.state, severity=ep.severity,
                          site=ep.site, device=ep.device, metric=ep.metric, value=ep.value, peak=ep.peak,
                          limit=ep.limit, unit=ep.unit, window=ep.window, message=ep.message,
-                         started_at=_iso(ep.started_ms), resolved_at=_iso(ep.ended_ms),  # type: ignore[arg-type]
+                         started_at=_iso(ep.started_ms), resolved_at=_iso(ep.ended_ms),
                          readings=ep.evidence)
 
 
@@ -323,9 +323,9 @@ def _one_delivery(repo: AlertRepo, sub_id: str, delivery_id: str) -> tuple[Deliv
 
 def _delivery(d: Delivery, attempts: list[DeliveryAttempt]) -> DeliveryPublic:
     return DeliveryPublic(
-        id=d.id, type=d.event_type, state=d.state, episode=d.episode_id,  # type: ignore[arg-type]
-        created_at=_iso(d.created_ms), next_attempt_at=_iso(d.next_ms) if d.state == "pending" else None,  # type: ignore[arg-type]
-        attempts=[AttemptPublic(attempt=a.attempt, at=_iso(a.at_ms), status=a.status,  # type: ignore[arg-type]
+        id=d.id, type=d.event_type, state=d.state, episode=d.episode_id,
+        created_at=_iso(d.created_ms), next_attempt_at=_iso(d.next_ms) if d.state == "pending" else None,
+        attempts=[AttemptPublic(attempt=a.attempt, at=_iso(a.at_ms), status=a.status,
                                 latency_ms=a.latency_ms, error=a.error) for a in attempts])
 
 

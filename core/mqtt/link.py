@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 from smartpark.core.mqtt.endpoint import Endpoint
 from smartpark.core.mqtt.errors import BrokerUnreachable, TlsHandshakeError
@@ -141,7 +141,7 @@ class TlsLink:
                 with lock:
                     try:
                         while n < want:
-                            got = tls.read(want - n, view[n:] if n else view)
+                            got = cast(int, tls.read(want - n, view[n:] if n else view))  # into the buffer
                             n += got
                             if not got or not (raw.pending or tls.pending()):
                                 break

@@ -13,7 +13,7 @@ import logging
 import socket
 import ssl
 import threading
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -72,7 +72,7 @@ class PahoSource:
     def start(self) -> None:
         props = None
         if self.mqtt5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
             props.SessionExpiryInterval = SESSION_EXPIRY_S
             props.ReceiveMaximum = self.receive_maximum
             if self.max_packet_bytes:
@@ -151,4 +151,4 @@ class PahoSource:
             self._connack.set()
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        self.on_message(msg.topic, msg.payload, msg.mid if msg.qos else 0, self.generation)
+        self.on_message(msg.topic, cast(bytes, msg.payload), msg.mid if msg.qos else 0, self.generation)

@@ -133,7 +133,7 @@ class Registry:
         with self.session() as s:
             rows = s.execute(select(Device.hj212_mn, Device.id, Device.site_id, Device.hj212_pw_hash,
                                     Device.source_type).where(Device.hj212_mn.is_not(None)))
-            return {mn: (d, site, h, st) for mn, d, site, h, st in rows if h}
+            return {mn: (d, site, h, st) for mn, d, site, h, st in rows if mn and h}
 
     def set_hj212(self, device_id: str, mn: str, pw: str) -> None:
         """Bind an MN and PW to a device (PW stored hashed); an MN already bound elsewhere is an error."""
@@ -255,7 +255,7 @@ class Registry:
             if d.id != device_id:
                 lines.append((d.id, d.kind, d.role, d.parent_id))
         current = self.device(device_id)
-        merged = {"kind": None, "role": None, "parent_id": None}
+        merged: dict[str, str | None] = {"kind": None, "role": None, "parent_id": None}
         if current is not None:
             merged |= {"kind": current.kind, "role": current.role, "parent_id": current.parent_id}
         merged |= {k: v for k, v in fields.items() if k in merged}

@@ -394,7 +394,7 @@ class InfluxStore:
     def server_version(self) -> str:
         """The server's version from /ping (``X-Influxdb-Version``), "" if it does not say."""
         resp = self._send("GET", "/ping")
-        return resp.headers.get("X-Influxdb-Version", "")
+        return str(resp.headers.get("X-Influxdb-Version", ""))
 
     def is_v1(self) -> bool:
         version = self.server_version().lstrip("v")

@@ -7,6 +7,8 @@ has some or all of these tables and no ``alembic_version``: this revision create
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -18,7 +20,7 @@ depends_on = None
 STR63 = sa.String(length=63)
 
 
-def _table(name: str, *columns: sa.Column | sa.Constraint, indexes: tuple[tuple[str, list[str]], ...] = ()) -> None:
+def _table(name: str, *columns: sa.Column[Any] | sa.Constraint, indexes: tuple[tuple[str, list[str]], ...] = ()) -> None:
     """Create a table and its indexes unless a pre-migration smartpark already made it."""
     if sa.inspect(op.get_bind()).has_table(name):
         return
