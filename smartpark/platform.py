@@ -11,13 +11,15 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from datetime import date, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from smartpark.api.app import create_app
+from smartpark.api.summary import summarise
 from smartpark.core.catalog import Catalog, load_catalog
 from smartpark.core.errors import ConfigError, StoreError
 from smartpark.core.registry import ParkFile, Registry, read_park_file
@@ -74,8 +76,13 @@ def alert_engine(settings: Settings, registry: Registry, store: TimeSeriesStore,
         return kind(host=host, port=port, client_id=settings.alerts_client_id, username=username,
                     password=password, mqtt5=mqtt5, receive_maximum=10_000, shared="", on_message=on_message)
 
-    return AlertEngine(settings, registry, store, catalog, reference=load_reference(settings.reference_file),
-                       source_factory=source)
+    reference = load_reference(settings.reference_file)
+
+    def daily(day: date) -> list[dict[str, Any]]:  # the feed's figures: the API's, for every site
+        rows = summarise(registry, store, reference, settings, day, day + timedelta(days=1), registry.sites())
+        return [r.model_dump(mode="json") for r in rows.sites]
+
+    return AlertEngine(settings, registry, store, catalog, reference=reference, source_factory=source, daily=daily)
 
 
 def admin_key(settings: Settings, registry: Registry) -> str:
