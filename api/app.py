@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from starlette.middleware.sessions import SessionMiddleware
 
 from smartpark.api.errors import install_error_handlers
-from smartpark.api.routes import alerts, daily, devices, health, keys, kpis, page, screening, series, sites
+from smartpark.api.routes import alerts, daily, devices, health, keys, kpis, page, reports, screening, series, sites
 from smartpark.api.sessions import SESSION_TTL_S, create_session_table
 from smartpark.api.warm import KpiWarmer
 from smartpark.core.catalog import Catalog
@@ -57,6 +57,6 @@ def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore
     app.add_middleware(SessionMiddleware, secret_key=settings.api_session_secret or secrets.token_urlsafe(32),
                        session_cookie="smartpark_session", same_site="strict", max_age=SESSION_TTL_S,
                        https_only=settings.env == "production")
-    for module in (health, sites, devices, series, daily, kpis, screening, keys, page, alerts):
+    for module in (health, sites, devices, series, daily, kpis, screening, reports, keys, page, alerts):
         app.include_router(module.router)
     return app

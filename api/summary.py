@@ -41,6 +41,7 @@ class SiteSummary(BaseModel):
     end: date = Field(description="The local day after the last one")
     timezone: str
     energy_tce: float = Field(description="= energy KPI total_tce (main meters)")
+    energy_days: dict[date, float] = Field(default_factory=dict, description="tce per local day (= KPI `days`)")
     carriers: dict[str, float] = Field(description="carrier -> amount in its unit (main meters)")
     units: dict[str, str]
     quota_tce: float | None
@@ -107,6 +108,7 @@ def _row(site: str, name: str, span: tuple[date, date, ZoneInfo], energy: Energy
     exceeding.sort(key=lambda e: (e.hour, e.stack, e.pollutant))
     return SiteSummary(
         site=site, name=name, start=span[0], end=span[1], timezone=str(span[2]), energy_tce=energy.total_tce,
+        energy_days={d.day: d.total_tce for d in energy.days},
         carriers={c.carrier: c.amount for c in energy.carriers}, units={c.carrier: c.unit for c in energy.carriers},
         quota_tce=energy.quota_tce, quota_use_pct=energy.quota_use_pct, co2_total_t=energy.co2_total_t,
         output_t=energy.output_t, intensity_tce_per_t=energy.intensity_tce_per_t, compliance_pct=em.compliance_pct,
@@ -127,6 +129,7 @@ def _park(rows: list[SiteSummary], energy: EnergyKpi, span: tuple[date, date, Zo
     rate = 100 * (valid - exceeding) / valid if valid else None
     return SiteSummary(
         site=None, name=name, start=span[0], end=span[1], timezone=str(span[2]), energy_tce=energy.total_tce,
+        energy_days={d.day: d.total_tce for d in energy.days},
         carriers={c.carrier: c.amount for c in energy.carriers}, units={c.carrier: c.unit for c in energy.carriers},
         quota_tce=energy.quota_tce, quota_use_pct=energy.quota_use_pct, co2_total_t=energy.co2_total_t,
         output_t=energy.output_t, intensity_tce_per_t=energy.intensity_tce_per_t, compliance_pct=rate,
