@@ -172,7 +172,7 @@ def report(
     from smartpark.core.screening import load_screening
     from smartpark.platform import open_core
 
-    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+    if not re.fullmatch(r"20\d{2}-(0[1-9]|1[0-2])", month):
         _fail(f"--month {month!r} is not YYYY-MM")
     if fmt not in ("pdf", "html"):
         _fail(f"--format {fmt!r} is not pdf or html")

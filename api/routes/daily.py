@@ -25,8 +25,8 @@ def daily(registry: RegistryDep, store: StoreDep, ref: ReferenceDep, settings: S
     tz = summary.local_tz(registry)
     today = datetime.now(tz).date()
     day = day or today - timedelta(days=1)
-    if day > today:
-        raise Unprocessable("the day has not begun yet", {"date": day.isoformat()})
+    if day > today or day.year < 2000:
+        raise Unprocessable("the day must be since 2000 and not after today", {"date": day.isoformat()})
     sites = [s for s in registry.sites() if who.can_see(s.id)]
     rows = summary.summarise(registry, store, ref, settings, day, day + timedelta(days=1), sites).sites
     if fmt == "json":

@@ -14,7 +14,7 @@ from smartpark.api.summary import local_tz
 from smartpark.core.screening import Screening, load_screening
 
 router = APIRouter(prefix="/v1", tags=["screening"], responses=ERRORS)
-MONTH = r"^\d{4}-(0[1-9]|1[0-2])$"
+MONTH = r"^20\d{2}-(0[1-9]|1[0-2])$"  # this century: time zones and local days are defined
 Month = Annotated[str, Query(pattern=MONTH, description="A month of local days, YYYY-MM", examples=["2026-03"])]
 
 
