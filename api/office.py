@@ -4,7 +4,8 @@ api/summary.py computes them for the KPI endpoints' default period (this month u
 
 A month of emission hours costs the store seconds when not cached, too slow for a page that refreshes
 itself: the figures are kept ``TTL_S`` and, once older, served while one background refresh replaces them
-(only the very first page view waits for them)."""
+(a view finding none of today's waits up to ``FIRST_WAIT_S`` for them, then renders without; a store
+error never fails the page)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ __all__ = ["OfficeFigures", "SiteFigures"]
 
 log = logging.getLogger("smartpark.api")
 TTL_S = 60.0
+FIRST_WAIT_S = 10.0  # a view with no figures of today waits this long for them, then shows the page without
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,29 +43,37 @@ class OfficeFigures:
         self._lock = threading.Lock()
         self._value: tuple[float, str, dict[str, SiteFigures]] | None = None  # (at, local day, per site)
         self._refreshing = False
+        self._done = threading.Event()
 
-    def get(self, sites: Sequence[Site]) -> dict[str, SiteFigures]:
-        """The figures of ``sites`` (a subset of the park's, by the caller's scope)."""
+    def get(self, sites: Sequence[Site], wait_s: float = FIRST_WAIT_S) -> dict[str, SiteFigures] | None:
+        """The figures of ``sites`` (a subset of the park's, by the caller's scope); None while the first ones
+        of the day are still being computed after ``wait_s`` or could not be (the page says so)."""
         day = datetime.now(local_tz(self.registry)).date().isoformat()
         with self._lock:
             value = self._value
-            fresh = value is not None and value[1] == day and time.monotonic() - value[0] < TTL_S
-            if value is not None and value[1] == day and not fresh and not self._refreshing:
+            current = value is not None and value[1] == day
+            if not (current and time.monotonic() - value[0] < TTL_S) and not self._refreshing:  # type: ignore[index]
                 self._refreshing = True
+                self._done = threading.Event()
                 threading.Thread(target=self._refresh, name="office-figures", daemon=True).start()
-        if value is None or value[1] != day:  # nothing for today yet: this view waits
-            value = self._compute()
+            done = self._done
+        if not current:  # nothing for today yet: wait a little for it
+            done.wait(wait_s)
+            value = self._value
+            if value is None or value[1] != day:
+                return None
         wanted = {s.id for s in sites}
-        return {k: v for k, v in value[2].items() if k in wanted}
+        return {k: v for k, v in value[2].items() if k in wanted}  # type: ignore[index]
 
     def _refresh(self) -> None:
         try:
             self._compute()
-        except Exception:  # the stale figures stay; the next view tries again
-            log.exception("overview figures not refreshed")
+        except Exception:  # the last figures stay (or none); the next view tries again
+            log.exception("overview figures not computed")
         finally:
             with self._lock:
                 self._refreshing = False
+                self._done.set()
 
     def _compute(self) -> tuple[float, str, dict[str, SiteFigures]]:
         tz = local_tz(self.registry)

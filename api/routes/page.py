@@ -39,7 +39,7 @@ def overview(request: Request, registry: RegistryDep, store: StoreDep, catalog: 
         return templates.TemplateResponse(request, "overview.html", context)
     sites = [s for s in registry.sites() if who.can_see(s.id)]
     tz = ZoneInfo(park.timezone if park else "Asia/Shanghai")
-    figures = office_figures(request).get(sites)
+    figures = office_figures(request).get(sites) or {}
     context.update(
         cards=site_cards(store, registry, sites, catalog, settings.api_stale_after_s),
         alerts=active_alerts(registry, {s.id for s in sites}), refresh_s=REFRESH_S, office=figures,
@@ -60,7 +60,7 @@ def site_detail(site_id: str, request: Request, registry: RegistryDep, store: St
     if site is None:
         raise HTTPException(404, "no such site")
     park = registry.park()
-    figures = office_figures(request).get([site])
+    figures = office_figures(request).get([site]) or {}
     card = site_cards(store, registry, [site], catalog, settings.api_stale_after_s)[0]
     context = {"park_name": park.name if park else "smartpark", "site": site, "card": card,
                "f": figures.get(site.id), "chart": energy_chart(figures[site.id].month) if site.id in figures else "",
