@@ -44,10 +44,12 @@ class OfficeFigures:
         self._value: tuple[float, str, dict[str, SiteFigures]] | None = None  # (at, local day, per site)
         self._refreshing = False
         self._done = threading.Event()
+        self._tried = ""  # the local day of the last finished attempt: after a failure, views do not wait
 
     def get(self, sites: Sequence[Site], wait_s: float = FIRST_WAIT_S) -> dict[str, SiteFigures] | None:
         """The figures of ``sites`` (a subset of the park's, by the caller's scope); None while the first ones
-        of the day are still being computed after ``wait_s`` or could not be (the page says so)."""
+        of the day are still being computed after ``wait_s``, or could not be (then no view waits again while
+        the next attempt runs in the background; the page says so)."""
         day = datetime.now(local_tz(self.registry)).date().isoformat()
         with self._lock:
             value = self._value
@@ -57,7 +59,7 @@ class OfficeFigures:
                 self._done = threading.Event()
                 threading.Thread(target=self._refresh, name="office-figures", daemon=True).start()
             done = self._done
-        if not current:  # nothing for today yet: wait a little for it
+        if not current and self._tried != day:  # the day's first figures are being computed: wait a little
             done.wait(wait_s)
             value = self._value
             if value is None or value[1] != day:
@@ -73,6 +75,7 @@ class OfficeFigures:
         finally:
             with self._lock:
                 self._refreshing = False
+                self._tried = datetime.now(local_tz(self.registry)).date().isoformat()
                 self._done.set()
 
     def _compute(self) -> tuple[float, str, dict[str, SiteFigures]]:
