@@ -56,7 +56,7 @@ def build_report(registry: Registry, store: TimeSeriesStore, ref: Reference, set
     start, end = month_span(month)
     sites = [site] if site else registry.sites()
     rows = summarise(registry, store, ref, settings, start, end, sites)
-    found = screen(registry, store, ref, settings, data, month).enterprises
+    found = screen(registry, store, ref, settings, data, month, only=site).enterprises
     park = registry.park()
     main = rows.sites[0] if site else rows.park
     days = (end - start).days

@@ -77,17 +77,18 @@ def month_span(month: str) -> tuple[date, date]:
 
 
 def screen(registry: Registry, store: TimeSeriesStore, ref: Reference, settings: Settings,  # noqa: PLR0917 - the API's dependencies
-           data: Screening, month: str, *, today: date | None = None) -> ScreeningReport:
+           data: Screening, month: str, *, today: date | None = None, only: Site | None = None) -> ScreeningReport:
+    """Every enterprise of the park, or ``only`` one (a site's report)."""
     tz = local_tz(registry)
     start, end = month_span(month)
     tomorrow = (today or datetime.now(tz).date()) + timedelta(days=1)
     p = kpis.period(tz, start, min(end, tomorrow))  # the current month: up to today (annualised from its days)
     park = registry.park()
     region = park.region if park else "national"
-    sites = registry.sites()
-    meters = kpis.energy_meters(registry.devices())
+    sites = [only] if only else registry.sites()
+    meters = kpis.energy_meters(registry.devices(only.id if only else None))
     rules = kpis.CounterRules.of(settings.counter_max_gap_s, settings.counter_max_per_h)
-    usage = kpis.energy_usage(store, ref, meters, None, p, rules=rules)
+    usage = kpis.energy_usage(store, ref, meters, only.id if only else None, p, rules=rules)
     out = []
     for s in sites:
         tce = kpis.energy_kpi(usage, ref, region, [s], meters, p=p).total_tce

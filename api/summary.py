@@ -83,8 +83,9 @@ def summarise(registry: Registry, store: TimeSeriesStore, ref: Reference, settin
     ids = {s.id for s in sites}
     meters = [d for d in kpis.energy_meters(registry.devices()) if d.site_id in ids]
     rules = kpis.CounterRules.of(settings.counter_max_gap_s, settings.counter_max_per_h)
-    usage = kpis.energy_usage(store, ref, meters, None, p, rules=rules)
-    green = kpis.green_area(store, None, p)
+    one = sites[0].id if len(sites) == 1 else None  # one site: the store filters (the park's meters are many)
+    usage = kpis.energy_usage(store, ref, meters, one, p, rules=rules)
+    green = kpis.green_area(store, one, p)
     hours = round((p.end_ms - p.start_ms) / 3_600_000)
     rows, greens = [], []
     for s in sites:
