@@ -47,7 +47,8 @@ def site_page(registry: Registry, store: TimeSeriesStore, ref: Reference, settin
         for x in stack.pollutants:
             hours = x.hours or []
             figures.append(charts.bars(
-                [h.start.strftime("%H") for h in hours], [h.mean_mg_m3 for h in hours], unit="mg/m3",
+                [h.start.strftime("%H") for h in hours],
+                [None if h.status == "invalid" else h.mean_mg_m3 for h in hours], unit="mg/m3",
                 title=f"{stack.device} {x.pollutant}: hourly means, yesterday and today (local hours)",
                 limit=x.limit_mg_m3, limit_label=f"limit {x.limit_mg_m3:g} mg/m3", every=3))
     meters = kpis.energy_meters(devices)
