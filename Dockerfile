@@ -18,6 +18,9 @@ COPY hj212 hj212
 RUN /opt/smartpark/bin/pip install ".[postgres]" && /opt/smartpark/bin/smartpark --help > /dev/null
 
 FROM ${PYTHON_IMAGE} AS runtime
+# WeasyPrint (the monthly report's PDF) renders with Pango
+RUN apt-get update && apt-get install -y --no-install-recommends libpango-1.0-0 libpangoft2-1.0-0 \
+    && rm -rf /var/lib/apt/lists/*
 # a fixed non-root uid/gid so volume ownership is predictable across rebuilds
 RUN groupadd --system --gid 10001 smartpark \
     && useradd --system --uid 10001 --gid smartpark --home-dir /var/lib/smartpark --shell /usr/sbin/nologin smartpark \

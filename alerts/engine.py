@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.exc import OperationalError
 
 from smartpark.alerts.book import Observation, StateBook, Subject
+from smartpark.alerts.daily import DailyFeed, DailyFigures
 from smartpark.alerts.delivery import Dispatcher
 from smartpark.alerts.errors import EngineError
 from smartpark.alerts.hours import judge
@@ -60,7 +61,7 @@ SourceFactory = Callable[[OnMessage], MessageSource]
 
 class AlertEngine:
     def __init__(self, settings: Settings, registry: Registry, store: TimeSeriesStore, catalog: Catalog, *,
-                 reference: Reference, source_factory: SourceFactory) -> None:
+                 reference: Reference, source_factory: SourceFactory, daily: DailyFigures | None = None) -> None:
         self.settings, self.registry, self.store = settings, registry, store
         self.repo = AlertRepo(registry.engine)
         self.repo.init(default_rules(reference))
@@ -79,6 +80,7 @@ class AlertEngine:
                                                                           settings.counter_max_per_h))
         self._rejudge_all = True  # the first round after a start looks at every hour of the late window
         self.dispatcher = Dispatcher(self.repo, settings)
+        self.daily = DailyFeed(self.repo, daily) if daily else None  # `kpi.daily` events (alerts/daily.py)
         self.source = source_factory(self._on_message)
         self.processed = 0  # messages evaluated and acked
         self.ticks = 0  # schedule rounds completed
@@ -268,6 +270,8 @@ class AlertEngine:
             if changes and not self._commit(changes):
                 self._untake(touched)
         self._annotate()
+        if self.daily and self.daily.run(now, self._tz):
+            self.dispatcher.wake.set()
         if self.ticks % 360 == 0:
             self.repo.prune_minutes(now - self.late_window_ms - 2 * HOUR_MS)
         self.ticks += 1

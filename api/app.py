@@ -16,7 +16,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from smartpark.api.errors import install_error_handlers
 from smartpark.api.headers import SecurityHeaders
 from smartpark.api.limits import BodyLimit, KeyLimits
-from smartpark.api.routes import alerts, audit, devices, health, keys, kpis, page, series, sites
+from smartpark.api.routes import (
+    alerts,
+    audit,
+    daily,
+    devices,
+    health,
+    keys,
+    kpis,
+    page,
+    reports,
+    screening,
+    series,
+    sites,
+)
 from smartpark.api.sessions import SESSION_TTL_S
 from smartpark.api.warm import KpiWarmer
 from smartpark.core.catalog import Catalog
@@ -82,6 +95,6 @@ def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)  # outermost: before any auth
     app.state.limits = KeyLimits(settings)
-    for module in (health, sites, devices, series, kpis, keys, page, alerts, audit):
+    for module in (health, sites, devices, series, daily, kpis, screening, reports, keys, page, alerts, audit):
         app.include_router(module.router)
     return app

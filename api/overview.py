@@ -16,7 +16,7 @@ from smartpark.core.registry import Registry, Site
 from smartpark.core.registry.hierarchy import effective_role
 from smartpark.core.store.base import DAY_MS, LatestValue, SeriesQuery, TimeSeriesStore
 
-__all__ = ["ActiveAlert", "SiteCard", "active_alerts", "site_cards", "sparkline"]
+__all__ = ["ActiveAlert", "SiteCard", "active_alerts", "site_cards", "sparkline", "stale_devices"]
 
 HOUR_MS = 3_600_000
 # key figures: (metric, label, how the site's devices combine); power: the main meters' only
@@ -109,12 +109,7 @@ def _card(registry: Registry, site: Site, latest: list[LatestValue], hourly: dic
           stale_s: float, now: int, mains: set[str]) -> SiteCard:
     reporting = [d.id for d in registry.devices(site.id) if d.kind != "gateway"]
     card = SiteCard(site, devices=len(reporting))
-    newest: dict[str, int] = {}
-    for v in latest:
-        newest[v.device] = max(newest.get(v.device, 0), v.ts_ms)
-    # a device silent for longer than the store's lookback has no latest value at all: stale too (age -1)
-    ages = {d: (now - newest[d]) / 1000 if d in newest else -1.0 for d in reporting}
-    card.stale = sorted((d, age) for d, age in ages.items() if age < 0 or age > stale_s)
+    card.stale = stale_devices(reporting, latest, now, stale_s)
     for metric, label, how in KEY_FIGURES:
         values = [v.value for v in latest if v.metric == metric and now - v.ts_ms <= stale_s * 1000
                   and (metric != "power_kw" or v.device in mains)]
@@ -123,6 +118,18 @@ def _card(registry: Registry, site: Site, latest: list[LatestValue], hourly: dic
     card.power_24h = sparkline([hourly[t] for t in sorted(hourly)],
                                "power, sum of the main meters' hourly means, 24 h")
     return card
+
+
+def stale_devices(devices: Sequence[str], latest: Sequence[LatestValue], now: int, stale_s: float
+                  ) -> list[tuple[str, float]]:
+    """(device, age s) of the devices not heard from within ``stale_s``; age -1: no reading within the store's
+    lookback at all. A clock running ahead gives a reading from the future: age 0, fresh (as the API says),
+    never the "no reading" mark a negative age used to be taken for."""
+    newest: dict[str, int] = {}
+    for v in latest:
+        newest[v.device] = max(newest.get(v.device, v.ts_ms), v.ts_ms)
+    ages = {d: max(now - newest[d], 0) / 1000 if d in newest else -1.0 for d in devices}
+    return sorted((d, age) for d, age in ages.items() if age < 0 or age > stale_s)
 
 
 def sparkline(values: list[float], title: str, width: int = 240, height: int = 48) -> str:

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     """A metric catalog to use instead of the built-in one."""
     reference_file: Path | None = None
     """Reference data (limits, reference O2, coal and CO2 factors) to use instead of the built-in file."""
+    screening_file: Path | None = None
+    """Two-high screening data (sectors, energy threshold, restricted products, process benchmark and baseline
+    levels) to use instead of the built-in core/data/screening.yaml."""
 
     # --- API
     api_host: str = "127.0.0.1"

@@ -258,6 +258,40 @@ def alerts(verbose: Verbose = False) -> None:
 
 
 @app.command()
+def report(
+    month: Annotated[str, typer.Option(help="The month, YYYY-MM (local days of the park)")],
+    output: Annotated[Path, typer.Option(help="The file to write")],
+    site: Annotated[str | None, typer.Option(help="One site's report; default: the park's")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="pdf or html")] = "pdf",
+    verbose: Verbose = False,
+) -> None:
+    """Write the monthly report (energy vs quota, emission compliance, greening, availability, screening)."""
+    import re
+
+    from smartpark.api.reports import build_report, render_html, render_pdf
+    from smartpark.core.reference import load_reference
+    from smartpark.core.screening import load_screening
+    from smartpark.platform import open_core
+
+    if not re.fullmatch(r"20\d{2}-(0[1-9]|1[0-2])", month):
+        _fail(f"--month {month!r} is not YYYY-MM")
+    if fmt not in ("pdf", "html"):
+        _fail(f"--format {fmt!r} is not pdf or html")
+    settings = _settings(verbose)
+    try:
+        _, registry, store = open_core(settings)
+        target = registry.site(site) if site else None
+        if site and target is None:
+            _fail(f"no site {site!r} in the registry")
+        html = render_html(build_report(registry, store, load_reference(settings.reference_file), settings,
+                                        load_screening(settings.screening_file), month, target))
+        output.write_bytes(render_pdf(html) if fmt == "pdf" else html.encode())
+    except SmartparkError as exc:
+        _fail(str(exc))
+    err.print(f"wrote {output} ({output.stat().st_size} bytes)", highlight=False)
+
+
+@app.command()
 def simulate(  # noqa: PLR0917 (typer options)
     scenario: Annotated[Path | None, typer.Option(help="Scenario YAML (default: the demo scenario).")] = None,
     mode: Annotated[str, typer.Option(help="live (real time), accelerated (a day per minute) or backfill.")

@@ -13,9 +13,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from datetime import date, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from smartpark.core.catalog import Catalog, load_catalog
 from smartpark.core.errors import ConfigError, StoreError
@@ -147,8 +148,15 @@ def alert_engine(settings: Settings, registry: Registry, store: TimeSeriesStore,
         return open_source(endpoint, client_id=settings.alerts_client_id, on_message=on_message, mqtt5=mqtt5,
                            receive_maximum=10_000, filters=platform_filters())
 
-    return AlertEngine(settings, registry, store, catalog, reference=load_reference(settings.reference_file),
-                       source_factory=source)
+    reference = load_reference(settings.reference_file)
+
+    def daily(day: date) -> list[dict[str, Any]]:  # the feed's figures: the API's, for every site
+        from smartpark.api.summary import summarise  # here: the standalone alert engine loads the API on use
+
+        rows = summarise(registry, store, reference, settings, day, day + timedelta(days=1), registry.sites())
+        return [r.model_dump(mode="json") for r in rows.sites]
+
+    return AlertEngine(settings, registry, store, catalog, reference=reference, source_factory=source, daily=daily)
 
 
 def rollup_repairer(settings: Settings, store: TimeSeriesStore) -> RollupRepairer | None:

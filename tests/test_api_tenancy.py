@@ -25,10 +25,10 @@ from factories import PARK_YAML, ServedApp, now_ms
 
 OWN, OTHER = "steel", "park-green"
 IDS = {"site": {OWN: OWN, OTHER: OTHER}, "device": {OWN: "steel-meter", OTHER: "green-1"},
-       "episode_id": {OWN: "ep-steel", OTHER: "ep-green"}}
-ADMIN_ONLY = ("/v1/keys", "/v1/alerts/rules", "/v1/alerts/webhooks", "/v1/audit")  # park-wide: a site key gets 403
+       "episode_id": {OWN: "ep-steel", OTHER: "ep-green"}, "month": {OWN: "2025-12", OTHER: "2025-12"}}
+ADMIN_ONLY = ("/v1/keys", "/v1/alerts/rules", "/v1/alerts/webhooks", "/v1/screening")  # park-wide: 403
 PUBLIC = {"/healthz", "/readyz", "/metrics"}  # health: no key
-PAGE = {"/", "/login", "/logout"}  # the overview page has its own login (tested in test_overview_page.py)
+PAGE = {"/", "/login", "/logout", "/sites/{site_id}"}  # own login (test_overview_page.py, test_office_pages.py)
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/sites"): {"id": "new-site", "name": "N", "enterprise": "E", "industry": "steel", "area_m2": 10},
     ("PATCH", "/v1/sites/{site}"): {"name": "Renamed"},
@@ -37,9 +37,11 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/keys"): {"role": "site", "sites": [OWN]},
 }
 # routes without a site or device id: what a site key gets
-UNSCOPED = {("GET", "/v1/sites"): 200, ("POST", "/v1/sites"): 403, ("GET", "/v1/kpis"): 200}
+UNSCOPED = {("GET", "/v1/sites"): 200, ("POST", "/v1/sites"): 403, ("GET", "/v1/kpis"): 200,
+            ("GET", "/v1/kpis/daily"): 200}
 # a `site` query parameter instead of a path id
-QUERY_SCOPED = {"/v1/series": {"metric": "energy_kwh"}, "/v1/alerts/episodes": {}, "/v1/data-quality": {}}
+QUERY_SCOPED = {"/v1/series": {"metric": "energy_kwh"}, "/v1/alerts/episodes": {}, "/v1/data-quality": {},
+                "/v1/reports/{month}": {}}
 
 
 @pytest.fixture

@@ -15,8 +15,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from smartpark.api.deps import CatalogDep, RegistryDep, SettingsDep, StoreDep, principal_for_key
+from smartpark.api.office import OfficeFigures
 from smartpark.api.overview import active_alerts, site_cards
 from smartpark.api.sessions import mint_session, revoke_session, session_principal
+from smartpark.api.site_page import energy_chart, site_page
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
@@ -37,11 +39,42 @@ def overview(request: Request, registry: RegistryDep, store: StoreDep, catalog: 
         return templates.TemplateResponse(request, "overview.html", context)
     sites = [s for s in registry.sites() if who.can_see(s.id)]
     tz = ZoneInfo(park.timezone if park else "Asia/Shanghai")
+    figures = office_figures(request).get(sites) or {}
     context.update(
         cards=site_cards(store, registry, sites, catalog, settings.api_stale_after_s),
-        alerts=active_alerts(registry, {s.id for s in sites}), refresh_s=REFRESH_S,
+        alerts=active_alerts(registry, {s.id for s in sites}), refresh_s=REFRESH_S, office=figures,
+        charts={k: energy_chart(f.month) for k, f in figures.items()},
         now=datetime.fromtimestamp(time.time(), tz).strftime("%Y-%m-%d %H:%M:%S %Z"))
     return templates.TemplateResponse(request, "overview.html", context)
+
+
+@router.get("/sites/{site_id}", response_class=HTMLResponse)
+def site_detail(site_id: str, request: Request, registry: RegistryDep, store: StoreDep, catalog: CatalogDep,  # noqa: PLR0917 - FastAPI parameters
+                settings: SettingsDep) -> Response:
+    """A site's page: its card's figures, hourly emission means against limits, energy per day and meter,
+    its alerts. Without a session: to the login; a site the session may not see: 404."""
+    who = session_principal(registry, request.session.get("sid"))
+    if who is None:
+        return RedirectResponse("/", status_code=303)
+    site = registry.site(site_id) if who.can_see(site_id) else None
+    if site is None:
+        raise HTTPException(404, "no such site")
+    park = registry.park()
+    figures = office_figures(request).get([site]) or {}
+    card = site_cards(store, registry, [site], catalog, settings.api_stale_after_s)[0]
+    context = {"park_name": park.name if park else "smartpark", "site": site, "card": card,
+               "f": figures.get(site.id), "chart": energy_chart(figures[site.id].month) if site.id in figures else "",
+               "page": site_page(registry, store, request.app.state.reference, settings, site),
+               "alerts": active_alerts(registry, {site.id}), "refresh_s": REFRESH_S}
+    return templates.TemplateResponse(request, "site.html", context)
+
+
+def office_figures(request: Request) -> OfficeFigures:
+    """The app's office figures (api/office.py), made on first use."""
+    state = request.app.state
+    if getattr(state, "office", None) is None:
+        state.office = OfficeFigures(state.registry, state.store, state.reference, state.settings)
+    return state.office
 
 
 @router.post("/login")

@@ -70,6 +70,9 @@ class Device(Base):
     role: Mapped[str | None] = mapped_column(String(12), default=None)
     parent_id: Mapped[str | None] = mapped_column(String(63), default=None)
     rated_kw: Mapped[float | None] = mapped_column(Float, default=None)
+    # two-high screening (core/screening.py): the process a meter's line runs, the product a line makes
+    process: Mapped[str | None] = mapped_column(String(40), default=None)
+    product: Mapped[str | None] = mapped_column(String(40), default=None)
 
     site: Mapped[Site] = relationship(back_populates="devices")
 

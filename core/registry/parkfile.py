@@ -19,6 +19,7 @@ from smartpark.core.errors import ParkFileError
 from smartpark.core.ids import ID_PATTERN, SERVICE_PREFIX, reserved_device_id
 from smartpark.core.reference import Reference, default_reference
 from smartpark.core.registry.hierarchy import METER_ROLES, MeterRole, hierarchy_errors
+from smartpark.core.screening import Screening, default_screening
 
 __all__ = ["HJ212_MN_PATTERN", "METER_ROLES", "DeviceSpec", "Hj212Spec", "ParkFile", "ParkSpec", "SiteSpec",
            "parse_park_file", "read_park_file", "valid_timezone"]
@@ -54,6 +55,10 @@ class DeviceSpec(msgspec.Struct, forbid_unknown_fields=True):
     parent: Id | None = None
     rated_kw: Annotated[float, msgspec.Meta(gt=0)] | None = None
     hj212: Hj212Spec | None = None  # CEMS reporting over HJ 212 (the gateway), not MQTT
+    # two-high screening (core/data/screening.yaml): the production process a meter's line runs (its energy
+    # over its output_t is the line's intensity) and the product a device's line makes
+    process: str | None = None
+    product: str | None = None
 
 
 class SiteSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -158,6 +163,22 @@ def _site_problems(at: str, site: SiteSpec, ref: Reference) -> Iterator[tuple[st
                    f"CEMS {dev.id!r} {what} (one of {', '.join(sorted(sources))})")
     for j, key, message in hierarchy_errors([(d.id, d.kind, d.role, d.parent) for d in site.devices]):
         yield f"{at}.devices[{j}].{key}", key, message
+    yield from _screening_problems(at, site, default_screening())
+
+
+def _screening_problems(at: str, site: SiteSpec, screening: Screening) -> Iterator[tuple[str, str, str]]:
+    """A declared process or product must be one the screening data knows (a typo would hide a flag);
+    a process line's intensity needs its own counters: energy meters only."""
+    for j, dev in enumerate(site.devices):
+        if dev.process is not None and dev.process not in screening.processes:
+            yield (f"{at}.devices[{j}].process", "process",
+                   f"process {dev.process!r} of {dev.id!r} is unknown "
+                   f"(one of {', '.join(sorted(screening.processes))})")
+        elif dev.process is not None and dev.kind != "energy_meter":
+            yield f"{at}.devices[{j}].process", "process", f"{dev.id!r}: only an energy meter declares a process"
+        if dev.product is not None and dev.product not in screening.products:
+            yield (f"{at}.devices[{j}].product", "product",
+                   f"product {dev.product!r} of {dev.id!r} is unknown (one of {', '.join(sorted(screening.products))})")
 
 
 def valid_timezone(name: str) -> bool:

@@ -72,6 +72,7 @@ class Registry:
                 for dev in spec.devices:
                     self._upsert_device(s, spec.id, dev.id, dev.kind, dev.source_type)
                     self._set_meter(s, dev.id, dev.role, dev.parent, dev.rated_kw)
+                    self._set_line(s, dev.id, dev.process, dev.product)
                     n_devices += 1
             s.flush()
             for spec in park.sites:
@@ -96,6 +97,13 @@ class Registry:
         row = s.get(Device, device)
         if row is not None:
             row.role, row.parent_id, row.rated_kw = role, parent, rated_kw
+
+    @staticmethod
+    def _set_line(s: Session, device: str, process: str | None, product: str | None) -> None:
+        """The screening fields of a device just upserted (validated with its park file)."""
+        row = s.get(Device, device)
+        if row is not None:
+            row.process, row.product = process, product
 
     # --- lookups
     def park(self) -> Park | None:
