@@ -26,7 +26,7 @@ from factories import PARK_YAML, ServedApp, now_ms
 OWN, OTHER = "steel", "park-green"
 IDS = {"site": {OWN: OWN, OTHER: OTHER}, "device": {OWN: "steel-meter", OTHER: "green-1"},
        "episode_id": {OWN: "ep-steel", OTHER: "ep-green"}, "month": {OWN: "2025-12", OTHER: "2025-12"}}
-ADMIN_ONLY = ("/v1/keys", "/v1/alerts/rules", "/v1/alerts/webhooks", "/v1/screening")  # park-wide: 403
+ADMIN_ONLY = ("/v1/keys", "/v1/alerts/rules", "/v1/alerts/webhooks", "/v1/audit", "/v1/screening")  # park-wide: 403
 PUBLIC = {"/healthz", "/readyz", "/metrics"}  # health: no key
 PAGE = {"/", "/login", "/logout", "/sites/{site_id}"}  # own login (test_overview_page.py, test_office_pages.py)
 BODIES: dict[tuple[str, str], dict[str, Any]] = {

@@ -17,6 +17,7 @@ from test_alerts import MANUAL_SCHEDULE, Env, Received, auth, start_env, verify_
 
 from smartpark.alerts.models import Delivery
 from smartpark.core.catalog import default_catalog
+from smartpark.core.mqtt import Endpoint
 from smartpark.core.points import Point
 from smartpark.core.store.embedded import EmbeddedStore
 from smartpark.platform import alert_engine
@@ -81,8 +82,8 @@ def test_kpi_daily_reaches_receiver_once_per_site_signed_and_equal_to_api(feed_e
     e.engine.tick(now=midnight_after(day) + 700_000)  # the next rounds: not again
     e.engine.tick(now=midnight_after(day) + 3_600_000)
     e.engine.stop()
-    again = alert_engine(e.settings, e.registry, e.store, default_catalog(), host="127.0.0.1", port=1,
-                         username=None, password=None, mqtt5=True)  # a restart (never started: tick only)
+    again = alert_engine(e.settings, e.registry, e.store, default_catalog(), endpoint=Endpoint("127.0.0.1", 1),
+                         mqtt5=True)  # a restart (never started: tick only)
     again.tick(now=midnight_after(day) + 7_200_000)
     with again.repo.session() as s:
         assert s.scalar(select(func.count()).where(Delivery.event_type == "kpi.daily")) == 4  # 2 days x 2 sites

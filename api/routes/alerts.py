@@ -40,7 +40,8 @@ _init_lock = threading.Lock()
 Offset = Annotated[int, Query(ge=0, le=1_000_000)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Severity = Literal["info", "warning", "critical"]
-RuleId = Annotated[str, Field(pattern=ID_SCHEMA_PATTERN)]
+# a subscription's rule filter: rule ids, or `kpi.daily` for the daily feed (alerts/daily.py)
+RuleId = Annotated[str, Field(pattern=ID_SCHEMA_PATTERN + r"|^kpi\.daily$")]
 
 
 def _repo(request: Request) -> AlertRepo:
