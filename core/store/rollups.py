@@ -102,7 +102,9 @@ def late_spans(points: Sequence[Point], now_ms: int, domains: Iterable[str]) -> 
     for p in points:
         if p.ts_ms < cutoff and p.measurement in wanted:
             times.setdefault(p.measurement, []).append(p.ts_ms)
-    return {m: _split(sorted(ts)) for m, ts in times.items()}
+    # a batch's late points are usually one compact run (a flush, a replay): sorting them is needed only to split
+    return {m: [(min(ts), max(ts))] if max(ts) - min(ts) <= SPLIT_GAP_MS else _split(sorted(ts))
+            for m, ts in times.items()}
 
 
 def _split(ts: list[int]) -> list[tuple[int, int]]:
