@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from smartpark.core.settings import Settings
 from smartpark.core.store.embedded import EmbeddedStore
 
 from factories import ServedApp
+from servers import need
 
 TZ = ZoneInfo("Asia/Shanghai")
 HOUR, MIN = 3_600_000, 60_000
@@ -93,15 +93,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Cli
     app.close()
     store.close()
     registry.close()
-
-
-def need(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{binary} is missing (CI)")
-        pytest.skip(f"{binary} is not installed")
-    return path
 
 
 def pdf_text(pdf: bytes, tmp_path: Path, name: str) -> str:
