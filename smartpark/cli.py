@@ -8,8 +8,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -19,6 +20,9 @@ from rich.text import Text
 from smartpark.core.errors import SmartparkError
 from smartpark.core.mqtt.endpoint import Endpoint
 from smartpark.core.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 app = typer.Typer(help="smartpark: IoT telemetry for industrial parks (energy, emissions, greening).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -85,6 +89,21 @@ def _until_stopped(stop: threading.Event) -> None:
         pass
 
 
+def _serve_metrics(port: int, host: str, registry: CollectorRegistry, settings_named: str,
+                   stop_service: Callable[[], None]) -> None:
+    """Prometheus /metrics of a standalone service (port 0: off); a port that cannot be had stops the service
+    and is a clear error naming the settings."""
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        stop_service()
+        _fail(f"metrics on {host}:{port}: {exc}; set {settings_named} (0: off)")
+
+
 def _stopped_during_start_up() -> NoReturn:
     """A signal during start-up: what has started runs on daemon threads and ends with the process; the broker
     redelivers anything left unacked."""
@@ -143,8 +162,6 @@ def up(
 @app.command()
 def ingest(verbose: Verbose = False) -> None:
     """Run the ingest alone against SMARTPARK_MQTT_URL and the configured store."""
-    from prometheus_client import start_http_server
-
     from smartpark.ingest.service import IngestService
     from smartpark.platform import open_core, rollup_repairer
 
@@ -161,14 +178,8 @@ def ingest(verbose: Verbose = False) -> None:
         _fail(str(exc))
     except KeyboardInterrupt:
         _stopped_during_start_up()
-    try:
-        if settings.ingest_metrics_port:
-            start_http_server(settings.ingest_metrics_port, addr=settings.ingest_metrics_host,
-                              registry=service.stats.registry)
-    except OSError as exc:
-        service.stop()
-        _fail(f"metrics on {settings.ingest_metrics_host}:{settings.ingest_metrics_port}: {exc}; set "
-              "SMARTPARK_INGEST_METRICS_HOST / SMARTPARK_INGEST_METRICS_PORT (0: off)")
+    _serve_metrics(settings.ingest_metrics_port, settings.ingest_metrics_host, service.stats.registry,
+                   "SMARTPARK_INGEST_METRICS_HOST / SMARTPARK_INGEST_METRICS_PORT", service.stop)
     err.print(f"ingest subscribed to {_endpoint(settings).url} as {settings.ingest_client_id}; "
               "Ctrl-C stops.", highlight=False)
     repairer = rollup_repairer(settings, store)
@@ -182,8 +193,6 @@ def ingest(verbose: Verbose = False) -> None:
 def hj212(verbose: Verbose = False) -> None:
     """Run the HJ 212 gateway alone: stack monitors' data acquisition units over TCP on
     SMARTPARK_HJ212_HOST:SMARTPARK_HJ212_PORT, into the configured store (its own writer, spool and metrics)."""
-    from prometheus_client import start_http_server
-
     from smartpark.ingest.service import IngestService
     from smartpark.platform import hj212_gateway, open_core
 
@@ -200,14 +209,12 @@ def hj212(verbose: Verbose = False) -> None:
         _fail(str(exc))
     except KeyboardInterrupt:
         _stopped_during_start_up()
-    try:
-        if settings.hj212_metrics_port:
-            start_http_server(settings.hj212_metrics_port, addr=settings.ingest_metrics_host,
-                              registry=gateway.stats.registry)
-    except OSError as exc:
+    def stop_both() -> None:
         gateway.stop()
         writer.stop()
-        _fail(f"metrics port {settings.hj212_metrics_port}: {exc}; set SMARTPARK_HJ212_METRICS_PORT (0: off)")
+
+    _serve_metrics(settings.hj212_metrics_port, settings.ingest_metrics_host, gateway.stats.registry,
+                   "SMARTPARK_INGEST_METRICS_HOST / SMARTPARK_HJ212_METRICS_PORT", stop_both)
     err.print(f"HJ 212 gateway on {settings.hj212_host}:{gateway.port}; Ctrl-C stops.", highlight=False)
     _until_stopped(stop)
     gateway.stop()
