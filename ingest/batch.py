@@ -29,7 +29,7 @@ class Batch:
     readings: int = 0
     messages: int = 0
     opened: float = 0.0  # monotonic time of the first message
-    last: float = 0.0  # monotonic time of the last add_local (the quiet rule)
+    last: float = 0.0  # monotonic time of the last message (the quiet rule)
     taken: float = 0.0  # perf_counter time the writer took it
     write: Future[None] | None = None  # its background store write, until the writer has its outcome
     written: bool = False  # points durable (store or spool): a retried commit must not write them again
@@ -41,8 +41,9 @@ class Batch:
     done: list[Callable[[], None]] = field(default_factory=list)  # run once durable (other sources' acks)
 
     def add(self, msg: DecodedMessage, ack: tuple[int, int]) -> None:
+        self.last = time.monotonic()
         if not self.messages:
-            self.opened = time.monotonic()
+            self.opened = self.last
         self.points += msg.points
         self.dead += msg.dead
         if msg.status is not None:
@@ -67,7 +68,7 @@ class Batch:
 
 
 class Batcher:
-    """Collects messages until ``max_points`` or ``max_age_s``; `take()` blocks until a batch is due.
+    """Collects messages until ``max_points``, ``max_age_s`` or ``quiet_s``; `take()` blocks until a batch is due.
 
     `add()` blocks while the open batch holds 4 x ``max_points`` (the writer is behind): Receive Maximum
     bounds messages, not points, and one message may carry 1,000 readings. A blocked reader stops reading
@@ -75,9 +76,10 @@ class Batcher:
     """
 
     def __init__(self, max_points: int, max_age_s: float, quiet_s: float = 0.0) -> None:
-        """``quiet_s`` > 0: a batch of add_local messages is also due once none came for that long. Senders
-        that wait for their answer (HJ 212 units) send nothing more until the batch is written: waiting out
-        ``max_age_s`` would only add latency."""
+        """``quiet_s`` > 0: a batch is also due once no message came for that long: a burst that ended (devices
+        publishing on the same tick, a gateway's flush, the last messages before a lull) need not wait out
+        ``max_age_s``, and senders that wait for their answer (HJ 212 units) send nothing more until the batch
+        is written. A steady stream never pauses that long: its batches still fill to ``max_points``."""
         self.max_points = max_points
         self.high_water = 4 * max_points
         self.max_age_s = max_age_s
@@ -93,7 +95,9 @@ class Batcher:
                 self._cond.wait(0.5)
             self._batch.add(msg, ack)
             self.received += 1
-            if len(self._batch.points) >= self.max_points:
+            # The first message of a batch wakes the writer too, so that it waits out the batch's own age (or
+            # quiet time) from now, not the rest of a wait begun when there was nothing to write.
+            if len(self._batch.points) >= self.max_points or self._batch.messages == 1:
                 self._cond.notify()
 
     def add_local(self, msg: DecodedMessage, on_durable: Callable[[], None] | None = None) -> None:
@@ -104,8 +108,6 @@ class Batcher:
                 self._cond.wait(0.5)
             self._batch.add_local(msg, on_durable)
             self.received += 1
-            # The first message of a batch wakes the writer too, so that it waits out the batch's own age (or
-            # quiet time) from now, not the rest of a wait begun when there was nothing to write.
             if len(self._batch.points) >= self.max_points or self._batch.messages == 1:
                 self._cond.notify()
 
@@ -116,7 +118,7 @@ class Batcher:
         if not b.messages:
             return False
         now = time.monotonic()
-        return now - b.opened >= self.max_age_s or (self.quiet_s > 0 and bool(b.done) and now - b.last >= self.quiet_s)
+        return now - b.opened >= self.max_age_s or (self.quiet_s > 0 and now - b.last >= self.quiet_s)
 
     def wake(self) -> None:
         """Make a waiting take() look at its ``until`` again (the writer has something else to do)."""
@@ -134,7 +136,7 @@ class Batcher:
                 wait = deadline - time.monotonic()
                 if self._batch.messages:
                     wait = min(wait, self._batch.opened + self.max_age_s - time.monotonic())
-                    if self.quiet_s > 0 and self._batch.done:
+                    if self.quiet_s > 0:
                         wait = min(wait, self._batch.last + self.quiet_s - time.monotonic())
                 if deadline - time.monotonic() <= 0:
                     return None

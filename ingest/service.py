@@ -69,10 +69,10 @@ class NoBroker:
 class IngestService:
     def __init__(self, settings: Settings, store: TimeSeriesStore, registry: Registry, catalog: Catalog,
                  *, endpoint: Endpoint | None, mqtt5: bool = True, spool_dir: str = "spool",
-                 instance: str | None = None, quiet_s: float = 0.0) -> None:
+                 instance: str | None = None, quiet_s: float | None = None) -> None:
         """``endpoint`` None: no broker, messages come only through `batcher.add_local` (the HJ 212 gateway
         on its own). ``spool_dir`` (under the data dir) and ``instance`` (the `platform` points' device tag)
-        keep two writers on one data dir apart; ``quiet_s``: see Batcher."""
+        keep two writers on one data dir apart; ``quiet_s``: see Batcher (None: SMARTPARK_INGEST_BATCH_QUIET_S)."""
         self.settings = settings
         self.store = store
         self.registry = registry
@@ -82,7 +82,8 @@ class IngestService:
                                           max_age_ms=int(settings.dead_letters_max_age_days * 86_400_000))
         self.stats.set_counter("dead_letters_pruned", self.dead_letters.pruned)  # at open: the age limit
         self.decoder = MessageDecoder(catalog, Bindings(registry.bindings), settings.retention_ms, settings.window_ms)
-        self.batcher = Batcher(settings.ingest_batch_size, settings.ingest_batch_age_s, quiet_s)
+        self.batcher = Batcher(settings.ingest_batch_size, settings.ingest_batch_age_s,
+                               settings.ingest_batch_quiet_s if quiet_s is None else quiet_s)
         # The mqtt5-codec session costs ~3 µs per message against paho's ~45 (bench/bench_ingest.py).
         self.source: MessageSource | NoBroker = NoBroker() if endpoint is None else open_source(
             endpoint, client_id=settings.ingest_client_id, on_message=self._on_message, mqtt5=mqtt5,

@@ -246,3 +246,25 @@ def test_dead_letters_stay_under_their_size_cap_and_pruning_is_counted(tmp_path:
     assert size < 2 << 20, f"dead letters grew to {size:,} bytes with a 1 MiB cap"  # with the WAL
     assert pruned > 1000
     assert f"smartpark_ingest_dead_letters_pruned_total {float(pruned)}" in metrics
+
+
+def test_the_end_of_a_burst_is_stored_without_waiting_out_the_batch_age(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Devices that publish on the same tick make bursts: once the burst is over (no message for
+    SMARTPARK_INGEST_BATCH_QUIET_S) its batch is written, not after the batch age (here 30 s: it used to be)."""
+    settings = _settings(tmp_path / "slow").model_copy(update={"ingest_batch_age_s": 30.0,
+                                                              "ingest_client_id": "smartpark-ingest-slow"})
+    pipeline.service.stop()
+    endpoint = pipeline.service.source.endpoint
+    creds = {"mqtt5": pipeline.kind != "embedded"}
+    slow = IngestService(settings, pipeline.store, pipeline.registry, default_catalog(), endpoint=endpoint, **creds)
+    slow.start()
+    try:
+        ts = now_ms() - 5_000
+        for i in range(5):
+            pipeline.publish("steel", "steel-meter", reading(ts=ts + i, power_kw=float(i)))
+        wait_for(lambda: slow.stats.counters["messages_committed"] >= 5, timeout=15)  # well before 30 s
+        assert {v.value for v in pipeline.store.latest("steel") if v.metric == "power_kw"} == {4.0}
+    finally:
+        slow.stop()
+        if pipeline.kind != "embedded":
+            forget_session(pipeline.host, pipeline.port, settings.ingest_client_id)
