@@ -184,12 +184,16 @@ class AlertAccess:
         return _subscription(sub), secret
 
     @_guarded
-    def update_subscription(self, sub_id: str, **changes: Any) -> SubscriptionRecord | None:
-        """Change the given fields (url, sites, severities, rules, description, enabled); None if unknown.
-        Re-enabling clears the reason a 410 disabled it."""
-        if "url" in changes:
-            check_webhook_url(changes["url"], allow_private=self._settings.alerts_webhook_allow_private)
-        if changes.get("enabled"):
+    def update_subscription(self, sub_id: str, *, url: str | None = None, sites: list[str] | None = None,
+                            severities: list[str] | None = None, rules: list[str] | None = None,
+                            description: str | None = None, enabled: bool | None = None) -> SubscriptionRecord | None:
+        """Change the fields given (None: unchanged); None if unknown. Re-enabling clears the reason a 410
+        disabled it."""
+        if url is not None:
+            check_webhook_url(url, allow_private=self._settings.alerts_webhook_allow_private)
+        changes = {k: v for k, v in {"url": url, "sites": sites, "severities": severities, "rules": rules,
+                                     "description": description, "enabled": enabled}.items() if v is not None}
+        if enabled:
             changes["disabled_reason"] = ""
         sub = self._repo.update_subscription(sub_id, **changes)
         return None if sub is None else _subscription(sub)

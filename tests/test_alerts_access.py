@@ -159,3 +159,31 @@ def test_the_api_reads_alerts_only_through_the_access_interface() -> None:
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("smartpark.alerts"):
                 assert node.module in allowed, f"{path.name} imports {node.module}"
+
+
+def test_subscription_edits_go_through_the_interface(tmp_path: Path) -> None:
+    """The admin's edits: a refused URL or secret is a typed error, re-enabling clears the 410's reason."""
+    from smartpark.alerts.access import AlertAccess
+    from smartpark.alerts.errors import BadSecret, UnsafeDestination
+    from smartpark.alerts.repo import AlertRepo
+    from smartpark.core.reference import load_reference
+
+    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
+    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    access = AlertAccess(registry.engine, settings)
+    access.start(load_reference(settings.reference_file))
+    with pytest.raises(BadSecret):
+        access.create_subscription("https://93.184.215.14/hook", secret="whsec_short", sites=[], severities=[],
+                                   rules=[], description="")
+    sub, secret = access.create_subscription("https://93.184.215.14/hook", secret=None, sites=["steel"],
+                                             severities=[], rules=[], description="dispatch")
+    assert secret.startswith("whsec_")
+    assert (sub.sites, sub.enabled) == (("steel",), True)
+    AlertRepo(registry.engine).update_subscription(sub.id, enabled=False, disabled_reason="410 Gone")
+    with pytest.raises(UnsafeDestination):
+        access.update_subscription(sub.id, url="http://169.254.169.254/latest")
+    again = access.update_subscription(sub.id, enabled=True)
+    assert again is not None
+    assert (again.enabled, again.disabled_reason, again.url) == (True, "", "https://93.184.215.14/hook")
+    assert access.update_subscription("wh_nope", enabled=True) is None
+    registry.close()
