@@ -4,6 +4,8 @@
     ├── EngineError          the engine cannot start (its MQTT subscription was not confirmed)
     ├── RuleError            a rule that cannot be evaluated as written (bad kind, metric, scope)
     ├── UnsafeDestination    a webhook URL that the SSRF guard refuses (scheme, or a non-global address)
+    ├── BadSecret            a webhook signing secret that is not whsec_ + base64 of 24 to 64 bytes
+    ├── AlertsUnavailable    the alert tables cannot be read or written now (the database's error is the cause)
     └── DeliveryError        one webhook attempt failed (``retryable`` says whether the outbox tries again)
 """
 
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 from smartpark.core.errors import SmartparkError
 
-__all__ = ["AlertsError", "DeliveryError", "EngineError", "RuleError", "UnsafeDestination"]
+__all__ = ["AlertsError", "AlertsUnavailable", "BadSecret", "DeliveryError", "EngineError", "RuleError",
+           "UnsafeDestination"]
 
 
 class AlertsError(SmartparkError):
@@ -32,6 +35,15 @@ class UnsafeDestination(AlertsError):
     def __init__(self, message: str, *, url: str, address: str | None = None) -> None:
         super().__init__(message)
         self.url, self.address = url, address
+
+
+class BadSecret(AlertsError):
+    """A webhook secret given by the caller that cannot sign: not ``whsec_`` + base64 of 24 to 64 bytes."""
+
+
+class AlertsUnavailable(AlertsError):
+    """The alert tables could not be read or written (database down, table gone): a reader shows the failure,
+    never an empty list standing in for it. Retryable by nature; the database's error is ``__cause__``."""
 
 
 class DeliveryError(AlertsError):

@@ -31,6 +31,7 @@ from smartpark.alerts.models import (
 )
 from smartpark.alerts.rules import RuleSpec
 from smartpark.alerts.signing import message_id
+from smartpark.core.migrations import upgrade_schema
 
 __all__ = ["AlertRepo", "Changes", "Peak", "Resolved", "event_body", "now_ms", "rfc3339"]
 
@@ -113,7 +114,9 @@ class AlertRepo:
             yield s
 
     def init(self, defaults: Iterable[RuleSpec] = ()) -> None:
-        """Seed the default rules the first time only (an admin may delete them); the tables are the migrations'."""
+        """The tables at start-up (the migrations', brought to the head: nothing to do when there, so no reader
+        meets a missing table later), then the default rules, the first time only (an admin may delete them)."""
+        upgrade_schema(self.engine)
         with self.session() as s:
             if s.get(AlertState, SEED_MARK) is not None:
                 return
@@ -357,6 +360,15 @@ class AlertRepo:
                                .order_by(DeliveryAttempt.id)):
                 attempts[a.delivery_id].append(a)
             return [(d, attempts[d.id]) for d in rows]
+
+    def delivery(self, delivery_id: str) -> tuple[Delivery, list[DeliveryAttempt]] | None:
+        """One delivery with its attempts, oldest first."""
+        with self.session() as s:
+            d = s.get(Delivery, delivery_id)
+            if d is None:
+                return None
+            q = select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == delivery_id).order_by(DeliveryAttempt.id)
+            return d, list(s.scalars(q))
 
     def pending_count(self) -> int:
         with self.session() as s:

@@ -8,12 +8,15 @@ retry (receivers deduplicate on it); the timestamp is the attempt's, so a replay
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import secrets
 import uuid
 
-__all__ = ["SECRET_PREFIX", "message_id", "new_secret", "sign", "signed_headers"]
+from smartpark.alerts.errors import BadSecret
+
+__all__ = ["SECRET_PREFIX", "check_secret", "message_id", "new_secret", "sign", "signed_headers"]
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 SECRET_BYTES = 24  # the spec asks for 24 to 64 random bytes
@@ -21,6 +24,16 @@ SECRET_BYTES = 24  # the spec asks for 24 to 64 random bytes
 
 def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def check_secret(secret: str) -> None:
+    """Refuse a caller's secret that the spec would not sign with (BadSecret, the reason in its message)."""
+    try:
+        key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadSecret("the secret is not whsec_ + base64") from exc
+    if not secret.startswith(SECRET_PREFIX) or not 24 <= len(key) <= 64:
+        raise BadSecret("the secret must be whsec_ + base64 of 24 to 64 bytes")
 
 
 def message_id() -> str:

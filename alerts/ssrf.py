@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from smartpark.alerts.errors import UnsafeDestination
 
-__all__ = ["Target", "check_address", "check_url_shape", "embedded_ipv4", "resolve_target"]
+__all__ = ["Target", "check_address", "check_url_shape", "check_webhook_url", "embedded_ipv4", "resolve_target"]
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -59,6 +59,17 @@ def check_url_shape(url: str) -> tuple[str, str, int, str]:
         raise UnsafeDestination("credentials in a webhook URL are refused (use the signature)", url=url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), path
+
+
+def check_webhook_url(url: str, *, allow_private: bool) -> None:
+    """A subscription's URL when it is saved: its shape, and a literal address now (names are checked at each
+    delivery, since DNS answers change)."""
+    _, host, _, _ = check_url_shape(url)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return
+    check_address(host, allow_private=allow_private, url=url)
 
 
 def check_address(address: str, *, allow_private: bool, url: str = "") -> IpAddress:

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from smartpark.alerts.access import AlertAccess
 from smartpark.api.errors import install_error_handlers
 from smartpark.api.headers import SecurityHeaders
 from smartpark.api.limits import BodyLimit, KeyLimits
@@ -71,6 +72,7 @@ def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore
         app.state.store, app.state.catalog = store, catalog
         app.state.metrics_registries = list(metrics)
         app.state.reference = reference or load_reference(settings.reference_file)
+        await asyncio.to_thread(alert_access.start, app.state.reference)  # tables before any request
         ttl_s = getattr(store, "hour_cache_s", 0.0)  # only a store that keeps computed hours is worth warming
         warmer = KpiWarmer(registry, store, app.state.reference, ttl_s) if settings.api_warm_kpis and ttl_s else None
         if warmer:
@@ -84,6 +86,7 @@ def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore
 
     app = FastAPI(title="smartpark", version="1", lifespan=lifespan,
                   description="Sites, series and KPIs of an industrial park's energy, emissions and greening.")
+    alert_access = app.state.alerts = AlertAccess(registry.engine, settings)  # the API's one way in to the alert tables
     install_error_handlers(app)
     # the overview page's login: a signed cookie holding a session token (api/sessions.py, never the API key);
     # a random secret per process in development (settings refuse a missing or placeholder one in production)

@@ -1,4 +1,5 @@
-"""Request dependencies as Annotated shortcuts: the registry, the store, and the caller's API key scope."""
+"""Request dependencies as Annotated shortcuts: the registry, the store, the alert tables, and the caller's API
+key scope."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from smartpark.alerts.access import AlertAccess
 from smartpark.api.errors import Forbidden, NotFound, Unauthorized
 from smartpark.core.catalog import Catalog
 from smartpark.core.reference import Reference
@@ -17,8 +19,8 @@ from smartpark.core.registry.secrets import hash_api_secret, split_api_key
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import TimeSeriesStore
 
-__all__ = ["AdminDep", "CatalogDep", "Principal", "PrincipalDep", "ReferenceDep", "RegistryDep", "SettingsDep",
-           "StoreDep", "principal_for_key", "require_admin", "scoped_device", "scoped_site"]
+__all__ = ["AdminDep", "AlertsDep", "CatalogDep", "Principal", "PrincipalDep", "ReferenceDep", "RegistryDep",
+           "SettingsDep", "StoreDep", "principal_for_key", "require_admin", "scoped_device", "scoped_site"]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `smartpark keys create`")
 
@@ -53,11 +55,16 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def _alerts(request: Request) -> AlertAccess:
+    return request.app.state.alerts
+
+
 RegistryDep = Annotated[Registry, Depends(_registry)]
 StoreDep = Annotated[TimeSeriesStore, Depends(_store)]
 CatalogDep = Annotated[Catalog, Depends(_catalog)]
 ReferenceDep = Annotated[Reference, Depends(_reference)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+AlertsDep = Annotated[AlertAccess, Depends(_alerts)]  # made once by the app factory, tables ready at start-up
 
 
 def principal_for_key(registry: Registry, api_key: str) -> Principal | None:

@@ -8,16 +8,20 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import Counter
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from smartpark.alerts.errors import AlertsUnavailable
 from smartpark.core.errors import StoreError
 from smartpark.core.redact import redact
 
 __all__ = ["ADMIN_ERRORS", "ERRORS", "ApiError", "Conflict", "ErrorBody", "Forbidden", "NotFound", "TooManyRequests",
-           "Unauthorized", "Unprocessable", "error_body", "install_error_handlers"]
+           "Unauthorized", "Unprocessable", "alerts_unavailable", "error_body", "install_error_handlers"]
 
 log = logging.getLogger("smartpark.api")
+ALERTS_UNAVAILABLE = Counter("smartpark_api_alerts_unavailable", "Requests that could not read or edit the alert "
+                             "tables (503 answers, overview pages shown without their alerts)")
 
 
 class ApiError(Exception):
@@ -97,7 +101,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: _doc("Invalid parameters"),
     429: _doc("Over the key's rate or concurrency limit: retry after `Retry-After` seconds"),
     502: _doc("The time-series store refused the query"),
-    503: _doc("The time-series store is unavailable"),
+    503: _doc("The time-series store (or, for alerts, the metadata database) is unavailable"),
 }
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: _doc("Needs an admin key"),
                                                  409: _doc("Already exists")}
@@ -105,6 +109,12 @@ ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: _doc("Needs an a
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
+
+
+def alerts_unavailable(exc: AlertsUnavailable) -> None:
+    """Count a request the alert tables failed (the database's reason is logged where it was met)."""
+    ALERTS_UNAVAILABLE.inc()
+    log.warning("alerts unavailable: %s", exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -125,6 +135,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_r: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected error: %s", redact(repr(exc)))  # uvicorn logs the traceback
         return JSONResponse(error_body("internal_error", "internal error"), 500)
+
+    @app.exception_handler(AlertsUnavailable)
+    async def _alerts(_r: Request, exc: AlertsUnavailable) -> JSONResponse:
+        alerts_unavailable(exc)
+        return JSONResponse(error_body("alerts_unavailable", "the alert tables are unavailable; retry"), 503,
+                            headers={"Retry-After": "5"})
 
     @app.exception_handler(StoreError)
     async def _store(_r: Request, exc: StoreError) -> JSONResponse:

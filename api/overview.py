@@ -9,31 +9,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, inspect, text
-from sqlalchemy.exc import SQLAlchemyError
-
+from smartpark.alerts.access import AlertAccess, EpisodeRecord
+from smartpark.alerts.errors import AlertsUnavailable
+from smartpark.api.errors import alerts_unavailable
 from smartpark.core.registry import Registry, Site
 from smartpark.core.registry.hierarchy import effective_role
 from smartpark.core.store.base import DAY_MS, LatestValue, SeriesQuery, TimeSeriesStore
 
-__all__ = ["ActiveAlert", "SiteCard", "active_alerts", "site_cards", "sparkline", "stale_devices"]
+__all__ = ["SiteCard", "active_alerts", "site_cards", "sparkline", "stale_devices"]
 
 HOUR_MS = 3_600_000
 # key figures: (metric, label, how the site's devices combine); power: the main meters' only
 KEY_FIGURES = (("power_kw", "power", "sum"), ("nox_mg_m3", "NOx max", "max"), ("so2_mg_m3", "SO2 max", "max"),
                ("green_area_m2", "green area", "sum"))
-
-
-@dataclass(frozen=True, slots=True)
-class ActiveAlert:
-    site: str
-    device: str | None
-    metric: str | None
-    severity: str
-    started_ms: int
-    value: float | None
-    limit: float | None
-    message: str
 
 
 @dataclass(slots=True)
@@ -43,26 +31,16 @@ class SiteCard:
     devices: int = 0
     stale: list[tuple[str, float]] = field(default_factory=list)  # (device, age s)
     power_24h: str = ""  # inline SVG
-    alerts: list[ActiveAlert] = field(default_factory=list)
 
 
-def active_alerts(registry: Registry, sites: set[str]) -> list[ActiveAlert]:
-    """Firing alert episodes of ``sites``, newest first; [] while the alert tables do not exist yet (they are
-    the alert engine's: read by table name, so the API never imports the alerts service)."""
-    if not sites:
-        return []
-    query = text(
-        'SELECT site, device, metric, severity, started_ms, value, "limit", message FROM alert_episodes '
-        "WHERE state = 'firing' AND site IN :sites ORDER BY started_ms DESC LIMIT 200"
-    ).bindparams(bindparam("sites", expanding=True))  # scope before LIMIT: others' alerts never crowd out
+def active_alerts(alerts: AlertAccess, sites: set[str]) -> tuple[list[EpisodeRecord], bool]:
+    """(firing episodes of ``sites`` newest first, whether they could be read): when the alert tables fail, the
+    page shows the rest with an "alerts unavailable" notice, never "no active alerts"."""
     try:
-        if not inspect(registry.engine).has_table("alert_episodes"):
-            return []
-        with registry.engine.connect() as conn:
-            rows = conn.execute(query, {"sites": sorted(sites)}).all()
-    except SQLAlchemyError:
-        return []
-    return [ActiveAlert(*row) for row in rows]
+        return alerts.active(sites), True
+    except AlertsUnavailable as exc:
+        alerts_unavailable(exc)
+        return [], False
 
 
 _POWER = ThreadPoolExecutor(2, thread_name_prefix="overview")  # the power query beside latest_many's

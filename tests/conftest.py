@@ -75,6 +75,24 @@ def postgres() -> Iterator[PostgresServer]:
     server.stop()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty metadata database: SQLite in tmp_path, or a fresh database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'meta.sqlite'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database(f"m_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def embedded_store(tmp_path: Path) -> Iterator[EmbeddedStore]:
+    """An initialised embedded (SQLite) store in tmp_path, where the backend is not what a test is about."""
+    s = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
+    s.init()
+    yield s
+    s.close()
+
+
 @pytest.fixture(params=["embedded", "influx"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TimeSeriesStore]:
     """Each time-series backend in turn, so store behaviour is written once and run against both."""

@@ -20,7 +20,6 @@ from smartpark.alerts.models import Episode
 from smartpark.alerts.repo import AlertRepo, Changes, Resolved, now_ms
 from smartpark.alerts.rules import default_rules
 from smartpark.alerts.scheduled import ScheduledEvaluator
-from smartpark.core.catalog import default_catalog
 from smartpark.core.points import Point
 from smartpark.core.reference import load_reference
 from smartpark.core.registry import Registry
@@ -44,11 +43,8 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[EmbeddedStore]:
-    store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
-    store.init()
-    yield store
-    store.close()
+def store(embedded_store: EmbeddedStore) -> EmbeddedStore:
+    return embedded_store
 
 
 # ------------------------------------------------------------------------------------------------ A: stream

@@ -31,15 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_TABLES = {"parks", "sites", "devices", "api_keys"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty metadata database: SQLite in tmp_path, or a fresh database on the session's PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'meta.sqlite'}"
-    server: PostgresServer = request.getfixturevalue("postgres")
-    return server.create_database(f"m_{uuid.uuid4().hex[:12]}")
-
-
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
     eng = create_engine(db_url)

@@ -201,18 +201,19 @@ def test_page_login_refuses_a_body_over_4_kib_before_reading_it_all(page: tuple[
 
 def test_active_alerts_are_scoped_before_the_limit(tmp_path: Path) -> None:
     """Hundreds of firing episodes elsewhere in the park must not crowd a site key's own out of the page."""
+    from smartpark.alerts.access import AlertAccess
     from smartpark.alerts.models import Episode
-    from smartpark.api.overview import active_alerts
     from smartpark.core.registry import Registry
 
     registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
     registry.init()
+    alerts = AlertAccess(registry.engine, Settings(_env_file=None, data_dir=tmp_path))  # type: ignore[call-arg]
     with registry.session() as s:
         for i in range(250):
             s.add(Episode(id=f"other-{i}", rule_id="r", subject=f"x{i}", site="other", severity="high",
                           state="firing", started_ms=2_000_000 + i))
         s.add(Episode(id="mine", rule_id="r", subject="m", site="mine", severity="high", state="firing",
                       started_ms=1_000_000))
-    assert [a.site for a in active_alerts(registry, {"mine"})] == ["mine"]
-    assert len(active_alerts(registry, {"other", "mine"})) == 200
+    assert [a.site for a in alerts.active({"mine"})] == ["mine"]
+    assert len(alerts.active({"other", "mine"})) == 200
     registry.close()

@@ -1,41 +1,29 @@
 """Alerts: rules and webhooks (admin), episodes (any key, for the sites it may see; 404 for the others).
 
-The alert tables belong to the alert engine (smartpark.alerts); the API reads and edits them through its
-repository, the one place that knows their shape, and creates them on first use, so the API works whether
-or not the engine has ever run. The engine picks up rule and subscription changes within one schedule
-interval (SMARTPARK_ALERTS_EVAL_INTERVAL_S).
+The alert tables belong to the alert engine (smartpark.alerts); the API reads and edits them through one
+``AlertAccess`` the app makes at start-up (plain records in, plain records out; the tables exist before the
+first request). A database error answers 503 (api/errors.py), never an empty list. The engine picks up rule
+and subscription changes within one schedule interval (SMARTPARK_ALERTS_EVAL_INTERVAL_S).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import ipaddress
-import threading
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
-from smartpark.alerts.delivery import send_once
-from smartpark.alerts.errors import UnsafeDestination
-from smartpark.alerts.models import Delivery, DeliveryAttempt, Episode, WebhookSubscription
-from smartpark.alerts.repo import AlertRepo, now_ms
-from smartpark.alerts.rules import RuleSpec, default_rules
-from smartpark.alerts.signing import SECRET_PREFIX, message_id, new_secret
-from smartpark.alerts.ssrf import check_address, check_url_shape
-from smartpark.api.deps import AdminDep, CatalogDep, PrincipalDep, RegistryDep, scoped_site
+from smartpark.alerts.access import AlertAccess, DeliveryRecord, EpisodeRecord, RuleSpec, SubscriptionRecord
+from smartpark.alerts.errors import BadSecret, UnsafeDestination
+from smartpark.api.deps import AdminDep, AlertsDep, CatalogDep, PrincipalDep, RegistryDep, scoped_site
 from smartpark.api.errors import ADMIN_ERRORS, ERRORS, Conflict, NotFound, Unprocessable
 from smartpark.api.models import SiteId
 from smartpark.core.ids import ID_SCHEMA_PATTERN
-from smartpark.core.reference import load_reference
-from smartpark.core.settings import Settings
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"], responses=ADMIN_ERRORS)
-_init_lock = threading.Lock()
 
 Offset = Annotated[int, Query(ge=0, le=1_000_000)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
@@ -44,60 +32,45 @@ Severity = Literal["info", "warning", "critical"]
 RuleId = Annotated[str, Field(pattern=ID_SCHEMA_PATTERN + r"|^kpi\.daily$")]
 
 
-def _repo(request: Request) -> AlertRepo:
-    """The alert repository on the registry's database, its tables created on first use."""
-    with _init_lock:
-        repo = getattr(request.app.state, "alert_repo", None)
-        if repo is None:
-            settings: Settings = request.app.state.settings
-            repo = AlertRepo(request.app.state.registry.engine)
-            repo.init(default_rules(load_reference(settings.reference_file)))
-            request.app.state.alert_repo = repo
-        return repo
-
-
-RepoDep = Annotated[AlertRepo, Depends(_repo)]
-
-
 def _iso(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
 
 
 # ------------------------------------------------------------------------------------------------ rules
 @router.get("/rules")
-def list_rules(repo: RepoDep, _: AdminDep) -> list[RuleSpec]:
-    return repo.rules()
+def list_rules(alerts: AlertsDep, _: AdminDep) -> list[RuleSpec]:
+    return alerts.rules()
 
 
 @router.post("/rules", status_code=201)
-def create_rule(spec: RuleSpec, repo: RepoDep, catalog: CatalogDep, _: AdminDep) -> RuleSpec:
+def create_rule(spec: RuleSpec, alerts: AlertsDep, catalog: CatalogDep, _: AdminDep) -> RuleSpec:
     _check_rule(spec, catalog)
-    if repo.rule(spec.id) is not None:
+    if alerts.rule(spec.id) is not None:
         raise Conflict(f"rule {spec.id!r} exists; PUT /v1/alerts/rules/{spec.id} replaces it")
-    repo.put_rule(spec)
+    alerts.put_rule(spec)
     return spec
 
 
 @router.get("/rules/{rule_id}")
-def get_rule(rule_id: str, repo: RepoDep, _: AdminDep) -> RuleSpec:
-    spec = repo.rule(rule_id)
+def get_rule(rule_id: str, alerts: AlertsDep, _: AdminDep) -> RuleSpec:
+    spec = alerts.rule(rule_id)
     if spec is None:
         raise NotFound(f"rule {rule_id!r} not found")
     return spec
 
 
 @router.put("/rules/{rule_id}")
-def replace_rule(rule_id: str, spec: RuleSpec, repo: RepoDep, catalog: CatalogDep, _: AdminDep) -> RuleSpec:
+def replace_rule(rule_id: str, spec: RuleSpec, alerts: AlertsDep, catalog: CatalogDep, _: AdminDep) -> RuleSpec:
     if spec.id != rule_id:
         raise Unprocessable(f"the body's id {spec.id!r} is not the path's {rule_id!r}")
     _check_rule(spec, catalog)
-    repo.put_rule(spec)
+    alerts.put_rule(spec)
     return spec
 
 
 @router.delete("/rules/{rule_id}", status_code=204)
-def delete_rule(rule_id: str, repo: RepoDep, _: AdminDep) -> Response:
-    if not repo.delete_rule(rule_id):
+def delete_rule(rule_id: str, alerts: AlertsDep, _: AdminDep) -> Response:
+    if not alerts.delete_rule(rule_id):
         raise NotFound(f"rule {rule_id!r} not found")
     return Response(status_code=204)
 
@@ -136,16 +109,16 @@ class EpisodePage(BaseModel):
     limit: int
 
 
-def _episode(ep: Episode) -> EpisodePublic:
-    return EpisodePublic(id=ep.id, rule=ep.rule_id, state=ep.state, severity=ep.severity,
+def _episode(ep: EpisodeRecord) -> EpisodePublic:
+    return EpisodePublic(id=ep.id, rule=ep.rule, state=ep.state, severity=ep.severity,
                          site=ep.site, device=ep.device, metric=ep.metric, value=ep.value, peak=ep.peak,
                          limit=ep.limit, unit=ep.unit, window=ep.window, message=ep.message,
                          started_at=_iso(ep.started_ms), resolved_at=_iso(ep.ended_ms),
-                         readings=ep.evidence)
+                         readings=list(ep.evidence))
 
 
 @router.get("/episodes", responses=ERRORS)
-def list_episodes(repo: RepoDep, registry: RegistryDep, who: PrincipalDep, *, site: str | None = None,
+def list_episodes(alerts: AlertsDep, registry: RegistryDep, who: PrincipalDep, *, site: str | None = None,
                   active: bool | None = None, offset: Offset = 0, limit: Limit = 100) -> EpisodePage:
     """Episodes newest first; `active=true` the firing ones, `active=false` the past ones. A site key sees
     the episodes of its sites only."""
@@ -154,13 +127,13 @@ def list_episodes(repo: RepoDep, registry: RegistryDep, who: PrincipalDep, *, si
         sites: list[str] | None = [site]
     else:
         sites = None if who.role == "admin" else sorted(who.sites)
-    rows, total = repo.episodes(sites=sites, active=active, offset=offset, limit=limit)
+    rows, total = alerts.episodes(sites=sites, active=active, offset=offset, limit=limit)
     return EpisodePage(items=[_episode(e) for e in rows], total=total, offset=offset, limit=limit)
 
 
 @router.get("/episodes/{episode_id}", responses=ERRORS)
-def get_episode(episode_id: str, repo: RepoDep, who: PrincipalDep) -> EpisodePublic:
-    ep = repo.episode(episode_id)
+def get_episode(episode_id: str, alerts: AlertsDep, who: PrincipalDep) -> EpisodePublic:
+    ep = alerts.episode(episode_id)
     if ep is None or not who.can_see(ep.site):
         raise NotFound(f"episode {episode_id!r} not found")
     return _episode(ep)
@@ -217,123 +190,84 @@ class DeliveryPublic(BaseModel):
     attempts: list[AttemptPublic]
 
 
-def _webhook(sub: WebhookSubscription) -> dict[str, Any]:
-    return {"id": sub.id, "url": sub.url, "sites": sub.sites, "severities": sub.severities, "rules": sub.rules,
-            "description": sub.description, "enabled": sub.enabled, "disabled_reason": sub.disabled_reason,
-            "created_at": _iso(sub.created_ms)}
+def _webhook(sub: SubscriptionRecord) -> dict[str, Any]:
+    return {"id": sub.id, "url": sub.url, "sites": list(sub.sites), "severities": list(sub.severities),
+            "rules": list(sub.rules), "description": sub.description, "enabled": sub.enabled,
+            "disabled_reason": sub.disabled_reason, "created_at": _iso(sub.created_ms)}
 
 
-def _check_url(url: str, settings: Settings) -> None:
-    """http(s) with a host; a literal address must pass the SSRF guard now (names are checked per delivery)."""
-    try:
-        _, host, _, _ = check_url_shape(url)
-        if _is_address(host):
-            check_address(host, allow_private=settings.alerts_webhook_allow_private, url=url)
-    except UnsafeDestination as exc:
-        raise Unprocessable(str(exc), {"url": url}) from exc
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _check_secret(secret: str) -> None:
-    try:
-        key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise Unprocessable("the secret is not whsec_ + base64") from exc
-    if not secret.startswith(SECRET_PREFIX) or not 24 <= len(key) <= 64:
-        raise Unprocessable("the secret must be whsec_ + base64 of 24 to 64 bytes")
-
-
-def _sub(repo: AlertRepo, sub_id: str) -> WebhookSubscription:
-    sub = repo.subscription(sub_id)
+def _sub(alerts: AlertAccess, sub_id: str) -> SubscriptionRecord:
+    sub = alerts.subscription(sub_id)
     if sub is None:
         raise NotFound(f"webhook {sub_id!r} not found")
     return sub
 
 
+def _refused(exc: UnsafeDestination | BadSecret) -> Unprocessable:
+    """A URL the SSRF guard refuses (shape, or a literal non-global address) or a secret that cannot sign."""
+    return Unprocessable(str(exc), {"url": exc.url} if isinstance(exc, UnsafeDestination) else None)
+
+
 @router.get("/webhooks")
-def list_webhooks(repo: RepoDep, _: AdminDep) -> list[WebhookPublic]:
-    return [WebhookPublic(**_webhook(s)) for s in repo.subscriptions()]
+def list_webhooks(alerts: AlertsDep, _: AdminDep) -> list[WebhookPublic]:
+    return [WebhookPublic(**_webhook(s)) for s in alerts.subscriptions()]
 
 
 @router.post("/webhooks", status_code=201)
-def create_webhook(body: WebhookCreate, request: Request, repo: RepoDep, _: AdminDep) -> WebhookCreated:
+def create_webhook(body: WebhookCreate, alerts: AlertsDep, _: AdminDep) -> WebhookCreated:
     """Subscribe a URL; the answer carries the signing secret, shown this once."""
-    _check_url(body.url, request.app.state.settings)
-    secret = body.secret or new_secret()
-    _check_secret(secret)
-    sub = WebhookSubscription(id=f"wh_{message_id()[4:20]}", url=body.url, secret=secret, sites=body.sites,
-                              severities=body.severities, rules=body.rules, enabled=True, disabled_reason="",
-                              description=body.description, created_ms=now_ms())
-    repo.add_subscription(sub)
+    try:
+        sub, secret = alerts.create_subscription(body.url, secret=body.secret, sites=body.sites,
+                                                 severities=list(body.severities), rules=body.rules,
+                                                 description=body.description)
+    except (UnsafeDestination, BadSecret) as exc:
+        raise _refused(exc) from exc
     return WebhookCreated(**_webhook(sub), secret=secret)
 
 
 @router.get("/webhooks/{sub_id}")
-def get_webhook(sub_id: str, repo: RepoDep, _: AdminDep) -> WebhookPublic:
-    return WebhookPublic(**_webhook(_sub(repo, sub_id)))
+def get_webhook(sub_id: str, alerts: AlertsDep, _: AdminDep) -> WebhookPublic:
+    return WebhookPublic(**_webhook(_sub(alerts, sub_id)))
 
 
 @router.patch("/webhooks/{sub_id}")
-def update_webhook(sub_id: str, body: WebhookUpdate, request: Request, repo: RepoDep, _: AdminDep
-                   ) -> WebhookPublic:
-    values = body.model_dump(exclude_none=True)
-    if "url" in values:
-        _check_url(values["url"], request.app.state.settings)
-    if values.get("enabled"):
-        values["disabled_reason"] = ""
-    sub = repo.update_subscription(sub_id, **values)
+def update_webhook(sub_id: str, body: WebhookUpdate, alerts: AlertsDep, _: AdminDep) -> WebhookPublic:
+    try:
+        sub = alerts.update_subscription(sub_id, **body.model_dump(exclude_none=True))
+    except UnsafeDestination as exc:
+        raise _refused(exc) from exc
     if sub is None:
         raise NotFound(f"webhook {sub_id!r} not found")
     return WebhookPublic(**_webhook(sub))
 
 
 @router.delete("/webhooks/{sub_id}", status_code=204)
-def delete_webhook(sub_id: str, repo: RepoDep, _: AdminDep) -> Response:
-    if not repo.delete_subscription(sub_id):
+def delete_webhook(sub_id: str, alerts: AlertsDep, _: AdminDep) -> Response:
+    if not alerts.delete_subscription(sub_id):
         raise NotFound(f"webhook {sub_id!r} not found")
     return Response(status_code=204)
 
 
 @router.post("/webhooks/{sub_id}/test")
-def ping_webhook(sub_id: str, request: Request, repo: RepoDep, _: AdminDep) -> DeliveryPublic:
+def ping_webhook(sub_id: str, alerts: AlertsDep, _: AdminDep) -> DeliveryPublic:
     """Send a signed `ping` now and answer with its logged attempt (a failed one is retried by the engine)."""
-    sub = _sub(repo, sub_id)
-    msg = message_id()
-    body = (f'{{"type":"ping","id":"{msg}","webhook":"{sub.id}",'
-            f'"timestamp":"{datetime.now(UTC).isoformat(timespec="milliseconds")}"}}')
-    d = Delivery(id=msg, subscription_id=sub.id, event_type="ping", episode_id=None, body=body, state="pending",
-                 attempts=0, created_ms=now_ms(), next_ms=now_ms() + 3_600_000, last_status=None, last_error="")
-    repo.add_delivery(d)
-    send_once(repo, request.app.state.settings, sub, d)
-    return _delivery(*_one_delivery(repo, sub.id, msg))
+    delivery = alerts.ping(sub_id)
+    if delivery is None:
+        raise NotFound(f"webhook {sub_id!r} not found")
+    return _delivery(delivery)
 
 
-def _one_delivery(repo: AlertRepo, sub_id: str, delivery_id: str) -> tuple[Delivery, list[DeliveryAttempt]]:
-    for d, attempts in repo.deliveries(sub_id, limit=50):
-        if d.id == delivery_id:
-            return d, attempts
-    raise NotFound(f"delivery {delivery_id!r} not found")
-
-
-def _delivery(d: Delivery, attempts: list[DeliveryAttempt]) -> DeliveryPublic:
+def _delivery(d: DeliveryRecord) -> DeliveryPublic:
     return DeliveryPublic(
-        id=d.id, type=d.event_type, state=d.state, episode=d.episode_id,
+        id=d.id, type=d.type, state=d.state, episode=d.episode,
         created_at=_iso(d.created_ms), next_attempt_at=_iso(d.next_ms) if d.state == "pending" else None,
         attempts=[AttemptPublic(attempt=a.attempt, at=_iso(a.at_ms), status=a.status,
-                                latency_ms=a.latency_ms, error=a.error) for a in attempts])
+                                latency_ms=a.latency_ms, error=a.error) for a in d.attempts])
 
 
 @router.get("/webhooks/{sub_id}/deliveries")
-def list_deliveries(sub_id: str, repo: RepoDep, _: AdminDep, offset: Offset = 0, limit: Limit = 100
+def list_deliveries(sub_id: str, alerts: AlertsDep, _: AdminDep, offset: Offset = 0, limit: Limit = 100
                     ) -> list[DeliveryPublic]:
     """The delivery log: newest first, each with every attempt's status, latency and error."""
-    _sub(repo, sub_id)
-    return [_delivery(d, attempts) for d, attempts in repo.deliveries(sub_id, offset, limit)]
-
+    _sub(alerts, sub_id)
+    return [_delivery(d) for d in alerts.deliveries(sub_id, offset, limit)]

@@ -14,7 +14,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from smartpark.api.deps import CatalogDep, RegistryDep, SettingsDep, StoreDep, principal_for_key
+from smartpark.api.deps import AlertsDep, CatalogDep, RegistryDep, SettingsDep, StoreDep, principal_for_key
 from smartpark.api.office import OfficeFigures
 from smartpark.api.overview import active_alerts, site_cards
 from smartpark.api.sessions import mint_session, revoke_session, session_principal
@@ -27,8 +27,8 @@ MAX_FORM_BYTES = 4096
 
 
 @router.get("/", response_class=HTMLResponse)
-def overview(request: Request, registry: RegistryDep, store: StoreDep, catalog: CatalogDep,
-             settings: SettingsDep) -> Response:
+def overview(request: Request, registry: RegistryDep, store: StoreDep, catalog: CatalogDep,  # noqa: PLR0917 - FastAPI parameters
+             settings: SettingsDep, alerts: AlertsDep) -> Response:
     park = registry.park()
     context: dict[str, object] = {"park_name": park.name if park else "smartpark"}
     who = session_principal(registry, request.session.get("sid"))
@@ -40,9 +40,10 @@ def overview(request: Request, registry: RegistryDep, store: StoreDep, catalog: 
     sites = [s for s in registry.sites() if who.can_see(s.id)]
     tz = ZoneInfo(park.timezone if park else "Asia/Shanghai")
     figures = office_figures(request).get(sites) or {}
+    active, alerts_ok = active_alerts(alerts, {s.id for s in sites})
     context.update(
         cards=site_cards(store, registry, sites, catalog, settings.api_stale_after_s),
-        alerts=active_alerts(registry, {s.id for s in sites}), refresh_s=REFRESH_S, office=figures,
+        alerts=active, alerts_ok=alerts_ok, refresh_s=REFRESH_S, office=figures,
         charts={k: energy_chart(f.month) for k, f in figures.items()},
         now=datetime.fromtimestamp(time.time(), tz).strftime("%Y-%m-%d %H:%M:%S %Z"))
     return templates.TemplateResponse(request, "overview.html", context)
@@ -50,7 +51,7 @@ def overview(request: Request, registry: RegistryDep, store: StoreDep, catalog: 
 
 @router.get("/sites/{site_id}", response_class=HTMLResponse)
 def site_detail(site_id: str, request: Request, registry: RegistryDep, store: StoreDep, catalog: CatalogDep,  # noqa: PLR0917 - FastAPI parameters
-                settings: SettingsDep) -> Response:
+                settings: SettingsDep, alerts: AlertsDep) -> Response:
     """A site's page: its card's figures, hourly emission means against limits, energy per day and meter,
     its alerts. Without a session: to the login; a site the session may not see: 404."""
     who = session_principal(registry, request.session.get("sid"))
@@ -62,10 +63,11 @@ def site_detail(site_id: str, request: Request, registry: RegistryDep, store: St
     park = registry.park()
     figures = office_figures(request).get([site]) or {}
     card = site_cards(store, registry, [site], catalog, settings.api_stale_after_s)[0]
+    active, alerts_ok = active_alerts(alerts, {site.id})
     context = {"park_name": park.name if park else "smartpark", "site": site, "card": card,
                "f": figures.get(site.id), "chart": energy_chart(figures[site.id].month) if site.id in figures else "",
                "page": site_page(registry, store, request.app.state.reference, settings, site),
-               "alerts": active_alerts(registry, {site.id}), "refresh_s": REFRESH_S}
+               "alerts": active, "alerts_ok": alerts_ok, "refresh_s": REFRESH_S}
     return templates.TemplateResponse(request, "site.html", context)
 
 
