@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from smartpark.core.catalog import default_catalog
 from smartpark.core.errors import StoreUnavailable
+from smartpark.core.points import Point
 from smartpark.core.settings import Settings
 from smartpark.core.store import open_store
 from smartpark.core.store.influx import InfluxStore
@@ -38,6 +40,10 @@ def test_https_influxdb_with_the_ca_setting(https_influxd: InfluxServer, pki: Te
     try:
         store.ping()
         assert store.server_version()  # type: ignore[attr-defined]
+        store.init()
+        ts = time.time_ns() // 1_000_000
+        store.write([Point("energy", "s", "d", ts, {"power_kw": 2.5})])  # the write path's own connections
+        assert [(v.ts_ms, v.value) for v in store.latest("s")] == [(ts, 2.5)]
     finally:
         store.close()
 
@@ -49,3 +55,6 @@ def test_https_influxdb_is_verified(https_influxd: InfluxServer, tmp_path_factor
         with InfluxStore(https_influxd.url, "smartpark", default_catalog(), ca_file=ca_file) as store, \
                 pytest.raises(StoreUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
             store.ping()
+        with InfluxStore(https_influxd.url, "smartpark", default_catalog(), ca_file=ca_file) as store, \
+                pytest.raises(StoreUnavailable, match=r"/write: TLS verification failed.*CERTIFICATE_VERIFY_FAILED"):
+            store.write([Point("energy", "s", "d", 1, {"power_kw": 2.5})])

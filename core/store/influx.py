@@ -47,6 +47,8 @@ from math import isfinite
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import httpx
 import msgspec
@@ -75,6 +77,7 @@ from smartpark.core.store.base import (
     lookback_ms,
     minute_query,
 )
+from smartpark.core.store.influx_writes import WriteConnections
 from smartpark.core.store.rollups import RAW_RP, RESAMPLE_FOR, ROLLUPS, late_spans, marks_body, rollup_select
 from smartpark.core.tls import TlsFiles, tls_context
 
@@ -268,6 +271,13 @@ def _error_message(resp: httpx.Response) -> str:
     return resp.text.strip()[:500] or resp.reason_phrase
 
 
+def _proxied(url: str) -> bool:
+    """Whether the environment routes ``url`` through a proxy (HTTP_PROXY, ALL_PROXY; not in NO_PROXY)."""
+    parts = urlsplit(url)
+    proxies = getproxies()
+    return bool(proxies.get(parts.scheme) or proxies.get("all")) and not proxy_bypass(parts.hostname or "")
+
+
 def _verify(url: str, ca_file: Path | None) -> ssl.SSLContext | bool:
     """How httpx verifies the server: the CA file's context, or the system CAs for https://. For http:// an empty
     (still verifying) context: nothing is verified on plain HTTP, and httpx's default would load the certifi
@@ -336,6 +346,11 @@ class InfluxStore:
         self._client = httpx.Client(
             base_url=self.url, headers=headers, auth=auth, timeout=timeout_s, transport=transport, verify=verify
         )
+        # writes: their own lean connections (core/store/influx_writes.py), unless the network is replaced
+        # (tests) or a proxy is configured for InfluxDB (httpx honours the proxy environment, http.client not)
+        self._writes = None if transport is not None or _proxied(self.url) else WriteConnections(
+            self.url, headers=headers, username=username if not token else "", password=password, timeout_s=timeout_s,
+            tls=tls_context(TlsFiles(ca_file)) if self.url.startswith("https://") else None)
 
     # --- plumbing
 
@@ -502,8 +517,12 @@ class InfluxStore:
         params = {"db": self.database, "precision": "ms"}
         if self.rp:
             params["rp"] = self.rp
+        compress = self.gzip_writes if compress is None else compress
+        if self._writes is not None:
+            self._writes.write(params, body, compress=compress)
+            return
         headers = {"Content-Type": "text/plain; charset=utf-8"}
-        if self.gzip_writes if compress is None else compress:
+        if compress:
             body = gzip.compress(body, compresslevel=1)  # level 1: 90 % smaller for 0.16 µs a point (+ InfluxDB's)
             headers["Content-Encoding"] = "gzip"
         self._send("POST", "/write", params=params, content=body, headers=headers)
@@ -874,6 +893,8 @@ class InfluxStore:
     def close(self) -> None:
         self._writers.shutdown(wait=True)
         self._readers.shutdown(wait=True)
+        if self._writes is not None:
+            self._writes.close()
         self._client.close()
 
     def __enter__(self) -> Self:
