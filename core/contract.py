@@ -27,12 +27,14 @@ __all__ = [
     "TOPIC_PREFIX",
     "VALID_FLAGS",
     "Decoded",
+    "PlainReading",
     "Reading",
     "ReadingDecoder",
     "Reason",
     "Rejection",
     "Topic",
     "parse_topic",
+    "plain_points",
     "telemetry_topic",
     "to_points",
 ]
@@ -106,6 +108,9 @@ class Decoded(msgspec.Struct, gc=False):  # a Struct: built once per message, ch
     rejections: list[Rejection]
 
 
+PlainReading = tuple[int, dict[str, float]]  # (device time ms, metrics): see ReadingDecoder.decode_plain
+
+
 TzDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 Flag = Literal["N", "F", "M", "S", "D", "C", "T", "B"]
 Metrics = Annotated[dict[str, float], msgspec.Meta(min_length=1, max_length=MAX_METRICS)]
@@ -167,7 +172,27 @@ class ReadingDecoder:
         try:
             return self._decode(site, device, payload, now_ms)
         except (RecursionError, ValueError) as exc:  # deep nesting; invalid UTF-8 inside a JSON string
-            return _reject(Reason.BAD_JSON, f"undecodable: {type(exc).__name__}: {str(exc)[:200]}")
+            return _undecodable(exc)
+
+    def decode_plain(self, site: str, device: str, payload: bytes, now_ms: int) -> Decoded | PlainReading:
+        """As decode(), but the common message, one plain reading (device time within the window, no flags,
+        known metrics within bounds), comes back as (ts, metrics) with no Reading or Decoded built for it: the
+        ingest's hot path (about 0.5 of 4 µs a message). Never raises for anything a device can send."""
+        if len(payload) <= MAX_PAYLOAD:
+            try:
+                env = _fast_decoder.decode(payload)
+            except (msgspec.DecodeError, RecursionError, ValueError):
+                return self.decode(site, device, payload, now_ms)  # which finds out what exactly is wrong
+            ts, metrics = env.ts, env.metrics
+            if (env.readings is None and metrics is not None and type(ts) is int and not env.flags
+                    and now_ms - self.window_ms <= ts <= now_ms + FUTURE_TOLERANCE_MS and self._in_bounds(metrics)):
+                return ts, metrics
+            if env.readings is not None:  # a batch, typed already: not decoded twice
+                try:
+                    return self._from_envelope(site, device, env, now_ms)
+                except (RecursionError, ValueError) as exc:
+                    return _undecodable(exc)
+        return self.decode(site, device, payload, now_ms)
 
     def _decode(self, site: str, device: str, payload: bytes, now_ms: int) -> Decoded:
         if len(payload) > MAX_PAYLOAD:
@@ -334,6 +359,10 @@ def _convert_reading(obj: Any) -> _RawReading:
     return msgspec.convert(obj, _RawReading)
 
 
+def _undecodable(exc: Exception) -> Decoded:
+    return _reject(Reason.BAD_JSON, f"undecodable: {type(exc).__name__}: {str(exc)[:200]}")
+
+
 def _reject(reason: Reason, detail: str) -> Decoded:
     return Decoded([], [Rejection(reason, detail)])
 
@@ -345,19 +374,22 @@ def to_points(readings: Iterable[Reading], catalog: Catalog) -> list[Point]:
     a single domain becomes one point sharing its metrics dict.
     """
     points: list[Point] = []
-    append = points.append
     split = catalog.split
     for r in readings:
-        plan = split(tuple(r.metrics))
         if r.flags or not r.ts_from_device:
-            points += _annotated_points(r, plan)
-        elif len(plan) == 1:
-            append(Point(plan[0][0], r.site, r.device, r.ts_ms, r.metrics))  # type: ignore[arg-type]
+            points += _annotated_points(r, split(tuple(r.metrics)))
         else:
-            metrics = r.metrics
-            for domain, names in plan:
-                append(Point(domain, r.site, r.device, r.ts_ms, {n: metrics[n] for n in names}))
+            points += plain_points(r.site, r.device, r.ts_ms, r.metrics, catalog)
     return points
+
+
+def plain_points(site: str, device: str, ts_ms: int, metrics: dict[str, float], catalog: Catalog) -> list[Point]:
+    """The points of a plain reading (device time, no flags): one per domain; a reading in a single domain
+    shares its metrics dict with its point."""
+    plan = catalog.split(tuple(metrics))
+    if len(plan) == 1:
+        return [Point(plan[0][0], site, device, ts_ms, metrics)]  # type: ignore[arg-type]
+    return [Point(domain, site, device, ts_ms, {n: metrics[n] for n in names}) for domain, names in plan]
 
 
 def _annotated_points(r: Reading, plan: tuple[tuple[str, tuple[str, ...]], ...]) -> list[Point]:

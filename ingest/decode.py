@@ -12,7 +12,16 @@ from typing import NamedTuple
 import msgspec
 
 from smartpark.core.catalog import Catalog
-from smartpark.core.contract import Reading, ReadingDecoder, Reason, Rejection, parse_topic, to_points
+from smartpark.core.contract import (
+    Decoded,
+    Reading,
+    ReadingDecoder,
+    Reason,
+    Rejection,
+    parse_topic,
+    plain_points,
+    to_points,
+)
 from smartpark.core.points import Point
 from smartpark.ingest.deadletter import DeadLetter
 
@@ -101,21 +110,25 @@ class MessageDecoder:
                 Reason.TOPIC_MISMATCH, f"device {parsed.device!r} belongs to site {bound!r}, not {parsed.site!r}"))
         if parsed.kind == "status":
             return self._status(topic, parsed.device, payload, now_ms)
-        result = self.readings.decode(parsed.site, parsed.device, payload, now_ms)
-        dead = [DeadLetter(now_ms, r.reason.value, topic, r.index, r.detail, payload)
-                for r in result.rejections] if result.rejections else []
-        readings = result.readings
-        points = to_points(readings, self.catalog)
-        late = None
-        if len(readings) == 1:  # the common message, inline: a compare and a store
-            ts = readings[0].ts_ms
+        result = self.readings.decode_plain(parsed.site, parsed.device, payload, now_ms)
+        if type(result) is tuple:  # the common message, inline: its points, a compare and a store
+            ts, metrics = result
+            points = plain_points(parsed.site, parsed.device, ts, metrics, self.catalog)
+            late = None
             if ts > self.last_ts.get(parsed.device, -1):
                 self.last_ts[parsed.device] = ts
             else:
                 late = [(now_ms, p) for p in points]
-        elif readings:
-            late = self._late(parsed.device, readings, now_ms)
-        return DecodedMessage(points, len(readings), dead, None, late)
+            return DecodedMessage(points, 1, [], None, late)
+        return self._decoded(topic, parsed.device, payload, now_ms, result)  # type: ignore[arg-type]
+
+    def _decoded(self, topic: str, device: str, payload: bytes, now_ms: int, result: Decoded) -> DecodedMessage:
+        """Any other message: readings (a batch, flags, a platform time) and rejections."""
+        dead = [DeadLetter(now_ms, r.reason.value, topic, r.index, r.detail, payload)
+                for r in result.rejections] if result.rejections else []
+        readings = result.readings
+        late = self._late(device, readings, now_ms) if readings else None
+        return DecodedMessage(to_points(readings, self.catalog), len(readings), dead, None, late)
 
     def _late(self, device: str, readings: list[Reading], now_ms: int) -> list[tuple[int, Point]] | None:
         """Points of the readings not newer than the device's last one (one compare per reading: devices send
