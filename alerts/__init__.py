@@ -2,9 +2,9 @@
 and resolve once, durable signed webhook delivery. See engine.py for the threads and the order of writes."""
 
 from smartpark.alerts.engine import AlertEngine, MessageSource, SourceFactory
-from smartpark.alerts.errors import AlertsError, DeliveryError, EngineError, RuleError, UnsafeDestination
+from smartpark.alerts.errors import AlertsError, DeliveryError, EngineError, UnsafeDestination
 from smartpark.alerts.repo import AlertRepo
 from smartpark.alerts.rules import Condition, RuleSpec, default_rules
 
 __all__ = ["AlertEngine", "AlertRepo", "AlertsError", "Condition", "DeliveryError", "EngineError",
-           "MessageSource", "RuleError", "RuleSpec", "SourceFactory", "UnsafeDestination", "default_rules"]
+           "MessageSource", "RuleSpec", "SourceFactory", "UnsafeDestination", "default_rules"]

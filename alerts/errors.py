@@ -2,7 +2,6 @@
 
     AlertsError
     ├── EngineError          the engine cannot start (its MQTT subscription was not confirmed)
-    ├── RuleError            a rule that cannot be evaluated as written (bad kind, metric, scope)
     ├── UnsafeDestination    a webhook URL that the SSRF guard refuses (scheme, or a non-global address)
     ├── BadSecret            a webhook signing secret that is not whsec_ + base64 of 24 to 64 bytes
     ├── AlertsUnavailable    the alert tables cannot be read or written now (the database's error is the cause)
@@ -13,8 +12,7 @@ from __future__ import annotations
 
 from smartpark.core.errors import SmartparkError
 
-__all__ = ["AlertsError", "AlertsUnavailable", "BadSecret", "DeliveryError", "EngineError", "RuleError",
-           "UnsafeDestination"]
+__all__ = ["AlertsError", "AlertsUnavailable", "BadSecret", "DeliveryError", "EngineError", "UnsafeDestination"]
 
 
 class AlertsError(SmartparkError):
@@ -23,10 +21,6 @@ class AlertsError(SmartparkError):
 
 class EngineError(AlertsError):
     """The engine could not start: its subscription was not confirmed."""
-
-
-class RuleError(AlertsError):
-    """A rule that cannot be evaluated as written; raised when it is created, never at evaluation."""
 
 
 class UnsafeDestination(AlertsError):

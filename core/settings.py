@@ -135,8 +135,9 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=1, le=65535)
     """Port of the API."""
     api_session_secret: str = ""
-    """Signs the overview page's session cookie (it holds the API key). Empty in development: a random one per
-    process (logins end with a restart); the API in production needs a real secret of at least 32 characters."""
+    """Signs the overview page's session cookie (it holds a random session token; the API key never leaves the
+    server, api/sessions.py). Empty in development: a random one per process (logins end with a restart); the
+    API in production needs a real secret of at least 32 characters."""
     api_secure_cookie: Literal["auto", "always"] = "auto"
     """`auto`: the session cookie is `Secure` when the request came over HTTPS (directly, or per a trusted
     proxy's X-Forwarded-Proto), so login works over plain HTTP too; `always`: `Secure` on every response."""
