@@ -20,43 +20,30 @@ from collections.abc import Sequence
 import msgspec
 
 from smartpark.core.points import Point
-from smartpark.core.store.base import (
-    DAY_MS,
-    HOUR_MS,
-    CounterEvent,
-    HourPrints,
-    HourQuery,
-    HourSum,
-    LatestValue,
-    MinuteQuery,
-    MinuteRow,
-    Series,
-    SeriesQuery,
-    StoredFields,
-    TimeSeriesStore,
-)
+from smartpark.core.store import base
+from smartpark.core.store.base import DAY_MS, HOUR_MS
 
 __all__ = ["HOUR_CACHE_QUERIES", "SINGLE_FLIGHT_HOURS", "HourCache"]
 
 HOUR_CACHE_QUERIES = 256  # kept HourQuery keys (about one per site with stacks), least recently used dropped
 SINGLE_FLIGHT_HOURS = 24  # more hours to compute than this: one computation per key at a time
 
-Kept = dict[tuple[str, int], tuple[tuple[float, ...], float, list[HourSum]]]  # -> (fingerprint, expiry, sums)
+Kept = dict[tuple[str, int], tuple[tuple[float, ...], float, list[base.HourSum]]]  # -> (fingerprint, expiry, sums)
 
 
 class HourCache:
     """A TimeSeriesStore that keeps ``store``'s computed whole hours for ``ttl_s`` (> 0) and passes every other
     call through. Thread-safe; closing it closes the store."""
 
-    def __init__(self, store: TimeSeriesStore, ttl_s: float) -> None:
+    def __init__(self, store: base.TimeSeriesStore, ttl_s: float) -> None:
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
         self.store, self.ttl_s = store, ttl_s
         self._lock = threading.Lock()
-        self._computing: dict[HourQuery, threading.Lock] = {}  # per cache key: see hour_sums
-        self._kept: dict[HourQuery, Kept] = {}
+        self._computing: dict[base.HourQuery, threading.Lock] = {}  # per cache key: see hour_sums
+        self._kept: dict[base.HourQuery, Kept] = {}
 
-    def hour_sums(self, query: HourQuery, *, renew_within_s: float = 0.0) -> list[HourSum]:
+    def hour_sums(self, query: base.HourQuery, *, renew_within_s: float = 0.0) -> list[base.HourSum]:
         """The store's hour_sums, the kept hours still valid not asked again. ``renew_within_s``: hours whose
         entry expires that soon are computed again (a warmer's call: users then never meet an expired hour)."""
         if not query.devices or not query.fields or query.end_ms <= query.start_ms:
@@ -74,7 +61,8 @@ class HourCache:
             out, todo = self._kept_hours(key, prints, renew_within_s)
             return self._computed_hours(query, key, prints, out, todo)
 
-    def _kept_hours(self, key: HourQuery, prints: HourPrints, renew_within_s: float) -> tuple[list[HourSum], set[int]]:
+    def _kept_hours(self, key: base.HourQuery, prints: base.HourPrints,
+                    renew_within_s: float) -> tuple[list[base.HourSum], set[int]]:
         """(the kept sums still valid for ``prints``, the hours to compute). Hours due for renewal (expiring
         within ``renew_within_s``) are to compute, but stay kept for other callers until replaced."""
         now = time.monotonic()
@@ -92,11 +80,11 @@ class HourCache:
             out = [h for k in prints if k[1] not in todo for h in kept[k][2]]
         return out, todo
 
-    def _computed_hours(self, query: HourQuery, key: HourQuery, prints: HourPrints, out: list[HourSum],
-                        todo: set[int]) -> list[HourSum]:
+    def _computed_hours(self, query: base.HourQuery, key: base.HourQuery, prints: base.HourPrints,
+                        out: list[base.HourSum], todo: set[int]) -> list[base.HourSum]:
         """``out`` plus the hours of ``todo`` computed by the store; whole hours kept."""
         if todo:
-            fresh: dict[tuple[str, int], list[HourSum]] = {}
+            fresh: dict[tuple[str, int], list[base.HourSum]] = {}
             for h in self._store_hours(query, todo):
                 fresh.setdefault((h.device, h.ts_ms), []).append(h)
             expires = time.monotonic() + self.ttl_s
@@ -114,7 +102,7 @@ class HourCache:
         out.sort(key=lambda h: (h.device, h.field, h.ts_ms))
         return out
 
-    def _store_hours(self, query: HourQuery, hours: set[int]) -> list[HourSum]:
+    def _store_hours(self, query: base.HourQuery, hours: set[int]) -> list[base.HourSum]:
         """The store's sums of ``hours``: one hour_sums call per run of consecutive hours."""
         runs: list[list[int]] = []
         for h in sorted(hours):
@@ -128,7 +116,7 @@ class HourCache:
 
     # --- everything else: the store's
 
-    def hour_fingerprints(self, query: HourQuery) -> HourPrints:
+    def hour_fingerprints(self, query: base.HourQuery) -> base.HourPrints:
         return self.store.hour_fingerprints(query)
 
     def init(self) -> None:
@@ -140,22 +128,22 @@ class HourCache:
     def write(self, points: Sequence[Point]) -> None:
         self.store.write(points)
 
-    def stored_fields(self, points: Sequence[Point]) -> StoredFields:
+    def stored_fields(self, points: Sequence[Point]) -> base.StoredFields:
         return self.store.stored_fields(points)
 
-    def series(self, query: SeriesQuery) -> list[Series]:
+    def series(self, query: base.SeriesQuery) -> list[base.Series]:
         return self.store.series(query)
 
-    def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[LatestValue]:
+    def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[base.LatestValue]:
         return self.store.latest(site, lookback_ms=lookback_ms)
 
-    def latest_many(self, sites: Sequence[str], *, lookback_ms: int = 7 * DAY_MS) -> dict[str, list[LatestValue]]:
+    def latest_many(self, sites: Sequence[str], *, lookback_ms: int = 7 * DAY_MS) -> dict[str, list[base.LatestValue]]:
         return self.store.latest_many(sites, lookback_ms=lookback_ms)
 
-    def counter_deltas(self, query: SeriesQuery) -> tuple[list[Series], list[CounterEvent]]:
+    def counter_deltas(self, query: base.SeriesQuery) -> tuple[list[base.Series], list[base.CounterEvent]]:
         return self.store.counter_deltas(query)
 
-    def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
+    def minute_means(self, query: base.MinuteQuery) -> list[base.MinuteRow]:
         return self.store.minute_means(query)
 
     def close(self) -> None:

@@ -24,32 +24,15 @@ import httpx
 
 from smartpark.core.catalog import Catalog
 from smartpark.core.points import Point
-from smartpark.core.store.base import (
-    DAY_MS,
-    CounterEvent,
-    HourPrints,
-    HourQuery,
-    HourSum,
-    LatestValue,
-    MinuteQuery,
-    MinuteRow,
-    Series,
-    SeriesQuery,
-    StoredFields,
-)
+from smartpark.core.store import base
+from smartpark.core.store.base import DAY_MS
 from smartpark.core.store.influx_http import InfluxHttp
 from smartpark.core.store.influx_queries import InfluxQueries
 from smartpark.core.store.influx_schema import create_schema
 from smartpark.core.store.influx_schema import ensure_user as _ensure_user
-from smartpark.core.store.line_protocol import (
-    escape_measurement,
-    escape_string_field,
-    escape_tag,
-    line,
-    lines,
-    quote_ident,
-    quote_literal,
-)
+
+# re-exported for the bulk writers (backfill) and the rollup repair, which write line protocol themselves
+from smartpark.core.store.line_protocol import escape_measurement, escape_tag, lines, quote_ident
 from smartpark.core.store.rollups import RAW_RP, RESAMPLE_FOR, ROLLUPS, late_spans, marks_body
 
 __all__ = [
@@ -58,12 +41,9 @@ __all__ = [
     "ROLLUPS",
     "InfluxStore",
     "escape_measurement",
-    "escape_string_field",
     "escape_tag",
-    "line",
     "lines",
     "quote_ident",
-    "quote_literal",
 ]
 
 
@@ -185,28 +165,28 @@ class InfluxStore:
 
     # --- queries (influx_queries.py)
 
-    def stored_fields(self, points: Sequence[Point]) -> StoredFields:
+    def stored_fields(self, points: Sequence[Point]) -> base.StoredFields:
         return self.queries.stored_fields(points)
 
-    def series(self, query: SeriesQuery) -> list[Series]:
+    def series(self, query: base.SeriesQuery) -> list[base.Series]:
         return self.queries.series(query)
 
-    def counter_deltas(self, query: SeriesQuery) -> tuple[list[Series], list[CounterEvent]]:
+    def counter_deltas(self, query: base.SeriesQuery) -> tuple[list[base.Series], list[base.CounterEvent]]:
         return self.queries.counter_deltas(query)
 
-    def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
+    def minute_means(self, query: base.MinuteQuery) -> list[base.MinuteRow]:
         return self.queries.minute_means(query)
 
-    def hour_sums(self, query: HourQuery) -> list[HourSum]:
+    def hour_sums(self, query: base.HourQuery) -> list[base.HourSum]:
         return self.queries.hour_sums(query)
 
-    def hour_fingerprints(self, query: HourQuery) -> HourPrints:
+    def hour_fingerprints(self, query: base.HourQuery) -> base.HourPrints:
         return self.queries.hour_fingerprints(query)
 
-    def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[LatestValue]:
+    def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[base.LatestValue]:
         return self.queries.latest(site, lookback_ms=lookback_ms)
 
-    def latest_many(self, sites: Sequence[str], *, lookback_ms: int = 7 * DAY_MS) -> dict[str, list[LatestValue]]:
+    def latest_many(self, sites: Sequence[str], *, lookback_ms: int = 7 * DAY_MS) -> dict[str, list[base.LatestValue]]:
         return self.queries.latest_many(sites, lookback_ms=lookback_ms)
 
     def close(self) -> None:

@@ -14,27 +14,8 @@ import msgspec
 
 from smartpark.core.catalog import Catalog, Metric
 from smartpark.core.points import Point
-from smartpark.core.store.base import (
-    AGGREGATES,
-    DAY_MS,
-    HOUR_MS,
-    MINUTE_MS,
-    CounterEvent,
-    HourPrints,
-    HourQuery,
-    HourSum,
-    LatestValue,
-    MinuteQuery,
-    MinuteRow,
-    Series,
-    SeriesQuery,
-    StoredFields,
-    counter_event,
-    delta_series,
-    hour_sums_from_minutes,
-    lookback_ms,
-    minute_query,
-)
+from smartpark.core.store import base
+from smartpark.core.store.base import DAY_MS, HOUR_MS, MINUTE_MS
 from smartpark.core.store.influx_http import InfluxHttp
 from smartpark.core.store.line_protocol import quote_ident, quote_literal
 
@@ -76,7 +57,7 @@ class InfluxQueries:
         m = quote_ident(measurement)
         return f"{quote_ident(self.rp)}.{m}" if self.rp else m
 
-    def stored_fields(self, points: Sequence[Point]) -> StoredFields:
+    def stored_fields(self, points: Sequence[Point]) -> base.StoredFields:
         """Per series, its float fields over ranges of at most LOOKUP_SPAN_MS covering the points' times (InfluxQL
         cannot OR time conditions), filtered to those times here; LOOKUP_STATEMENTS statements per request."""
         wanted: dict[tuple[str, str, str], tuple[set[int], set[str]]] = {}
@@ -93,7 +74,7 @@ class InfluxQueries:
             for lo, hi in _spans(sorted(stamps), LOOKUP_SPAN_MS):
                 statements.append((key, stamps, f"SELECT {select} FROM {self._from(measurement)} WHERE "  # noqa: S608 (InfluxQL; names and values quoted)
                                    f"{self._where(site, device, lo, hi + 1)}"))
-        out: StoredFields = {}
+        out: base.StoredFields = {}
         for i in range(0, len(statements), LOOKUP_STATEMENTS):
             part = statements[i:i + LOOKUP_STATEMENTS]
             for (key, stamps, _), result in zip(part, self.http.query("; ".join(s for _, _, s in part)), strict=True):
@@ -105,9 +86,9 @@ class InfluxQueries:
                                                         if v is not None}
         return out
 
-    def series(self, query: SeriesQuery) -> list[Series]:
-        if query.agg not in AGGREGATES:
-            raise ValueError(f"unknown aggregate {query.agg!r}; one of {', '.join(AGGREGATES)}")
+    def series(self, query: base.SeriesQuery) -> list[base.Series]:
+        if query.agg not in base.AGGREGATES:
+            raise ValueError(f"unknown aggregate {query.agg!r}; one of {', '.join(base.AGGREGATES)}")
         if query.every_ms <= 0 or query.end_ms <= query.start_ms:
             raise ValueError(f"bad window: every {query.every_ms} ms from {query.start_ms} to {query.end_ms}")
         if query.agg == "delta":
@@ -119,7 +100,7 @@ class InfluxQueries:
                 points = [(int(row[0]), float(row[1])) for row in s.get("values", []) if row[1] is not None]
                 if points:
                     device = tags.get("device") if query.group_by == "device" else None
-                    out.append(Series(tags.get("site", query.site or ""), device, points))
+                    out.append(base.Series(tags.get("site", query.site or ""), device, points))
         out.sort(key=lambda s: (s.site, s.device or ""))
         return out
 
@@ -133,7 +114,7 @@ class InfluxQueries:
         where += [f"time >= {int(start_ms)}ms", f"time < {int(end_ms)}ms"]
         return " AND ".join(where)
 
-    def _agg_statement(self, query: SeriesQuery) -> str:
+    def _agg_statement(self, query: base.SeriesQuery) -> str:
         where = self._where(query.site, query.device, query.start_ms, query.end_ms)
         group = '"site"' if query.group_by == "site" else '"site", "device"'
         return (
@@ -141,10 +122,10 @@ class InfluxQueries:
             f"WHERE {where} GROUP BY time({int(query.every_ms)}ms), {group} fill(none)"
         )
 
-    def _delta(self, query: SeriesQuery) -> list[Series]:
+    def _delta(self, query: base.SeriesQuery) -> list[base.Series]:
         return self.counter_deltas(query)[0]
 
-    def counter_deltas(self, query: SeriesQuery) -> tuple[list[Series], list[CounterEvent]]:
+    def counter_deltas(self, query: base.SeriesQuery) -> tuple[list[base.Series], list[base.CounterEvent]]:
         """One pass over the minute steps per window and device: the sum, the smallest step, the longest elapsed
         time and the highest rate. A window whose steps are all ordinary (none negative, none longer than the gap,
         none faster than the bound) keeps InfluxDB's sum; the rare others (a reset, a jump, a gap, a step near the
@@ -166,10 +147,10 @@ class InfluxQueries:
                 else:
                     suspect.append((site, device, int(ts)))
         events = self._suspect_windows(query, suspect, sums)
-        return delta_series(query, sums, events), events
+        return base.delta_series(query, sums, events), events
 
-    def _suspect_windows(self, query: SeriesQuery, windows: list[tuple[str, str, int]],
-                         sums: list[tuple[str, str, int, float]]) -> list[CounterEvent]:
+    def _suspect_windows(self, query: base.SeriesQuery, windows: list[tuple[str, str, int]],
+                         sums: list[tuple[str, str, int, float]]) -> list[base.CounterEvent]:
         """Each window's steps read one by one: ordinary ones added to ``sums``, the others as events."""
         if not windows:
             return []
@@ -179,14 +160,14 @@ class InfluxQueries:
                                            end_ms=min(w + query.every_ms, query.end_ms))
             statements.append(f'SELECT "v", "d", "e" FROM ({self._steps(part)})')  # noqa: S608
         results = self.http.statements(statements)
-        events: list[CounterEvent] = []
+        events: list[base.CounterEvent] = []
         for (site, device, w), result in zip(windows, results, strict=True):
             total = 0.0
             for s in result.get("series", []):
                 for ts, v, d, e in s.get("values", []):
                     if int(ts) < w or None in (v, d, e):
                         continue
-                    ev = counter_event(query, (site, device, int(ts), float(v), float(d), int(e)))
+                    ev = base.counter_event(query, (site, device, int(ts), float(v), float(d), int(e)))
                     if ev is None:
                         total += float(d)
                     else:
@@ -195,11 +176,11 @@ class InfluxQueries:
         events.sort(key=lambda ev: (ev.site, ev.device, ev.ts_ms))
         return events
 
-    def _steps(self, query: SeriesQuery, *, rate: bool = False) -> str:
+    def _steps(self, query: base.SeriesQuery, *, rate: bool = False) -> str:
         """Per device and minute: the minute's last reading, the step to it and the time since the previous
         reading's minute (with ``rate``: the step per hour instead of the reading), from a gap before the start
         (so the first step is found); rules in SeriesQuery."""
-        where = self._where(query.site, query.device, lookback_ms(query), query.end_ms)
+        where = self._where(query.site, query.device, base.lookback_ms(query), query.end_ms)
         f = quote_ident(query.field)
         # each function is an iterator over the raw points in InfluxDB 1.x: the first pass asks for no reading
         fields = (f'difference(last({f})) AS "d", elapsed(last({f}), 1ms) AS "e", derivative(last({f}), 1h) AS "r"'
@@ -208,19 +189,19 @@ class InfluxQueries:
                 f"FROM {self._from(query.measurement)} WHERE {where} "
                 f'GROUP BY time({MINUTE_MS}ms), "site", "device" fill(none)')
 
-    def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
+    def minute_means(self, query: base.MinuteQuery) -> list[base.MinuteRow]:
         """Day by day: a month of minutes per device is more rows than InfluxDB returns in one series."""
-        out: list[MinuteRow] = []
+        out: list[base.MinuteRow] = []
         for start in range(query.start_ms, query.end_ms, DAY_MS):
             chunk = msgspec.structs.replace(query, start_ms=start, end_ms=min(start + DAY_MS, query.end_ms))
             out += self._minute_means(chunk)
         out.sort(key=lambda r: (r.device, r.ts_ms))
         return out
 
-    def _minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
+    def _minute_means(self, query: base.MinuteQuery) -> list[base.MinuteRow]:
         return self._minute_rows(query, self.http.query("; ".join(self._minute_statements(query))))
 
-    def _minute_statements(self, query: MinuteQuery) -> list[str]:
+    def _minute_statements(self, query: base.MinuteQuery) -> list[str]:
         """One statement for the minute means of every field, one per field counting its invalid flags
         (string fields cannot be averaged, but can be filtered and counted)."""
         where = self._where(query.site, query.device, query.start_ms, query.end_ms)
@@ -238,7 +219,7 @@ class InfluxQueries:
         return " AND ".join(f"{flag} != {quote_literal(v)}" for v in valid_flags) or f"{flag} =~ /./"
 
     @staticmethod
-    def _minute_rows(query: MinuteQuery, results: list[dict[str, Any]]) -> list[MinuteRow]:
+    def _minute_rows(query: base.MinuteQuery, results: list[dict[str, Any]]) -> list[base.MinuteRow]:
         invalid: dict[tuple[str, int], set[str]] = {}
         for f, result in zip(query.fields, results[1:], strict=True):
             for s in result.get("series", []):
@@ -249,11 +230,12 @@ class InfluxQueries:
             device, names = s["tags"]["device"], s["columns"][1:]
             for row in s.get("values", []):
                 values = {n: float(v) for n, v in zip(names, row[1:], strict=True) if v is not None}
-                out.append(MinuteRow(device, int(row[0]), values, frozenset(invalid.get((device, int(row[0])), ()))))
+                ts = int(row[0])
+                out.append(base.MinuteRow(device, ts, values, frozenset(invalid.get((device, ts), ()))))
         out.sort(key=lambda r: (r.device, r.ts_ms))
         return out
 
-    def hour_sums(self, query: HourQuery) -> list[HourSum]:
+    def hour_sums(self, query: base.HourQuery) -> list[base.HourSum]:
         """From the minute means (the reference computation), every hour of the query. (Summing corrected minute
         means per hour in InfluxDB with a subquery was measured slower on 1.6 than the minute means themselves:
         17 s against 6 s for a month.)"""
@@ -264,13 +246,13 @@ class InfluxQueries:
         first = query.start_ms - (query.start_ms - query.offset_ms) % HOUR_MS
         return self._exact_hours(query, set(range(first, query.end_ms, HOUR_MS)))
 
-    def hour_fingerprints(self, query: HourQuery) -> HourPrints:
+    def hour_fingerprints(self, query: base.HourQuery) -> base.HourPrints:
         """The counts of each field's points and flags per (device, hour) with data: plain aggregates, about a
         tenth of the minute means' cost. Blind to a reading overwritten in place by another value."""
         if not query.devices or not query.fields or query.end_ms <= query.start_ms:
             return {}
         src = self._from(query.measurement)
-        fields = minute_query(query).fields
+        fields = base.minute_query(query).fields
         where = (f"{self._where(query.site, None, query.start_ms, query.end_ms)} "
                  f"AND ({self._devices([d for d, _ in query.devices])})")
         group = f'GROUP BY time({HOUR_MS}ms, {int(query.offset_ms)}ms), "device" fill(none)'
@@ -278,7 +260,7 @@ class InfluxQueries:
             f"SELECT {', '.join(f'count({quote_ident(f + suffix)})' for f in fields)} "  # noqa: S608
             f"FROM {src} WHERE {where} {group}" for suffix in ("", "_flag")]
         values, flags = self.http.query("; ".join(statements))
-        out: HourPrints = {}
+        out: base.HourPrints = {}
         for s in values.get("series", []):
             for row in s.get("values", []):
                 out[s["tags"]["device"], int(row[0])] = tuple(int(v or 0) for v in row[1:])
@@ -289,7 +271,7 @@ class InfluxQueries:
                     out[k] += tuple(int(v or 0) for v in row[1:])
         return out
 
-    def _exact_hours(self, query: HourQuery, hours: set[int]) -> list[HourSum]:
+    def _exact_hours(self, query: base.HourQuery, hours: set[int]) -> list[base.HourSum]:
         """HourSums of some hours from their minute means: runs of hours of at most a day each, in a few
         concurrent requests (InfluxDB computes each on a core of its own)."""
         ranges: list[list[int]] = []
@@ -299,10 +281,10 @@ class InfluxQueries:
                 ranges[-1][1] = end
             else:
                 ranges.append([start, end])
-        chunks = [minute_query(query, start, end) for start, end in ranges]
+        chunks = [base.minute_query(query, start, end) for start, end in ranges]
         batches = [chunks[i::EXACT_REQUESTS] for i in range(min(EXACT_REQUESTS, len(chunks)))]
 
-        def run(batch: list[MinuteQuery]) -> list[MinuteRow]:
+        def run(batch: list[base.MinuteQuery]) -> list[base.MinuteRow]:
             results = self.http.query("; ".join(s for chunk in batch for s in self._minute_statements(chunk)))
             rows, at = [], 0
             for chunk in batch:
@@ -316,19 +298,19 @@ class InfluxQueries:
             with ThreadPoolExecutor(len(batches)) as pool:
                 rows = [r for part in pool.map(run, batches) for r in part]
         rows.sort(key=lambda r: (r.device, r.ts_ms))
-        return hour_sums_from_minutes(rows, query)
+        return base.hour_sums_from_minutes(rows, query)
 
     @staticmethod
     def _devices(devices: Sequence[str]) -> str:
         return " OR ".join(f'"device" = {quote_literal(d)}' for d in devices)
 
-    def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[LatestValue]:
+    def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[base.LatestValue]:
         return self.latest_many([site], lookback_ms=lookback_ms)[site]
 
-    def latest_many(self, sites: Sequence[str], *, lookback_ms: int = 7 * DAY_MS) -> dict[str, list[LatestValue]]:
+    def latest_many(self, sites: Sequence[str], *, lookback_ms: int = 7 * DAY_MS) -> dict[str, list[base.LatestValue]]:
         """One statement per catalog metric for all ``sites`` at once (the overview's whole park in one
         request, not one per site: a tenth of the statements)."""
-        out: dict[str, list[LatestValue]] = {site: [] for site in sites}
+        out: dict[str, list[base.LatestValue]] = {site: [] for site in sites}
         metrics = sorted(self.catalog.metrics.values(), key=lambda m: (m.domain, m.name))
         if not metrics or not sites:
             return out
@@ -353,7 +335,7 @@ class InfluxQueries:
         return out
 
     @staticmethod
-    def _add_latest(out: dict[str, list[LatestValue]], metric: Metric, result: dict[str, Any]) -> None:
+    def _add_latest(out: dict[str, list[base.LatestValue]], metric: Metric, result: dict[str, Any]) -> None:
         for s in result.get("series", []):
             tags = s.get("tags", {})
             values = out.get(tags.get("site", ""))
@@ -366,7 +348,7 @@ class InfluxQueries:
                 if value is None:
                     continue
                 flag = record.get(metric.name + "_flag")
-                values.append(LatestValue(
+                values.append(base.LatestValue(
                     site=tags["site"], device=tags.get("device", ""), measurement=metric.domain,
                     metric=metric.name, ts_ms=int(record["time"]), value=float(value),
                     flag=flag if isinstance(flag, str) and flag else None))
