@@ -151,7 +151,7 @@ class InfluxStore:
     def write_lines(self, body: bytes, *, compress: bool | None = None) -> None:
         """Write ready line protocol (ms timestamps), for bulk writers that build it themselves (backfill).
 
-        The body must come from this module's escaping rules; it is sent gzip'd when ``compress`` (default:
+        The body must follow line_protocol.py's escaping rules; it is sent gzip'd when ``compress`` (default:
         the store's ``gzip_writes``).
         """
         params = {"db": self.database, "precision": "ms"}
