@@ -38,6 +38,7 @@ from smartpark.core.reference import Reference, load_reference
 from smartpark.core.registry import Registry
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import TimeSeriesStore
+from smartpark.core.store.hour_cache import HourCache
 
 __all__ = ["SchemeSessionMiddleware", "create_app"]
 
@@ -69,12 +70,13 @@ def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings, app.state.registry = settings, registry
-        app.state.store, app.state.catalog = store, catalog
+        # the routes see the store through the hour cache (where configured), which the warmer fills
+        cache = HourCache(store, settings.api_hour_cache_s) if settings.api_hour_cache_s > 0 else None
+        app.state.store, app.state.catalog = cache or store, catalog
         app.state.metrics_registries = list(metrics)
         app.state.reference = reference or load_reference(settings.reference_file)
         await asyncio.to_thread(alert_access.start, app.state.reference)  # tables before any request
-        ttl_s = getattr(store, "hour_cache_s", 0.0)  # only a store that keeps computed hours is worth warming
-        warmer = KpiWarmer(registry, store, app.state.reference, ttl_s) if settings.api_warm_kpis and ttl_s else None
+        warmer = KpiWarmer(registry, cache, app.state.reference) if settings.api_warm_kpis and cache else None
         if warmer:
             warmer.start()
         app.state.kpi_warmer = warmer

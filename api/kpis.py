@@ -58,6 +58,7 @@ __all__ = [
     "energy_meters",
     "energy_usage",
     "greening_kpi",
+    "hour_query",
     "hour_sums",
     "park_coverage",
     "period",
@@ -308,7 +309,7 @@ def emissions_kpi(store: TimeSeriesStore, ref: Reference, site: Site, stacks: Se
 
 
 def hour_sums(store: TimeSeriesStore, ref: Reference, site: Site, stacks: Sequence[Device],
-              p: Period, *, renew_within_s: float = 0.0) -> list[HourSum]:
+              p: Period) -> list[HourSum]:
     """Per stack, pollutant and local hour: sum and count of the valid O2-corrected minute means.
 
     The store aggregates per hour aligned to the UTC hour plus an offset: the local hours whenever the zone's
@@ -317,12 +318,17 @@ def hour_sums(store: TimeSeriesStore, ref: Reference, site: Site, stacks: Sequen
     if not stacks:
         return []
     offset = p.hour_offset_ms()
-    query = HourQuery("emissions", tuple(ref.emissions.pollutants.values()), site.id, p.start_ms, p.end_ms,
-                      tuple((d.id, ref.source_type(d.source_type).o2_ref_pct) for d in stacks), O2,
-                      ref.emissions.o2_correction_max_pct, tuple(ref.emissions.valid_flags), offset or 0)
+    query = hour_query(ref, site, stacks, p, offset or 0)
     if offset is not None:
-        return store.hour_sums(query, renew_within_s=renew_within_s)
+        return store.hour_sums(query)
     return hour_sums_from_minutes(store.minute_means(minute_query(query)), query, p.hour_of())
+
+
+def hour_query(ref: Reference, site: Site, stacks: Sequence[Device], p: Period, offset_ms: int) -> HourQuery:
+    """The store's HourQuery of the stacks' pollutants over ``p``, hours ``offset_ms`` past the UTC hour."""
+    return HourQuery("emissions", tuple(ref.emissions.pollutants.values()), site.id, p.start_ms, p.end_ms,
+                     tuple((d.id, ref.source_type(d.source_type).o2_ref_pct) for d in stacks), O2,
+                     ref.emissions.o2_correction_max_pct, tuple(ref.emissions.valid_flags), offset_ms)
 
 
 def _pollutant(name: str, metric: str, limit: float, acc: dict[int, tuple[float, int]], *,

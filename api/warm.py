@@ -1,7 +1,8 @@
 """Keeps the emission compliance KPIs warm: their hourly sums computed ahead of the first request.
 
 A month of O2-corrected minute means costs InfluxDB about 5 s per steel site (bench/bench_api.py, "first");
-the store keeps the result of each whole hour for ``hour_cache_s`` and revalidates it cheaply on every call.
+the hour cache (core/store/hour_cache.py) keeps the result of each whole hour for its ``ttl_s`` and revalidates
+it cheaply on every call.
 This thread asks for the last 31 days of every site with stacks right after start-up and again before the
 entries expire, so a request for the month (or any period inside those days) finds them computed.
 """
@@ -16,7 +17,7 @@ from zoneinfo import ZoneInfo
 from smartpark.api import kpis
 from smartpark.core.reference import Reference
 from smartpark.core.registry import Registry
-from smartpark.core.store.base import TimeSeriesStore
+from smartpark.core.store.hour_cache import HourCache
 
 __all__ = ["KpiWarmer"]
 
@@ -25,13 +26,13 @@ WARM_DAYS = 31  # the current month, and any 30-day period up to today
 
 
 class KpiWarmer:
-    """A daemon thread computing every stacked site's recent emission hours, ``ttl_s`` being how long the
-    store keeps a computed hour: a round every third of it renews the hours older than half of it, so no hour
-    a user asks for has expired (none gets older than two thirds of ``ttl_s`` and a round)."""
+    """A daemon thread computing every stacked site's recent emission hours into ``cache``: a round every third
+    of its ``ttl_s`` renews the hours older than half of it, so no hour a user asks for has expired (none gets
+    older than two thirds of ``ttl_s`` and a round)."""
 
-    def __init__(self, registry: Registry, store: TimeSeriesStore, ref: Reference, ttl_s: float) -> None:
-        self.registry, self.store, self.ref = registry, store, ref
-        self.every_s, self.renew_within_s = ttl_s / 3, ttl_s / 2
+    def __init__(self, registry: Registry, cache: HourCache, ref: Reference) -> None:
+        self.registry, self.cache, self.ref = registry, cache, ref
+        self.every_s, self.renew_within_s = cache.ttl_s / 3, cache.ttl_s / 2
         self.rounds = 0  # completed rounds (tests, logs)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kpi-warmer", daemon=True)
@@ -57,13 +58,15 @@ class KpiWarmer:
         tz = ZoneInfo(park.timezone if park else "Asia/Shanghai")
         today = datetime.now(tz).date()
         p = kpis.period(tz, today - timedelta(days=WARM_DAYS - 1), today + timedelta(days=1))
+        offset = p.hour_offset_ms()
         for site in self.registry.sites():
             if self._stop.is_set():
                 return
             stacks = [d for d in self.registry.devices(site.id) if d.kind == "cems"]
             try:
-                if stacks:
-                    kpis.hour_sums(self.store, self.ref, site, stacks, p, renew_within_s=self.renew_within_s)
+                if stacks and offset is not None:  # else the KPIs sum minute means (a DST shift): nothing kept
+                    query = kpis.hour_query(self.ref, site, stacks, p, offset)
+                    self.cache.hour_sums(query, renew_within_s=self.renew_within_s)
             except Exception:  # one site's failure (a refused query, bad reference data) spares the others
                 log.exception("warming the emission KPIs of %s failed", site.id)
         self.rounds += 1

@@ -130,7 +130,7 @@ def run(url: str, tmp: Path, args: argparse.Namespace) -> None:
     hours = HourQuery("emissions", tuple(ref.emissions.pollutants.values()), SITE, start, now,
                       tuple((d.id, ref.source_type(d.source_type).o2_ref_pct) for d in stacks),
                       o2_max_pct=ref.emissions.o2_correction_max_pct, valid_flags=tuple(ref.emissions.valid_flags))
-    fresh_store = InfluxStore(url, "bench", default_catalog(), hour_cache_s=0)
+    fresh_store = InfluxStore(url, "bench", default_catalog())  # no hour cache: every call computes
     calls = {
         "series": (lambda: _ok(client.get("/v1/series", params={
             "site": SITE, "device": DEVICE, "metric": "power_kw", "every": "1m",

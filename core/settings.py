@@ -156,10 +156,13 @@ class Settings(BaseSettings):
         "water_m3": 1_000_000.0, "output_t": 100_000.0, "irrigation_m3": 100_000.0})
     """Plausibility bound per counter metric, in its unit per hour (energy_kwh: kW), for meters without a
     rated_kw: a step implying more is not counted and is listed as implausible. JSON object in the environment."""
+    api_hour_cache_s: float = Field(900.0, ge=0)
+    """How long the API keeps a computed emission hour (core/store/hour_cache.py; revalidated on every request by
+    the store's cheap per-hour counts, so late readings are never hidden); 0 keeps none and warms none."""
     api_warm_kpis: bool = True
     """Compute the emission compliance hours of the last 31 days of every site with stacks in the background
-    and keep them fresh, so the month's compliance answers in ~0.3 s, not ~5 s, from the first request
-    (InfluxDB only: the embedded store keeps nothing)."""
+    and keep them fresh (in the hour cache, SMARTPARK_API_HOUR_CACHE_S), so the month's compliance answers in
+    ~0.3 s, not ~5 s, from the first request."""
     api_max_body_bytes: int = Field(1 << 20, ge=4096, le=1 << 30)
     """Largest request body, refused with 413 before authentication (by Content-Length, or as it streams)."""
     api_key_rate_per_s: float = Field(50.0, gt=0)

@@ -116,3 +116,43 @@ def test_greening_and_park(api: httpx.Client) -> None:
     assert park["energy"]["total_tce"] == pytest.approx(75.54816)
     assert park["emissions_compliance_pct"] == pytest.approx(200 / 3)
     assert [s["site"] for s in park["sites"]] == ["park-green", "steel"]
+
+
+@pytest.mark.parametrize("cache_s", [900.0, 0.0])
+def test_emission_hours_through_the_hour_cache_never_hide_a_late_reading(
+        store: TimeSeriesStore, tmp_path: Path, cache_s: float) -> None:
+    """The app puts the store behind the hour cache where SMARTPARK_API_HOUR_CACHE_S says so (any store), and
+    hands the warmer that cache; what is kept is revalidated on every request."""
+    from smartpark.core.store.hour_cache import HourCache
+
+    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
+    registry.init()
+    registry.load_park(parse_park_file(PARK_YAML))
+    store.write(stack_points())
+    settings = Settings(_env_file=None, data_dir=tmp_path, api_hour_cache_s=cache_s)  # type: ignore[call-arg]
+    app = create_app(settings, registry=registry, store=store, catalog=default_catalog())
+    served = ServedApp(app)
+    try:
+        served.client.headers["Authorization"] = f"Bearer {registry.create_api_key('admin', [])}"
+
+        def hour0_mean() -> float:
+            kpi = served.client.get("/v1/sites/steel/kpis/emissions",
+                                    params={"start": DAY, "end": "2025-03-02", "hours": "true"}).json()
+            nox = next(p for p in kpi["stacks"][0]["pollutants"] if p["pollutant"] == "nox")
+            return float(nox["hours"][0]["mean_mg_m3"])
+
+        if cache_s:
+            assert isinstance(app.state.store, HourCache)
+            assert app.state.store.store is store
+            assert app.state.kpi_warmer is not None
+            assert app.state.kpi_warmer.cache is app.state.store
+        else:
+            assert app.state.store is store
+            assert app.state.kpi_warmer is None
+        assert hour0_mean() == pytest.approx(40.0)
+        assert hour0_mean() == pytest.approx(40.0)  # kept (cached), or computed again
+        store.write([Point("emissions", "steel", "sinter-cems", T0 + 30_000, {"nox_mg_m3": 100.0, "o2_pct": 16.0})])
+        assert hour0_mean() == pytest.approx(40.5)  # minute 0 now means 70: (59 x 40 + 70) / 60
+    finally:
+        served.close()
+        registry.close()

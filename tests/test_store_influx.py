@@ -14,8 +14,8 @@ from smartpark.core.catalog import Catalog, Metric, default_catalog
 from smartpark.core.errors import StoreRejected, StoreUnavailable
 from smartpark.core.points import Point
 from smartpark.core.store.base import DAY_MS, LatestValue, Series, SeriesQuery
-from smartpark.core.store.influx import (
-    InfluxStore,
+from smartpark.core.store.influx import InfluxStore
+from smartpark.core.store.line_protocol import (
     escape_measurement,
     escape_string_field,
     escape_tag,

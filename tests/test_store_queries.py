@@ -11,16 +11,20 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from smartpark.core.catalog import default_catalog
 from smartpark.core.points import Point
 from smartpark.core.store.base import (
     HourQuery,
+    HourSum,
     MinuteQuery,
+    Series,
     SeriesQuery,
     TimeSeriesStore,
     hour_sums_from_minutes,
     minute_query,
 )
-from smartpark.core.store.influx import SINGLE_FLIGHT_HOURS, InfluxStore
+from smartpark.core.store.embedded import EmbeddedStore
+from smartpark.core.store.hour_cache import SINGLE_FLIGHT_HOURS, HourCache
 
 from factories import PARK_YAML, now_ms, wait_for
 
@@ -106,12 +110,32 @@ def cems(device: str, ts: int, nox: float, o2: float | None = None, **flags: str
     return Point("emissions", "s", device, ts, fields)
 
 
+@pytest.fixture(params=["plain", "cached"])
+def hour_store(request: pytest.FixtureRequest, store: TimeSeriesStore) -> TimeSeriesStore:
+    """Each backend as it is and behind the hour cache: what the cache keeps must never change an answer."""
+    return HourCache(store, 900.0) if request.param == "cached" else store
+
+
+def recorded_hours(store: TimeSeriesStore) -> list[int]:
+    """The number of hours each of the store's hour_sums calls from now on computes (a spy on the real store)."""
+    computed: list[int] = []
+    real = store.hour_sums
+
+    def spy(query: HourQuery) -> list[HourSum]:
+        computed.append(-(-(query.end_ms - query.start_ms) // 3600_000))
+        return real(query)
+
+    store.hour_sums = spy  # type: ignore[method-assign]
+    return computed
+
+
 def hour_query(start: int, end: int, **kw: object) -> HourQuery:
     devices = (("sinter", 16.0), ("stove", None))
     return HourQuery("emissions", ("nox_mg_m3", "so2_mg_m3"), "s", start, end, devices, **kw)  # type: ignore[arg-type]
 
 
-def test_hour_sums_of_valid_corrected_minutes(store: TimeSeriesStore, t0: int) -> None:
+def test_hour_sums_of_valid_corrected_minutes(hour_store: TimeSeriesStore, t0: int) -> None:
+    store = hour_store
     h = 3600_000
     store.write([
         # hour 0, sinter: clean minutes only (summed by the store itself on InfluxDB); two readings in minute 0
@@ -140,8 +164,9 @@ def test_hour_sums_of_valid_corrected_minutes(store: TimeSeriesStore, t0: int) -
     ]
 
 
-def test_hour_sums_agree_to_the_bit_with_the_minute_means(store: TimeSeriesStore, t0: int) -> None:
+def test_hour_sums_agree_to_the_bit_with_the_minute_means(hour_store: TimeSeriesStore, t0: int) -> None:
     """The store's own hourly sums equal the reference computation from its minute means exactly."""
+    store = hour_store
     rng = random.Random(4)
     points = [cems(dev, t0 + i * 20_000, rng.uniform(0.1, 90.0), rng.uniform(5.0, 19.9))
               for i in range(3 * 180) for dev in ("sinter", "stove")]
@@ -155,47 +180,90 @@ def test_hour_sums_agree_to_the_bit_with_the_minute_means(store: TimeSeriesStore
         ("stove", 0, 53), ("stove", 3600_000, 60), ("stove", 7200_000, 55)]
 
 
-def test_hour_sums_with_an_hour_offset(store: TimeSeriesStore, t0: int) -> None:
+def test_hour_sums_with_an_hour_offset(hour_store: TimeSeriesStore, t0: int) -> None:
     """Local hours of a +05:30 zone start half past each UTC hour."""
+    store = hour_store
     store.write([cems("stove", t0 + m * MIN, 1.0) for m in range(90)])
     got = store.hour_sums(hour_query(t0, t0 + 90 * MIN, offset_ms=30 * MIN))
     assert [(x.ts_ms - t0, x.total, x.valid) for x in got] == [(-30 * MIN, 30.0, 30), (30 * MIN, 60.0, 60)]
 
 
-def test_hour_sums_see_late_readings_and_flags(store: TimeSeriesStore, t0: int) -> None:
-    """What InfluxStore keeps of earlier calls never hides a reading or a flag written since."""
+def test_hour_sums_see_late_readings_and_flags(hour_store: TimeSeriesStore, t0: int) -> None:
+    """What the hour cache keeps of earlier calls never hides a reading or a flag written since."""
+    store = hour_store
     query = hour_query(t0, t0 + 2 * 3600_000)
     store.write([cems("stove", t0 + m * MIN, 10.0) for m in range(60)])
     assert [(x.total, x.valid) for x in store.hour_sums(query)] == [(600.0, 60)]
-    assert [(x.total, x.valid) for x in store.hour_sums(query)] == [(600.0, 60)]  # again (kept on InfluxDB)
+    assert [(x.total, x.valid) for x in store.hour_sums(query)] == [(600.0, 60)]  # again (kept when cached)
     store.write([cems("stove", t0 + 30_000, 40.0)])  # late: minute 0's mean becomes 25
     assert [(x.total, x.valid) for x in store.hour_sums(query)] == [(615.0, 60)]
     store.write([Point("emissions", "s", "stove", t0 + MIN, {"nox_mg_m3_flag": "C"})])  # flagged afterwards
     assert [(x.total, x.valid) for x in store.hour_sums(query)] == [(605.0, 59)]
 
 
-def test_hour_sums_renewal_and_one_computation_at_a_time(influx_store: InfluxStore, t0: int) -> None:
+def test_hour_cache_renewal_and_one_computation_at_a_time(store: TimeSeriesStore, t0: int) -> None:
     """What the KPI warmer relies on: renew_within_s recomputes kept hours before they expire, and callers
-    asking at once for many hours (a cold month) wait for one computation instead of each asking InfluxDB."""
+    asking at once for many hours (a cold month) wait for one computation instead of each asking the store."""
     hours = SINGLE_FLIGHT_HOURS + 6
     base = t0 - (hours + 10) * 3600_000
     query = hour_query(base, base + hours * 3600_000)
-    influx_store.write([cems("stove", base + h * 3600_000 + m * MIN, 10.0) for h in range(hours) for m in range(2)])
-    computed: list[int] = []
-    exact = influx_store._exact_hours
-    influx_store._exact_hours = lambda q, todo: (computed.append(len(todo)), exact(q, todo))[1]  # type: ignore[method-assign]
+    store.write([cems("stove", base + h * 3600_000 + m * MIN, 10.0) for h in range(hours) for m in range(2)])
+    cache = HourCache(store, 900.0)
+    computed = recorded_hours(store)
     with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: influx_store.hour_sums(query), range(4)))
+        answers = list(pool.map(lambda _: cache.hour_sums(query), range(4)))
     assert all([(x.total, x.valid) for x in a] == [(20.0, 2)] * hours for a in answers)
     assert computed == [hours]  # once, for four callers
-    assert len(influx_store.hour_sums(query)) == hours
+    assert len(cache.hour_sums(query)) == hours
     assert computed == [hours]  # kept
-    renewed = influx_store.hour_sums(query, renew_within_s=influx_store.hour_cache_s)
+    renewed = cache.hour_sums(query, renew_within_s=cache.ttl_s)
     assert computed == [hours, hours]  # renewed ahead of expiry
     assert renewed == answers[0]
 
 
-def test_kpi_warmer_computes_the_stacked_sites_hours_ahead(influx_store: InfluxStore, t0: int,
+def test_hour_cache_recomputes_only_the_changed_hours(store: TimeSeriesStore, t0: int) -> None:
+    """A late reading in one kept hour costs the store that hour, not the day; a query over the same hours at
+    other bounds shares what is kept."""
+    base = t0 - 24 * 3600_000
+    store.write([cems("stove", base + h * 3600_000 + m * MIN, 10.0) for h in range(24) for m in range(3)])
+    cache = HourCache(store, 900.0)
+    day = hour_query(base, base + 24 * 3600_000)
+    first = cache.hour_sums(day)
+    computed = recorded_hours(store)
+    store.write([cems("stove", base + 5 * 3600_000 + 30 * MIN, 40.0)])  # late, into hour 5
+    again = cache.hour_sums(day)
+    assert computed == [1]
+    assert [(h.ts_ms - base, h.total) for h in again if h.total != 30.0] == [(5 * 3600_000, 70.0)]
+    assert [h for h in again if h.ts_ms != base + 5 * 3600_000] == [h for h in first if h.ts_ms != base + 5 * 3600_000]
+    assert len(cache.hour_sums(hour_query(base + 2 * 3600_000, base + 6 * 3600_000))) == 4
+    assert computed == [1]
+
+
+def test_embedded_fingerprints_see_a_value_overwritten_in_place(tmp_path: Path, t0: int) -> None:
+    """The embedded store's fingerprints carry the values' totals: a kept hour is not served after one of its
+    readings was overwritten in place (InfluxDB's counts cannot see that; its entry expires instead)."""
+    store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
+    store.init()
+    cache = HourCache(store, 900.0)
+    query = hour_query(t0, t0 + 3600_000)
+    store.write([cems("stove", t0 + m * MIN, 10.0) for m in range(60)])
+    assert [(h.total, h.valid) for h in cache.hour_sums(query)] == [(600.0, 60)]
+    store.write([cems("stove", t0 + 5 * MIN, 70.0)])  # same point, another value
+    assert [(h.total, h.valid) for h in cache.hour_sums(query)] == [(660.0, 60)]
+    store.close()
+
+
+def test_hour_cache_wraps_the_store_and_leaves_its_other_answers_alone(store: TimeSeriesStore, t0: int) -> None:
+    cache = HourCache(store, 60.0)
+    cache.write([kwh("s", "d", t0 + i * MIN, 100.0 + i) for i in range(3)])
+    query = SeriesQuery("energy", "energy_kwh", t0, t0 + 3 * MIN, 3 * MIN, "max", site="s")
+    assert cache.series(query) == store.series(query) == [Series("s", "d", [(t0, 102.0)])]
+    assert cache.stored_fields([kwh("s", "d", t0, 0.0)]) == {("energy", "s", "d", t0): {"energy_kwh": 100.0}}
+    with pytest.raises(ValueError, match="ttl_s"):
+        HourCache(store, 0)
+
+
+def test_kpi_warmer_computes_the_stacked_sites_hours_ahead(store: TimeSeriesStore, t0: int,
                                                            tmp_path: Path) -> None:
     from smartpark.api import kpis
     from smartpark.api.warm import WARM_DAYS, KpiWarmer
@@ -207,20 +275,19 @@ def test_kpi_warmer_computes_the_stacked_sites_hours_ahead(influx_store: InfluxS
     registry.load_park(parse_park_file(PARK_YAML))
     (site,) = [s for s in registry.sites() if s.id == "steel"]
     stacks = [d for d in registry.devices("steel") if d.kind == "cems"]
-    influx_store.write([Point("emissions", "steel", stacks[0].id, t0 + m * MIN, {"nox_mg_m3": 20.0, "o2_pct": 16.0})
+    store.write([Point("emissions", "steel", stacks[0].id, t0 + m * MIN, {"nox_mg_m3": 20.0, "o2_pct": 16.0})
                         for m in range(60)])
-    warmer = KpiWarmer(registry, influx_store, default_reference(), ttl_s=influx_store.hour_cache_s)
+    cache = HourCache(store, 900.0)
+    warmer = KpiWarmer(registry, cache, default_reference())
     warmer.start()
     wait_for(lambda: warmer.rounds >= 1)
     warmer.stop()
-    computed: list[set[int]] = []
-    exact = influx_store._exact_hours
-    influx_store._exact_hours = lambda q, hours: (computed.append(set(hours)), exact(q, hours))[1]  # type: ignore[method-assign]
+    computed = recorded_hours(store)
     park = registry.park()
     tz = ZoneInfo(park.timezone if park else "Asia/Shanghai")
     today = datetime.now(tz).date()  # any period within the warmed days, here the last week
     week = kpis.period(tz, today - timedelta(days=min(6, WARM_DAYS - 1)), today + timedelta(days=1))
-    sums = kpis.hour_sums(influx_store, default_reference(), site, stacks, week)
+    sums = kpis.hour_sums(cache, default_reference(), site, stacks, week)
     assert computed == []  # the month's hours were there already
     assert {(h.device, h.field, h.valid) for h in sums} == {(stacks[0].id, "nox_mg_m3", 60)}
     registry.close()

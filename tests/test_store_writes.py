@@ -1,5 +1,5 @@
-"""The InfluxDB write path (core/store/influx_writes.py): against a real InfluxDB and a real HTTP server that
-answers what the test wants (statuses, closed connections), over real sockets."""
+"""The InfluxDB write path (core/store/influx_http.py, WriteConnections): against a real InfluxDB and a real
+HTTP server that answers what the test wants (statuses, closed connections), over real sockets."""
 
 from __future__ import annotations
 

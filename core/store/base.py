@@ -18,6 +18,7 @@ __all__ = [
     "Agg",
     "CounterEvent",
     "CounterKind",
+    "HourPrints",
     "HourQuery",
     "HourSum",
     "LatestValue",
@@ -43,6 +44,8 @@ HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
 
 
+# (device, hour start) -> what the hour's sums are computed from, summarised (see hour_fingerprints)
+HourPrints = dict[tuple[str, int], tuple[float, ...]]
 PointKey = tuple[str, str, str, int]  # (measurement, site, device, ts_ms): what a write overwrites
 StoredFields = dict[PointKey, dict[str, FieldValue]]
 
@@ -211,11 +214,14 @@ class TimeSeriesStore(Protocol):
     def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
         """Minute rows (device, minute) ordered by device and time, computed by the store."""
 
-    def hour_sums(self, query: HourQuery, *, renew_within_s: float = 0.0) -> list[HourSum]:
-        """Hourly sums and counts of valid corrected minute means, ordered by device, field and hour.
+    def hour_sums(self, query: HourQuery) -> list[HourSum]:
+        """Hourly sums and counts of valid corrected minute means, ordered by device, field and hour."""
 
-        A store that keeps computed hours recomputes those whose entry expires within ``renew_within_s``
-        (a warmer's call: users then never meet an expired hour)."""
+    def hour_fingerprints(self, query: HourQuery) -> HourPrints:
+        """Per (device, hour) with data of ``query``: a summary of the points its sums are computed from (per
+        field and flag, at least their counts), far cheaper than hour_sums; what the hour cache
+        (core/store/hour_cache.py) revalidates a kept hour with: a late or resent reading or a flag added
+        afterwards changes it."""
 
     def close(self) -> None:
         """Release connections."""

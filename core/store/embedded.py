@@ -21,6 +21,7 @@ from smartpark.core.store.base import (
     DAY_MS,
     HOUR_MS,
     CounterEvent,
+    HourPrints,
     HourQuery,
     HourSum,
     LatestValue,
@@ -95,6 +96,18 @@ LEFT JOIN points f ON f.series_id = p.series_id AND f.field = p.field || '_flag'
 WHERE s.measurement = :m AND s.site = :site AND p.field IN (SELECT value FROM json_each(:fields))
   AND p.ts >= :start AND p.ts < :end AND p.value IS NOT NULL {filters}
 GROUP BY s.device, p.field, minute
+"""
+
+# Per device, hour and field: the count and total of the values and the count of invalid flags (hour_fingerprints)
+HOUR_PRINTS_SQL = """
+SELECT s.device, p.ts - ((p.ts - :offset) % 3600000) AS hour, p.field, COUNT(*), TOTAL(p.value),
+       TOTAL(f.text IS NOT NULL AND f.text NOT IN (SELECT value FROM json_each(:valid)))
+FROM points p JOIN series s ON s.id = p.series_id
+LEFT JOIN points f ON f.series_id = p.series_id AND f.field = p.field || '_flag' AND f.ts = p.ts
+WHERE s.measurement = :m AND s.site = :site AND p.field IN (SELECT value FROM json_each(:fields))
+  AND s.device IN (SELECT value FROM json_each(:devices)) AND p.ts >= :start AND p.ts < :end
+  AND p.value IS NOT NULL
+GROUP BY s.device, hour, p.field
 """
 
 LATEST_SQL = """
@@ -273,12 +286,27 @@ class EmbeddedStore:
         return [MinuteRow(dev, ts, values, frozenset(invalid))
                 for (dev, ts), (values, invalid) in sorted(rows.items())]
 
-    def hour_sums(self, query: HourQuery, *, renew_within_s: float = 0.0) -> list[HourSum]:
-        """From the minute means, in Python (the reference computation; fast enough for an embedded park, so
-        nothing is kept and ``renew_within_s`` has nothing to renew)."""
+    def hour_sums(self, query: HourQuery) -> list[HourSum]:
+        """From the minute means, in Python (the reference computation)."""
         if not query.devices or not query.fields or query.end_ms <= query.start_ms:
             return []
         return hour_sums_from_minutes(self.minute_means(minute_query(query)), query)
+
+    def hour_fingerprints(self, query: HourQuery) -> HourPrints:
+        """Per field: the count and total of its values and its count of invalid flags (so a value overwritten
+        in place changes it too, unlike InfluxDB's counts)."""
+        if not query.devices or not query.fields or query.end_ms <= query.start_ms:
+            return {}
+        fields = minute_query(query).fields
+        params = {"m": query.measurement, "site": query.site, "fields": json.dumps(list(fields)),
+                  "devices": json.dumps([d for d, _ in query.devices]), "valid": json.dumps(list(query.valid_flags)),
+                  "start": query.start_ms, "end": query.end_ms, "offset": query.offset_ms}
+        acc: dict[tuple[str, int], list[float]] = {}
+        at = {f: 3 * i for i, f in enumerate(fields)}
+        for device, hour, field, count, total, bad in self._conn().execute(HOUR_PRINTS_SQL, params):
+            prints = acc.setdefault((device, hour), [0.0] * (3 * len(fields)))
+            prints[at[field]:at[field] + 3] = [count, total, bad]
+        return {key: tuple(prints) for key, prints in acc.items()}
 
     def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[LatestValue]:
         since = _now_ms() - lookback_ms
