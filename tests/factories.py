@@ -10,25 +10,34 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-PARK_YAML = """
-park: {id: test-park, name: Test park, region: northeast}
-sites:
-  - id: steel
-    name: Steel works
-    enterprise: Steel Co.
-    industry: steel
-    area_m2: 100000
-    devices:
-      - {id: sinter-cems, kind: cems, source_type: sinter}
-      - {id: steel-meter, kind: energy_meter}
-  - id: park-green
-    name: Green
-    enterprise: Green Co.
-    industry: logistics
-    area_m2: 50000
-    devices:
-      - {id: green-1, kind: greening}
-"""
+
+def park_yaml(park_id: str, steel: list[str], green: list[str] | None = None, *, steel_area: int = 100000,
+              quotas: dict[str, float] | None = None) -> str:
+    """A test park: the site `steel` (Steel works) with the ``steel`` device lines, and `park-green` (Green) with
+    the ``green`` ones if any; ``quotas`` are the sites' daily energy quotas (tce)."""
+    quotas = quotas or {}
+    name = park_id.split("-", maxsplit=1)[0].capitalize()
+
+    def site(site_id: str, head: str, area: int, devices: list[str]) -> str:
+        quota = f"    energy_quota_tce_day: {quotas[site_id]:g}\n" if site_id in quotas else ""
+        rows = "".join(f"      - {{{d}}}\n" for d in devices)
+        return f"  - id: {site_id}\n{head}    area_m2: {area}\n{quota}    devices:\n{rows}"
+
+    text = f"\npark: {{id: {park_id}, name: {name} park, region: northeast}}\nsites:\n"
+    text += site("steel", "    name: Steel works\n    enterprise: Steel Co.\n    industry: steel\n", steel_area, steel)
+    if green:
+        text += site("park-green", "    name: Green\n    enterprise: Green Co.\n    industry: logistics\n", 50000,
+                     green)
+    return text
+
+
+PARK_YAML = park_yaml("test-park", ["id: sinter-cems, kind: cems, source_type: sinter",
+                                   "id: steel-meter, kind: energy_meter"], ["id: green-1, kind: greening"])
+# a metered park: a sub-meter under the main meter (a process), a stack, and a meter at the green site
+METERED_STEEL = ["id: steel-main, kind: energy_meter",
+                 "id: sinter-line, kind: energy_meter, parent: steel-main, process: sintering",
+                 "id: sinter-cems, kind: cems, source_type: sinter"]
+METERED_GREEN = ["id: green-1, kind: greening", "id: green-meter, kind: energy_meter"]
 
 
 def endpoint_of(server: Any, username: str | None = None, password: str | None = None,

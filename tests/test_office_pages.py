@@ -24,34 +24,12 @@ from smartpark.core.settings import Settings
 from smartpark.core.store.base import LatestValue
 from smartpark.core.store.embedded import EmbeddedStore
 
-from factories import ServedApp, now_ms
+from factories import METERED_GREEN, METERED_STEEL, ServedApp, now_ms, park_yaml
 
 TZ = ZoneInfo("Asia/Shanghai")
 HOUR, MIN = 3_600_000, 60_000
 AHEAD = "green-meter"  # its clock runs 95 s ahead
-PARK = """
-park: {id: office-park, name: Office park, region: northeast}
-sites:
-  - id: steel
-    name: Steel works
-    enterprise: Steel Co.
-    industry: steel
-    area_m2: 100000
-    energy_quota_tce_day: 5
-    devices:
-      - {id: steel-main, kind: energy_meter}
-      - {id: sinter-line, kind: energy_meter, parent: steel-main, process: sintering}
-      - {id: sinter-cems, kind: cems, source_type: sinter}
-  - id: park-green
-    name: Green
-    enterprise: Green Co.
-    industry: logistics
-    area_m2: 50000
-    energy_quota_tce_day: 100
-    devices:
-      - {id: green-1, kind: greening}
-      - {id: green-meter, kind: energy_meter}
-"""
+PARK = park_yaml("office-park", METERED_STEEL, METERED_GREEN, quotas={"steel": 5, "park-green": 100})
 
 
 def month_so_far() -> list[Point]:

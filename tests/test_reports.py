@@ -24,34 +24,13 @@ from smartpark.core.registry import Registry, parse_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store.embedded import EmbeddedStore
 
-from factories import ServedApp
+from factories import METERED_GREEN, METERED_STEEL, ServedApp, park_yaml
 from servers import need
 
 TZ = ZoneInfo("Asia/Shanghai")
 HOUR, MIN = 3_600_000, 60_000
 ARTIFACTS = Path(__file__).parent / "artifacts"
-PARK = """
-park: {id: report-park, name: Report park, region: northeast}
-sites:
-  - id: steel
-    name: Steel works
-    enterprise: Steel Co.
-    industry: steel
-    area_m2: 100000
-    energy_quota_tce_day: 10
-    devices:
-      - {id: steel-main, kind: energy_meter}
-      - {id: sinter-line, kind: energy_meter, parent: steel-main, process: sintering}
-      - {id: sinter-cems, kind: cems, source_type: sinter}
-  - id: park-green
-    name: Green
-    enterprise: Green Co.
-    industry: logistics
-    area_m2: 50000
-    devices:
-      - {id: green-1, kind: greening}
-      - {id: green-meter, kind: energy_meter}
-"""
+PARK = park_yaml("report-park", METERED_STEEL, METERED_GREEN, quotas={"steel": 10})
 
 
 def last_month() -> str:
