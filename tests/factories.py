@@ -136,6 +136,51 @@ class ServedApp:
         self.thread.join(timeout=10)
 
 
+class HookServer:
+    """A webhook receiver on 127.0.0.1 (a ThreadingHTTPServer in a thread): subclasses answer in `post`."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                outer.post(self)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def post(self, request: Any) -> None:
+        """Read the request and answer it (``request`` is the BaseHTTPRequestHandler)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def accept_forever(sock: Any, handle: Any) -> threading.Thread:
+    """Call ``handle(conn)`` for each connection ``sock`` accepts, in a daemon thread, until ``sock`` is closed."""
+
+    def loop() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            handle(conn)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
 def load_park_yaml(site: str, devices: int) -> str:
     """A park with one site of ``devices`` energy meters named m000, m001, ..."""
     rows = "\n".join(f"      - {{id: m{i:03d}, kind: energy_meter}}" for i in range(devices))

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_pipeline import BACKENDS, Pipeline, run_pipeline
 
 from smartpark.api.app import create_app
 from smartpark.core.catalog import default_catalog
@@ -31,6 +30,7 @@ from smartpark.simulators.modes import check_publish_window, window
 from smartpark.simulators.scenario import default_scenario
 
 from factories import PARK_YAML, Publisher, ServedApp, endpoint_of, forget_session, now_ms, payload, reading, wait_for
+from ingest_pipeline import BACKENDS, Pipeline, run_pipeline
 
 DAY_MS = 86_400_000
 CEMS = ("steel", "sinter-cems")

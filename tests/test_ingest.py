@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_pipeline import BACKENDS, Pipeline, ingest_settings, park_registry, run_pipeline
 from prometheus_client import generate_latest
 
 from smartpark.core.catalog import default_catalog
@@ -21,6 +20,7 @@ from smartpark.core.store.embedded import EmbeddedStore
 from smartpark.ingest.service import IngestService
 
 from factories import Publisher, now_ms, payload, reading, wait_for
+from ingest_pipeline import BACKENDS, Pipeline, ingest_settings, park_registry, run_pipeline
 from servers import free_port
 
 TOPIC = "smartpark/v1/{}/{}/telemetry"
