@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -38,6 +42,27 @@ METERED_STEEL = ["id: steel-main, kind: energy_meter",
                  "id: sinter-line, kind: energy_meter, parent: steel-main, process: sintering",
                  "id: sinter-cems, kind: cems, source_type: sinter"]
 METERED_GREEN = ["id: green-1, kind: greening", "id: green-meter, kind: energy_meter"]
+
+
+def park_registry(tmp_path: Path, park: str = PARK_YAML) -> Any:
+    """A Registry in ``tmp_path`` (SQLite) holding the park file ``park``."""
+    from smartpark.core.registry import Registry, parse_park_file
+
+    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
+    registry.init()
+    registry.load_park(parse_park_file(park))
+    return registry
+
+
+def park_store(tmp_path: Path, park: str, points: list[Any]) -> tuple[Any, Any]:
+    """A registry of ``park`` and an embedded store holding ``points``, both in ``tmp_path``."""
+    from smartpark.core.catalog import default_catalog
+    from smartpark.core.store.embedded import EmbeddedStore
+
+    store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
+    store.init()
+    store.write(points)
+    return park_registry(tmp_path, park), store
 
 
 def endpoint_of(server: Any, username: str | None = None, password: str | None = None,
@@ -179,6 +204,40 @@ def accept_forever(sock: Any, handle: Any) -> threading.Thread:
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     return thread
+
+
+class ServiceProcess:
+    """`python -m smartpark <command>` as a child process on ``env``, killed and restarted at will; each run logs
+    to ``<command>-<run>.log`` in ``tmp_path``, and a start waits for the ``ready`` line."""
+
+    def __init__(self, command: str, ready: str, tmp_path: Path, env: dict[str, str]) -> None:
+        self.command, self.ready, self.tmp_path, self.env, self.runs = command, ready, tmp_path, env, 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.runs += 1
+        log = self.tmp_path / f"{self.command}-{self.runs}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "smartpark", self.command], env=self.env, stdout=out,
+                                    stderr=subprocess.STDOUT, cwd=self.tmp_path)
+        self.proc = proc
+        wait_for(lambda: self.ready in log.read_text(errors="replace") or proc.poll() is not None, timeout=30)
+        assert proc.poll() is None, log.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> int:
+        """SIGTERM (if it still runs) and its exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
 
 def load_park_yaml(site: str, devices: int) -> str:

@@ -14,13 +14,13 @@ import pytest
 
 from smartpark.core.catalog import default_catalog
 from smartpark.core.mqtt import Endpoint
-from smartpark.core.registry import Registry, parse_park_file
+from smartpark.core.registry import Registry
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import TimeSeriesStore
 from smartpark.core.store.embedded import EmbeddedStore
 from smartpark.ingest.service import IngestService
 
-from factories import PARK_YAML, Publisher, forget_session, wait_for
+from factories import Publisher, forget_session, park_registry, wait_for
 from servers import free_port
 
 BACKENDS = ["mosquitto-influx", "embedded"]  # the params of a `pipeline` fixture that calls run_pipeline
@@ -48,13 +48,6 @@ def ingest_settings(tmp_path: Path) -> Settings:
     """The default store-and-forward window (a retention of 30 days, longer than it), quick batches and stats."""
     return Settings(_env_file=None, data_dir=tmp_path, ingest_client_id=f"smartpark-ingest-{uuid.uuid4().hex[:8]}",
                     ingest_batch_age_s=0.1, retention_days=30, ingest_stats_interval_s=0.3)  # type: ignore[call-arg]
-
-
-def park_registry(tmp_path: Path) -> Registry:
-    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
-    registry.init()
-    registry.load_park(parse_park_file(PARK_YAML))
-    return registry
 
 
 def run_pipeline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pipeline]:

@@ -19,8 +19,8 @@ from smartpark.core.store.base import SeriesQuery
 from smartpark.core.store.embedded import EmbeddedStore
 from smartpark.ingest.service import IngestService
 
-from factories import Publisher, now_ms, payload, reading, wait_for
-from ingest_pipeline import BACKENDS, Pipeline, ingest_settings, park_registry, run_pipeline
+from factories import Publisher, now_ms, park_registry, payload, reading, wait_for
+from ingest_pipeline import BACKENDS, Pipeline, ingest_settings, run_pipeline
 from servers import free_port
 
 TOPIC = "smartpark/v1/{}/{}/telemetry"

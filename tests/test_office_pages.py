@@ -19,12 +19,11 @@ from smartpark.api.app import create_app
 from smartpark.api.overview import stale_devices
 from smartpark.core.catalog import default_catalog
 from smartpark.core.points import Point
-from smartpark.core.registry import Registry, parse_park_file
+from smartpark.core.registry import Registry
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import LatestValue
-from smartpark.core.store.embedded import EmbeddedStore
 
-from factories import METERED_GREEN, METERED_STEEL, ServedApp, now_ms, park_yaml
+from factories import METERED_GREEN, METERED_STEEL, ServedApp, now_ms, park_store, park_yaml
 
 TZ = ZoneInfo("Asia/Shanghai")
 HOUR, MIN = 3_600_000, 60_000
@@ -57,12 +56,7 @@ def month_so_far() -> list[Point]:
 
 @pytest.fixture
 def office(tmp_path: Path) -> Iterator[tuple[ServedApp, str, Registry]]:
-    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
-    registry.init()
-    registry.load_park(parse_park_file(PARK))
-    store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
-    store.init()
-    store.write(month_so_far())
+    registry, store = park_store(tmp_path, PARK, month_so_far())
     app = create_app(Settings(_env_file=None, data_dir=tmp_path), registry=registry, store=store,  # type: ignore[call-arg]
                      catalog=default_catalog())
     key = registry.create_api_key("admin", [])
