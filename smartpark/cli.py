@@ -247,14 +247,10 @@ def api(verbose: Verbose = False) -> None:
     import uvicorn
 
     from smartpark.api.app import create_app
-    from smartpark.platform import open_core
 
     settings = _settings(verbose)
-    try:
-        catalog, registry, store = open_core(settings)
-        app_ = create_app(settings, registry=registry, store=store, catalog=catalog)
-    except SmartparkError as exc:
-        _fail(str(exc))
+    app_ = _started(settings, lambda catalog, registry, store: create_app(settings, registry=registry, store=store,
+                                                                         catalog=catalog))
     # proxy headers (X-Forwarded-Proto/-For) only from SMARTPARK_API_FORWARDED_ALLOW_IPS: the cookie's Secure
     # flag follows the scheme the client used at the TLS proxy
     uvicorn.run(app_, host=settings.api_host, port=settings.api_port, log_level="info", proxy_headers=True,
