@@ -22,12 +22,13 @@ import tempfile
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from bench_ingest import registry_url, start_pipeline
 from bench_latency import client, load
 
+from factories import HookServer  # tests/ is on the path once harness is imported
 from harness import Influx, cpu_seconds, start_servers, wait_line
 
 PY = sys.executable
@@ -36,31 +37,19 @@ RULE = {"id": "probe-nox", "kind": "threshold", "severity": "critical", "device"
         "conditions": [{"metric": "nox_mg_m3", "limit": 50, "clear": 40, "o2_corrected": True}]}
 
 
-class Arrivals:
+class Arrivals(HookServer):
     """A webhook receiver that notes when each firing arrived, keyed by the crossing reading's ts."""
 
     def __init__(self) -> None:
         self.at: dict[int, float] = {}
-        outer = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
-                if body.get("type") == "alert.firing":
-                    outer.at.setdefault(body["readings"][-1]["ts"], time.monotonic())
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def post(self, request: BaseHTTPRequestHandler) -> None:
+        body = json.loads(request.rfile.read(int(request.headers.get("content-length", 0))))
+        if body.get("type") == "alert.firing":
+            self.at.setdefault(body["readings"][-1]["ts"], time.monotonic())
+        request.send_response(204)
+        request.end_headers()
 
 
 def prepare(tmp: Path, receiver_url: str) -> str:

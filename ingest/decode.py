@@ -4,9 +4,6 @@ device, its newest reading time, which marks the points of older readings as lat
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Callable
 from typing import NamedTuple
 
 import msgspec
@@ -23,13 +20,12 @@ from smartpark.core.contract import (
     to_points,
 )
 from smartpark.core.points import Point
+from smartpark.core.registry.cache import Bindings
 from smartpark.ingest.deadletter import DeadLetter
 
 __all__ = ["Bindings", "DecodedMessage", "MessageDecoder", "StatusUpdate"]
 
 log = logging.getLogger("smartpark.ingest")
-BINDING_RELOAD_S = 5.0  # an unknown device triggers a reload at most this often
-BINDING_REFRESH_S = 60.0  # and the whole map is reloaded this often anyway
 
 
 class StatusUpdate(NamedTuple):
@@ -51,35 +47,6 @@ class DecodedMessage(msgspec.Struct, gc=False):  # a Struct: built once per mess
 class _Status(msgspec.Struct):
     state: str
     ts: int | str | None = None
-
-
-class Bindings:
-    """device -> site from the registry: reloaded every minute, and when an unknown device shows up."""
-
-    def __init__(self, load: Callable[[], dict[str, str]]) -> None:
-        self._load = load
-        self._map = load()
-        self._loaded = time.monotonic()
-        self._lock = threading.Lock()
-
-    def site_of(self, device: str) -> str | None:
-        age = time.monotonic() - self._loaded
-        if age > BINDING_REFRESH_S:  # devices deleted or moved in the registry stop being accepted
-            self._reload()
-            age = 0.0
-        site = self._map.get(device)
-        if site is None and age > BINDING_RELOAD_S:
-            self._reload()
-            site = self._map.get(device)
-        return site
-
-    def _reload(self) -> None:
-        with self._lock:
-            try:
-                self._map = self._load()
-            except Exception as exc:  # the metadata DB away: keep the last good map rather than reject data
-                log.warning("could not reload device bindings (%s); keeping the last ones", exc)
-            self._loaded = time.monotonic()
 
 
 class MessageDecoder:

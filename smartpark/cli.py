@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,6 +23,12 @@ from smartpark.core.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from smartpark.alerts.engine import AlertEngine
+    from smartpark.core.catalog import Catalog
+    from smartpark.core.registry import Registry
+    from smartpark.core.store.base import TimeSeriesStore
+    from smartpark.hj212.server import Gateway
 
 app = typer.Typer(help="smartpark: IoT telemetry for industrial parks (energy, emissions, greening).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -111,6 +117,22 @@ def _stopped_during_start_up() -> NoReturn:
     raise typer.Exit(0)
 
 
+T = TypeVar("T")
+
+
+def _started(settings: Settings, start: Callable[[Catalog, Registry, TimeSeriesStore], T]) -> T:
+    """``start(catalog, registry, store)`` on the opened core: bad configuration fails with its message, a
+    signal during start-up stops cleanly."""
+    from smartpark.platform import open_core
+
+    try:
+        return start(*open_core(settings))
+    except SmartparkError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _stopped_during_start_up()
+
+
 def _endpoint(settings: Settings) -> Endpoint:
     """The broker of SMARTPARK_MQTT_URL (the commands that need one check it is set first)."""
     endpoint = Endpoint.from_settings(settings)
@@ -163,26 +185,25 @@ def up(
 def ingest(verbose: Verbose = False) -> None:
     """Run the ingest alone against SMARTPARK_MQTT_URL and the configured store."""
     from smartpark.ingest.service import IngestService
-    from smartpark.platform import open_core, rollup_repairer
+    from smartpark.platform import rollup_repairer
 
     settings = _settings(verbose)
     if settings.mqtt is None:
         _fail("set SMARTPARK_MQTT_URL (the embedded broker only runs inside `smartpark up`)")
     stop = _stop_on_signals()
-    try:
-        catalog, registry, store = open_core(settings)
+
+    def start(catalog: Catalog, registry: Registry, store: TimeSeriesStore) -> IngestService:
         service = IngestService(settings, store, registry, catalog, endpoint=_endpoint(settings),
                                 mqtt5=settings.mqtt_v5)
         service.start()
-    except SmartparkError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        _stopped_during_start_up()
+        return service
+
+    service = _started(settings, start)
     _serve_metrics(settings.ingest_metrics_port, settings.ingest_metrics_host, service.stats.registry,
                    "SMARTPARK_INGEST_METRICS_HOST / SMARTPARK_INGEST_METRICS_PORT", service.stop)
     err.print(f"ingest subscribed to {_endpoint(settings).url} as {settings.ingest_client_id}; "
               "Ctrl-C stops.", highlight=False)
-    repairer = rollup_repairer(settings, store)
+    repairer = rollup_repairer(settings, service.store)
     _until_stopped(stop)
     if repairer is not None:
         repairer.stop()
@@ -194,21 +215,20 @@ def hj212(verbose: Verbose = False) -> None:
     """Run the HJ 212 gateway alone: stack monitors' data acquisition units over TCP on
     SMARTPARK_HJ212_HOST:SMARTPARK_HJ212_PORT, into the configured store (its own writer, spool and metrics)."""
     from smartpark.ingest.service import IngestService
-    from smartpark.platform import hj212_gateway, open_core
+    from smartpark.platform import hj212_gateway
 
     settings = _settings(verbose)
     stop = _stop_on_signals()
-    try:
-        catalog, registry, store = open_core(settings)
+
+    def start(catalog: Catalog, registry: Registry, store: TimeSeriesStore) -> tuple[IngestService, Gateway]:
         writer = IngestService(settings, store, registry, catalog, endpoint=None, spool_dir="hj212-spool",
                                instance="smartpark-hj212-writer", quiet_s=settings.hj212_flush_quiet_s)
         writer.start()
         gateway = hj212_gateway(settings, registry, catalog, writer)
         gateway.start()
-    except SmartparkError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        _stopped_during_start_up()
+        return writer, gateway
+
+    writer, gateway = _started(settings, start)
     def stop_both() -> None:
         gateway.stop()
         writer.stop()
@@ -227,14 +247,10 @@ def api(verbose: Verbose = False) -> None:
     import uvicorn
 
     from smartpark.api.app import create_app
-    from smartpark.platform import open_core
 
     settings = _settings(verbose)
-    try:
-        catalog, registry, store = open_core(settings)
-        app_ = create_app(settings, registry=registry, store=store, catalog=catalog)
-    except SmartparkError as exc:
-        _fail(str(exc))
+    app_ = _started(settings, lambda catalog, registry, store: create_app(settings, registry=registry, store=store,
+                                                                         catalog=catalog))
     # proxy headers (X-Forwarded-Proto/-For) only from SMARTPARK_API_FORWARDED_ALLOW_IPS: the cookie's Secure
     # flag follows the scheme the client used at the TLS proxy
     uvicorn.run(app_, host=settings.api_host, port=settings.api_port, log_level="info", proxy_headers=True,
@@ -244,20 +260,19 @@ def api(verbose: Verbose = False) -> None:
 @app.command()
 def alerts(verbose: Verbose = False) -> None:
     """Run the alert engine: rules on its own subscription to SMARTPARK_MQTT_URL, webhooks from its outbox."""
-    from smartpark.platform import alert_engine, open_core
+    from smartpark.platform import alert_engine
 
     settings = _settings(verbose)
     if settings.mqtt is None:
         _fail("set SMARTPARK_MQTT_URL (the embedded broker only runs inside `smartpark up`, which runs alerts too)")
     stop = _stop_on_signals()
-    try:
-        catalog, registry, store = open_core(settings)
+
+    def start(catalog: Catalog, registry: Registry, store: TimeSeriesStore) -> AlertEngine:
         engine = alert_engine(settings, registry, store, catalog, endpoint=_endpoint(settings), mqtt5=settings.mqtt_v5)
         engine.start()
-    except SmartparkError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        _stopped_during_start_up()
+        return engine
+
+    engine = _started(settings, start)
     err.print(f"alert engine subscribed to {_endpoint(settings).url} as "
               f"{settings.alerts_client_id}; Ctrl-C stops.", highlight=False)
     _until_stopped(stop)

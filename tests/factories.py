@@ -3,32 +3,66 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
-PARK_YAML = """
-park: {id: test-park, name: Test park, region: northeast}
-sites:
-  - id: steel
-    name: Steel works
-    enterprise: Steel Co.
-    industry: steel
-    area_m2: 100000
-    devices:
-      - {id: sinter-cems, kind: cems, source_type: sinter}
-      - {id: steel-meter, kind: energy_meter}
-  - id: park-green
-    name: Green
-    enterprise: Green Co.
-    industry: logistics
-    area_m2: 50000
-    devices:
-      - {id: green-1, kind: greening}
-"""
+
+def park_yaml(park_id: str, steel: list[str], green: list[str] | None = None, *, steel_area: int = 100000,
+              quotas: dict[str, float] | None = None) -> str:
+    """A test park: the site `steel` (Steel works) with the ``steel`` device lines, and `park-green` (Green) with
+    the ``green`` ones if any; ``quotas`` are the sites' daily energy quotas (tce)."""
+    quotas = quotas or {}
+    name = park_id.split("-", maxsplit=1)[0].capitalize()
+
+    def site(site_id: str, head: str, area: int, devices: list[str]) -> str:
+        quota = f"    energy_quota_tce_day: {quotas[site_id]:g}\n" if site_id in quotas else ""
+        rows = "".join(f"      - {{{d}}}\n" for d in devices)
+        return f"  - id: {site_id}\n{head}    area_m2: {area}\n{quota}    devices:\n{rows}"
+
+    text = f"\npark: {{id: {park_id}, name: {name} park, region: northeast}}\nsites:\n"
+    text += site("steel", "    name: Steel works\n    enterprise: Steel Co.\n    industry: steel\n", steel_area, steel)
+    if green:
+        text += site("park-green", "    name: Green\n    enterprise: Green Co.\n    industry: logistics\n", 50000,
+                     green)
+    return text
+
+
+PARK_YAML = park_yaml("test-park", ["id: sinter-cems, kind: cems, source_type: sinter",
+                                   "id: steel-meter, kind: energy_meter"], ["id: green-1, kind: greening"])
+# a metered park: a sub-meter under the main meter (a process), a stack, and a meter at the green site
+METERED_STEEL = ["id: steel-main, kind: energy_meter",
+                 "id: sinter-line, kind: energy_meter, parent: steel-main, process: sintering",
+                 "id: sinter-cems, kind: cems, source_type: sinter"]
+METERED_GREEN = ["id: green-1, kind: greening", "id: green-meter, kind: energy_meter"]
+
+
+def park_registry(tmp_path: Path, park: str = PARK_YAML) -> Any:
+    """A Registry in ``tmp_path`` (SQLite) holding the park file ``park``."""
+    from smartpark.core.registry import Registry, parse_park_file
+
+    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
+    registry.init()
+    registry.load_park(parse_park_file(park))
+    return registry
+
+
+def park_store(tmp_path: Path, park: str, points: list[Any]) -> tuple[Any, Any]:
+    """A registry of ``park`` and an embedded store holding ``points``, both in ``tmp_path``."""
+    from smartpark.core.catalog import default_catalog
+    from smartpark.core.store.embedded import EmbeddedStore
+
+    store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
+    store.init()
+    store.write(points)
+    return park_registry(tmp_path, park), store
 
 
 def endpoint_of(server: Any, username: str | None = None, password: str | None = None,
@@ -125,6 +159,85 @@ class ServedApp:
         self.client.close()
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class HookServer:
+    """A webhook receiver on 127.0.0.1 (a ThreadingHTTPServer in a thread): subclasses answer in `post`."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                outer.post(self)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def post(self, request: Any) -> None:
+        """Read the request and answer it (``request`` is the BaseHTTPRequestHandler)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def accept_forever(sock: Any, handle: Any) -> threading.Thread:
+    """Call ``handle(conn)`` for each connection ``sock`` accepts, in a daemon thread, until ``sock`` is closed."""
+
+    def loop() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            handle(conn)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+class ServiceProcess:
+    """`python -m smartpark <command>` as a child process on ``env``, killed and restarted at will; each run logs
+    to ``<command>-<run>.log`` in ``tmp_path``, and a start waits for the ``ready`` line."""
+
+    def __init__(self, command: str, ready: str, tmp_path: Path, env: dict[str, str]) -> None:
+        self.command, self.ready, self.tmp_path, self.env, self.runs = command, ready, tmp_path, env, 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.runs += 1
+        log = self.tmp_path / f"{self.command}-{self.runs}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "smartpark", self.command], env=self.env, stdout=out,
+                                    stderr=subprocess.STDOUT, cwd=self.tmp_path)
+        self.proc = proc
+        wait_for(lambda: self.ready in log.read_text(errors="replace") or proc.poll() is not None, timeout=30)
+        assert proc.poll() is None, log.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> int:
+        """SIGTERM (if it still runs) and its exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
 
 def load_park_yaml(site: str, devices: int) -> str:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from smartpark.core.store.base import TimeSeriesStore
 from smartpark.core.store.embedded import EmbeddedStore
 from smartpark.platform import alert_engine
 
-from factories import PARK_YAML, Publisher, ServedApp, endpoint_of, forget_session, now_ms, wait_for
+from factories import PARK_YAML, HookServer, Publisher, ServedApp, endpoint_of, forget_session, now_ms, wait_for
 from servers import MosquittoServer
 
 TOPIC = "smartpark/v1/steel/sinter-cems/telemetry"
@@ -70,45 +70,32 @@ class Received:
         return json.loads(self.body)
 
 
-class Receiver:
+class Receiver(HookServer):
     """A webhook receiver on 127.0.0.1: answers from ``script`` (status, headers) in turn, then ``default``."""
 
     def __init__(self, script: list[tuple[int, dict[str, str]]] | None = None, default: int = 200) -> None:
         self.script, self.default = list(script or []), default
         self.received: list[Received] = []
         self.lock = threading.Lock()
-        outer = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                with outer.lock:
-                    status, extra = outer.script.pop(0) if outer.script else (outer.default, {})
-                    outer.received.append(Received({k.lower(): v for k, v in self.headers.items()}, body, status,
-                                                   time.monotonic()))
-                self.send_response(status)
-                for k, v in extra.items():
-                    self.send_header(k, v)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def post(self, request: BaseHTTPRequestHandler) -> None:
+        body = request.rfile.read(int(request.headers.get("content-length", 0)))
+        with self.lock:
+            status, extra = self.script.pop(0) if self.script else (self.default, {})
+            self.received.append(Received({k.lower(): v for k, v in request.headers.items()}, body, status,
+                                          time.monotonic()))
+        request.send_response(status)
+        for k, v in extra.items():
+            request.send_header(k, v)
+        request.send_header("content-length", "0")
+        request.end_headers()
 
     def ok(self, event_type: str | None = None) -> list[Received]:
         """Requests answered 2xx, optionally of one event type."""
         with self.lock:
             return [r for r in self.received if 200 <= r.status < 300
                     and (event_type is None or r.json["type"] == event_type)]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def settings_for(tmp_path: Path, **extra: Any) -> Settings:

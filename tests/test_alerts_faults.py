@@ -27,7 +27,7 @@ from smartpark.api.app import create_app
 from smartpark.core.catalog import default_catalog
 from smartpark.core.store.embedded import EmbeddedStore
 
-from factories import Publisher, ServedApp, forget_session, wait_for
+from factories import Publisher, ServedApp, ServiceProcess, forget_session, wait_for
 from servers import MosquittoServer
 
 
@@ -40,46 +40,23 @@ def subscription(repo: AlertRepo, url: str, **filters: list[str]) -> WebhookSubs
 
 
 # ------------------------------------------------------------------------------------------------ SIGKILL
-class EngineProcess:
-    """`python -m smartpark alerts` on a data dir, its output in a log file."""
-
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
-        self.tmp_path, self.env, self.runs = tmp_path, env, 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.runs += 1
-        log = self.tmp_path / f"alerts-{self.runs}.log"
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "smartpark", "alerts"], env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, cwd=self.tmp_path)
-        wait_for(lambda: "alert engine subscribed" in log.read_text() or self.proc.poll() is not None,  # type: ignore[union-attr]
-                 timeout=30)
-        assert self.proc.poll() is None, log.read_text()
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=30)
-
-
 @pytest.fixture
-def engine_process(tmp_path: Path, mosquitto: MosquittoServer) -> Iterator[EngineProcess]:
+def engine_process(tmp_path: Path, mosquitto: MosquittoServer) -> Iterator[ServiceProcess]:
     client_id = f"smartpark-alerts-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTPARK_")} | {
         "SMARTPARK_MQTT_URL": f"mqtt://{mosquitto.host}:{mosquitto.port}", "SMARTPARK_DATA_DIR": str(tmp_path),
         "SMARTPARK_ALERTS_CLIENT_ID": client_id, "SMARTPARK_ALERTS_WEBHOOK_ALLOW_PRIVATE": "true",
         "SMARTPARK_ALERTS_WEBHOOK_BACKOFF_S": "0.2", "SMARTPARK_ALERTS_WEBHOOK_BACKOFF_MAX_S": "0.5",
         "SMARTPARK_ALERTS_WEBHOOK_MAX_ATTEMPTS": "100", "SMARTPARK_ALERTS_EVAL_INTERVAL_S": "1"}
-    engine = EngineProcess(tmp_path, env)
+    engine = ServiceProcess("alerts", "alert engine subscribed", tmp_path, env)
     yield engine
-    if engine.proc is not None and engine.proc.poll() is None:
+    if engine.running():
         engine.kill(signal.SIGTERM)
     forget_session(mosquitto.host, mosquitto.port, client_id)
 
 
 def test_sigkill_neither_loses_nor_refires_and_the_pending_delivery_arrives(
-        tmp_path: Path, mosquitto: MosquittoServer, engine_process: EngineProcess) -> None:
+        tmp_path: Path, mosquitto: MosquittoServer, engine_process: ServiceProcess) -> None:
     registry = make_registry(tmp_path)
     repo = AlertRepo(registry.engine)
     repo.init()

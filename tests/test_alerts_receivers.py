@@ -11,7 +11,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from smartpark.alerts.delivery import Dispatcher, Sender
 from smartpark.alerts.repo import AlertRepo
 from smartpark.alerts.ssrf import resolve_target
 
-from factories import wait_for
+from factories import HookServer, accept_forever, wait_for
 
 SECRET = "whsec_" + "A" * 32
 
@@ -39,15 +39,7 @@ class Trickle:
         self.lock = threading.Lock()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        accept_forever(self.sock, lambda conn: threading.Thread(target=self._serve, args=(conn,), daemon=True).start())
 
     def _serve(self, conn: socket.socket) -> None:
         with self.lock:
@@ -73,38 +65,26 @@ class Trickle:
         self.sock.close()
 
 
-class Huge:
+class Huge(HookServer):
     """Answers 200 with a ``size`` body, written from one preallocated chunk (the server holds 1 MiB)."""
 
     CHUNK = b"x" * (1 << 20)
 
     def __init__(self, size: int) -> None:
-        self.written = 0
-        outer = self
+        self.size, self.written = size, 0
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                self.send_response(200)
-                self.send_header("content-length", str(size))
-                self.end_headers()
-                try:
-                    while outer.written < size:
-                        self.wfile.write(Huge.CHUNK)
-                        outer.written += len(Huge.CHUNK)
-                except OSError:
-                    pass
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def post(self, request: BaseHTTPRequestHandler) -> None:
+        request.rfile.read(int(request.headers.get("content-length", 0)))
+        request.send_response(200)
+        request.send_header("content-length", str(self.size))
+        request.end_headers()
+        try:
+            while self.written < self.size:
+                request.wfile.write(Huge.CHUNK)
+                self.written += len(Huge.CHUNK)
+        except OSError:
+            pass
 
 
 @pytest.mark.parametrize("where", ["head", "body"])

@@ -8,7 +8,6 @@ value is kept and audited (a redelivery of the same value is not); a back-dated 
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import uuid
@@ -23,71 +22,24 @@ from smartpark.api.app import create_app
 from smartpark.core.catalog import default_catalog
 from smartpark.core.contract import ReadingDecoder
 from smartpark.core.errors import ConfigError
-from smartpark.core.mqtt import Endpoint
 from smartpark.core.registry import AuditTrail, Registry, parse_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import TimeSeriesStore
 from smartpark.core.store.embedded import EmbeddedStore
-from smartpark.ingest.service import IngestService
 from smartpark.simulators.modes import check_publish_window, window
 from smartpark.simulators.scenario import default_scenario
 
 from factories import PARK_YAML, Publisher, ServedApp, endpoint_of, forget_session, now_ms, payload, reading, wait_for
-from servers import free_port
+from ingest_pipeline import BACKENDS, Pipeline, run_pipeline
 
 DAY_MS = 86_400_000
 CEMS = ("steel", "sinter-cems")
 
 
-@dataclass
-class Pipeline:
-    store: TimeSeriesStore
-    registry: Registry
-    service: IngestService
-    publisher: Publisher
-
-    def publish(self, site: str, device: str, body: bytes | dict[str, Any]) -> None:
-        self.publisher.publish(f"smartpark/v1/{site}/{device}/telemetry", body)
-
-    def settle(self, messages: int) -> None:
-        wait_for(lambda: self.service.stats.counters["messages_committed"] >= messages)
-
-
-@pytest.fixture(params=["mosquitto-influx", "embedded"])
+@pytest.fixture(params=BACKENDS)
 def pipeline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pipeline]:
     """The ingest with the default store-and-forward window (a retention of 30 days, longer than it)."""
-    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
-    registry.init()
-    registry.load_park(parse_park_file(PARK_YAML))
-    settings = Settings(_env_file=None, data_dir=tmp_path, ingest_client_id=f"smartpark-ingest-{uuid.uuid4().hex[:8]}",  # type: ignore[call-arg]
-                        ingest_batch_age_s=0.1, retention_days=30, ingest_stats_interval_s=0.3)
-    if request.param == "embedded":
-        from smartpark.broker import EmbeddedBroker
-
-        ingest_pw, tester_pw = secrets.token_hex(8), secrets.token_hex(8)
-        host, port = "127.0.0.1", free_port()
-        broker = EmbeddedBroker(registry, host, port, {"smartpark-ingest": ingest_pw, "smartpark-tester": tester_pw})
-        broker.start()
-        request.addfinalizer(broker.stop)  # noqa: PT021 - only this branch owns a broker
-        store: TimeSeriesStore = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
-        store.init()
-        creds: dict[str, Any] = {"username": "smartpark-ingest", "password": ingest_pw, "mqtt5": False}
-        pub_creds: dict[str, Any] = {"username": "smartpark-tester", "password": tester_pw}
-    else:
-        server = request.getfixturevalue("mosquitto")
-        store = request.getfixturevalue("influx_store")
-        host, port = server.host, server.port
-        creds, pub_creds = {"username": None, "password": None, "mqtt5": True}, {"mqtt5": True}
-    service = IngestService(settings, store, registry, default_catalog(),
-                            endpoint=Endpoint(host, port, creds["username"], creds["password"]), mqtt5=creds["mqtt5"])
-    service.start()
-    publisher = Publisher(host, port, **pub_creds)
-    yield Pipeline(store, registry, service, publisher)
-    publisher.close()
-    service.stop()
-    registry.close()
-    if request.param != "embedded":
-        forget_session(host, port, settings.ingest_client_id)
+    yield from run_pipeline(request, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ the window

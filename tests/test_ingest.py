@@ -6,9 +6,7 @@ Run twice: against real Mosquitto + InfluxDB, and against the embedded broker + 
 from __future__ import annotations
 
 import secrets
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,79 +15,20 @@ from prometheus_client import generate_latest
 
 from smartpark.core.catalog import default_catalog
 from smartpark.core.mqtt import Endpoint
-from smartpark.core.registry import Registry, parse_park_file
-from smartpark.core.settings import Settings
-from smartpark.core.store.base import SeriesQuery, TimeSeriesStore
+from smartpark.core.store.base import SeriesQuery
 from smartpark.core.store.embedded import EmbeddedStore
 from smartpark.ingest.service import IngestService
 
-from factories import PARK_YAML, Publisher, forget_session, now_ms, payload, reading, wait_for
+from factories import Publisher, now_ms, park_registry, payload, reading, wait_for
+from ingest_pipeline import BACKENDS, Pipeline, ingest_settings, run_pipeline
 from servers import free_port
 
 TOPIC = "smartpark/v1/{}/{}/telemetry"
 
 
-@dataclass
-class Pipeline:
-    kind: str
-    host: str
-    port: int
-    store: TimeSeriesStore
-    registry: Registry
-    service: IngestService
-    publisher: Publisher
-
-    def publish(self, site: str, device: str, body: bytes | dict[str, Any], kind: str = "telemetry") -> None:
-        self.publisher.publish(f"smartpark/v1/{site}/{device}/{kind}", body)
-
-    def settle(self, messages: int) -> None:
-        """Wait until the ingest has received and committed ``messages`` messages."""
-        wait_for(lambda: self.service.stats.counters["messages_committed"] >= messages)
-
-
-def _settings(tmp_path: Path) -> Settings:
-    return Settings(_env_file=None, data_dir=tmp_path, ingest_client_id=f"smartpark-ingest-{uuid.uuid4().hex[:8]}",
-                    ingest_batch_age_s=0.1, retention_days=30, ingest_stats_interval_s=0.3)  # type: ignore[call-arg]
-
-
-def _registry(tmp_path: Path) -> Registry:
-    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
-    registry.init()
-    registry.load_park(parse_park_file(PARK_YAML))
-    return registry
-
-
-@pytest.fixture(params=["mosquitto-influx", "embedded"])
+@pytest.fixture(params=BACKENDS)
 def pipeline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pipeline]:
-    registry = _registry(tmp_path)
-    settings = _settings(tmp_path)
-    if request.param == "embedded":
-        from smartpark.broker import EmbeddedBroker
-
-        ingest_pw, tester_pw = secrets.token_hex(8), secrets.token_hex(8)
-        host, port = "127.0.0.1", free_port()
-        broker = EmbeddedBroker(registry, host, port, {"smartpark-ingest": ingest_pw, "smartpark-tester": tester_pw})
-        broker.start()
-        request.addfinalizer(broker.stop)  # noqa: PT021 - only this branch owns a broker
-        store: TimeSeriesStore = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
-        store.init()
-        creds: dict[str, Any] = {"username": "smartpark-ingest", "password": ingest_pw, "mqtt5": False}
-        pub_creds: dict[str, Any] = {"username": "smartpark-tester", "password": tester_pw}
-    else:
-        server = request.getfixturevalue("mosquitto")
-        store = request.getfixturevalue("influx_store")
-        host, port = server.host, server.port
-        creds, pub_creds = {"username": None, "password": None, "mqtt5": True}, {"mqtt5": True}
-    endpoint = Endpoint(host, port, creds.pop("username"), creds.pop("password"))
-    service = IngestService(settings, store, registry, default_catalog(), endpoint=endpoint, **creds)
-    service.start()
-    publisher = Publisher(host, port, **pub_creds)
-    yield Pipeline(request.param, host, port, store, registry, service, publisher)
-    publisher.close()
-    service.stop()
-    registry.close()
-    if request.param != "embedded":
-        forget_session(host, port, settings.ingest_client_id)
+    yield from run_pipeline(request, tmp_path)
 
 
 def test_documented_reading_is_stored(pipeline: Pipeline) -> None:
@@ -220,8 +159,8 @@ def test_dead_letters_stay_under_their_size_cap_and_pruning_is_counted(tmp_path:
     """The embedded pipeline with a 1 MiB cap: 6 MiB of rejected messages leave a file near the cap."""
     from smartpark.broker import EmbeddedBroker
 
-    registry = _registry(tmp_path)
-    settings = _settings(tmp_path).model_copy(update={"dead_letters_max_bytes": 1 << 20})
+    registry = park_registry(tmp_path)
+    settings = ingest_settings(tmp_path).model_copy(update={"dead_letters_max_bytes": 1 << 20})
     password = secrets.token_hex(8)
     host, port = "127.0.0.1", free_port()
     broker = EmbeddedBroker(registry, host, port, {"smartpark-ingest": password, "smartpark-tester": password})

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,7 +25,16 @@ from smartpark.core.settings import Settings
 from smartpark.core.store.influx import InfluxStore
 from smartpark.ingest.service import IngestService
 
-from factories import endpoint_of, forget_session, load_messages, load_park_yaml, now_ms, publish_many, wait_for
+from factories import (
+    ServiceProcess,
+    endpoint_of,
+    forget_session,
+    load_messages,
+    load_park_yaml,
+    now_ms,
+    publish_many,
+    wait_for,
+)
 from servers import InfluxServer, MosquittoServer, free_port, start_influxd
 
 SITE = "load"
@@ -49,53 +55,25 @@ def registry_url(tmp_path: Path) -> str:
     return url
 
 
-class IngestProcess:
-    """`smartpark ingest` as a child process, killed and restarted at will."""
-
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
-        self.tmp_path, self.env, self.runs = tmp_path, env, 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.runs += 1
-        log = self.tmp_path / f"ingest-{self.runs}.log"
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "smartpark", "ingest"], env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, cwd=self.tmp_path)
-        wait_for(lambda: b"ingest subscribed" in log.read_bytes() or self.proc.poll() is not None, timeout=30)
-        assert self.proc.poll() is None, log.read_text()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-
 @pytest.fixture
 def ingest_process(tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore,
-                   registry_url: str) -> Iterator[IngestProcess]:
+                   registry_url: str) -> Iterator[ServiceProcess]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTPARK_")}
     env |= {"SMARTPARK_MQTT_URL": f"mqtt://{mosquitto.host}:{mosquitto.port}",
             "SMARTPARK_INFLUX_URL": influx_store.url, "SMARTPARK_INFLUX_DB": influx_store.database,
             "SMARTPARK_DATA_DIR": str(tmp_path / "data"), "SMARTPARK_DATABASE_URL": registry_url,
             "SMARTPARK_INGEST_CLIENT_ID": f"smartpark-ingest-{uuid.uuid4().hex[:8]}",
             "SMARTPARK_INGEST_METRICS_PORT": str(free_port())}
-    proc = IngestProcess(tmp_path, env)
+    proc = ServiceProcess("ingest", "ingest subscribed", tmp_path, env)
     proc.start()
     yield proc
-    if proc.proc is not None and proc.proc.poll() is None:
+    if proc.running():
         proc.kill()
     forget_session(mosquitto.host, mosquitto.port, env["SMARTPARK_INGEST_CLIENT_ID"])
 
 
 def test_sigkill_three_times_during_100k_messages_loses_and_doubles_nothing(
-        ingest_process: IngestProcess, mosquitto: MosquittoServer, influx_store: InfluxStore) -> None:
+        ingest_process: ServiceProcess, mosquitto: MosquittoServer, influx_store: InfluxStore) -> None:
     messages = load_messages(SITE, 200, 500, now_ms() - 3600_000)
     publisher = threading.Thread(target=publish_many, args=(mosquitto.host, mosquitto.port, messages))
     publisher.start()
@@ -121,6 +99,18 @@ def _service(tmp_path: Path, mosquitto: MosquittoServer, store: InfluxStore, reg
     service = IngestService(settings, store, registry, default_catalog(), endpoint=endpoint_of(mosquitto), mqtt5=True)
     service.start()
     return service
+
+
+@pytest.fixture
+def service(tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore,
+            registry_url: str) -> Iterator[IngestService]:
+    """`_service` on the shared InfluxDB and the load park, stopped and cleaned up after the test."""
+    service = _service(tmp_path, mosquitto, influx_store, Registry(registry_url),
+                       f"smartpark-ingest-{uuid.uuid4().hex[:8]}")
+    yield service
+    service.stop()
+    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
+    service.registry.close()
 
 
 @pytest.fixture
@@ -218,9 +208,7 @@ MALFORMED: list[tuple[str, str, bytes, str]] = [
 
 
 def test_twenty_kinds_of_malformed_input_interleaved_with_good_traffic(
-        tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
-    registry = Registry(registry_url)
-    service = _service(tmp_path, mosquitto, influx_store, registry, f"smartpark-ingest-{uuid.uuid4().hex[:8]}")
+        service: IngestService, influx_store: InfluxStore, mosquitto: MosquittoServer) -> None:
     good = load_messages(SITE, 200, 10, now_ms() - 3600_000)
     stream: list[tuple[str, bytes]] = []
     for i, (site, device, body, _) in enumerate(MALFORMED):
@@ -237,9 +225,6 @@ def test_twenty_kinds_of_malformed_input_interleaved_with_good_traffic(
     assert service.stats.snapshot()["rejected"] == expected
     assert service.dead_letters.counts() == expected
     assert len(MALFORMED) >= 20
-    service.stop()
-    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
-    registry.close()
 
 
 def test_two_ingests_on_a_shared_subscription_split_the_stream(
@@ -270,12 +255,10 @@ def test_two_ingests_on_a_shared_subscription_split_the_stream(
 
 
 def test_points_the_store_refuses_are_dead_lettered_and_the_rest_stored(
-        tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
+        service: IngestService, influx_store: InfluxStore, mosquitto: MosquittoServer) -> None:
     t0 = now_ms() - 3600_000
     # power_kw already holds a string in this shard: InfluxDB refuses every float power_kw (a type conflict)
     influx_store.write([Point("energy", "load", "m199", t0 - 1000, {"power_kw": "oops"})])
-    registry = Registry(registry_url)
-    service = _service(tmp_path, mosquitto, influx_store, registry, f"smartpark-ingest-{uuid.uuid4().hex[:8]}")
     messages = [(f"smartpark/v1/load/m{d:03d}/telemetry",
                  b'{"ts": %d, "metrics": {"power_kw": 1.5, "o2_pct": 18.0}}' % (t0 + d)) for d in range(40)]
     publish_many(mosquitto.host, mosquitto.port, messages)
@@ -284,15 +267,11 @@ def test_points_the_store_refuses_are_dead_lettered_and_the_rest_stored(
     assert o2 == 40  # the emissions half of every reading was stored
     assert service.dead_letters.counts() == {"bad_schema": 40}  # the energy half, refused, dead-lettered
     assert all("store refused" in d.detail for d in service.dead_letters.recent())
-    service.stop()
-    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
-    registry.close()
 
 
 def test_writer_survives_a_failing_metadata_database(
-        tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
-    registry = Registry(registry_url)
-    service = _service(tmp_path, mosquitto, influx_store, registry, f"smartpark-ingest-{uuid.uuid4().hex[:8]}")
+        service: IngestService, influx_store: InfluxStore, mosquitto: MosquittoServer) -> None:
+    registry = service.registry
     with registry.engine.begin() as conn:  # the metadata DB breaks under the running ingest
         conn.execute(text("ALTER TABLE devices RENAME TO devices_away"))
     ts = now_ms() - 60_000
@@ -309,9 +288,6 @@ def test_writer_survives_a_failing_metadata_database(
     assert service.dead_letters.counts() == {"bad_json": 1}  # recorded once, however often the commit ran
     (device,) = [d for d in registry.devices("load") if d.id == "m007"]
     assert device.online is True
-    service.stop()
-    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
-    registry.close()
 
 
 class _ScriptedStore:
@@ -337,10 +313,8 @@ class _ScriptedStore:
 
 
 def test_a_slow_write_holds_back_the_acks_of_later_batches(
-        tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
+        service: IngestService, influx_store: InfluxStore, mosquitto: MosquittoServer) -> None:
     """Two batches are in the store's hands at once; the second must not be acked before the first."""
-    registry = Registry(registry_url)
-    service = _service(tmp_path, mosquitto, influx_store, registry, f"smartpark-ingest-{uuid.uuid4().hex[:8]}")
     slow = _ScriptedStore(influx_store, {}, hold=1)  # its first write held until released
     service.store = slow  # type: ignore[assignment]
     acked: list[list[tuple[int, int]]] = []
@@ -361,34 +335,24 @@ def test_a_slow_write_holds_back_the_acks_of_later_batches(
     order = [mid for batch in acked for _, mid in batch]
     assert len(order) == 2
     assert order[0] < order[1]  # receive order
-    service.stop()
-    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
-    registry.close()
 
 
 def test_a_write_failing_with_an_unexpected_error_is_written_again(
-        tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
-    registry = Registry(registry_url)
-    service = _service(tmp_path, mosquitto, influx_store, registry, f"smartpark-ingest-{uuid.uuid4().hex[:8]}")
+        service: IngestService, influx_store: InfluxStore, mosquitto: MosquittoServer) -> None:
     service.store = _ScriptedStore(influx_store, {1: RuntimeError("a driver bug")})  # type: ignore[assignment]
     t0 = now_ms() - 3600_000
     body = b'{"ts": %d, "metrics": {"power_kw": 1.0}}' % t0
     publish_many(mosquitto.host, mosquitto.port, [(f"smartpark/v1/load/m{d:03d}/telemetry", body) for d in range(50)])
     wait_for(lambda: service.stats.counters["messages_committed"] >= 50, timeout=30)
     assert stored(influx_store) == 50
-    service.stop()
-    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
-    registry.close()
 
 
 def test_a_batch_written_while_an_earlier_one_was_spooled_keeps_the_newer_value(
-        tmp_path: Path, mosquitto: MosquittoServer, influx_store: InfluxStore, registry_url: str) -> None:
+        service: IngestService, influx_store: InfluxStore, mosquitto: MosquittoServer) -> None:
     """Batch 1 (value 1.0) fails and is spooled while batch 2 (a correction: same device and time, value
     2.0) is already in the store: after the replay the store must hold 2.0, not batch 1's older value."""
     from smartpark.core.errors import StoreUnavailable
 
-    registry = Registry(registry_url)
-    service = _service(tmp_path, mosquitto, influx_store, registry, f"smartpark-ingest-{uuid.uuid4().hex[:8]}")
     down = StoreUnavailable("influxdb down (injected)")
     scripted = _ScriptedStore(influx_store, {1: down, 3: down}, hold=1)  # 3: batch 1's synchronous retry
     service.store = scripted  # type: ignore[assignment]
@@ -403,6 +367,3 @@ def test_a_batch_written_while_an_earlier_one_was_spooled_keeps_the_newer_value(
     wait_for(lambda: not service.spool, timeout=30)  # replayed
     (value,) = [v for v in influx_store.latest("load") if v.device == "m001"]
     assert value.value == 2.0
-    service.stop()
-    forget_session(mosquitto.host, mosquitto.port, service.settings.ingest_client_id)
-    registry.close()

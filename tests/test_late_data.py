@@ -31,26 +31,15 @@ from smartpark.simulators.runner import PublishRun
 from smartpark.simulators.scenario import parse_scenario
 from smartpark.simulators.truth import TruthWriter, read_truth
 
-from factories import clear_retained, endpoint_of, forget_session, now_ms, wait_for
+from factories import clear_retained, endpoint_of, forget_session, now_ms, park_yaml, wait_for
 from servers import InfluxServer, MosquittoServer
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.influx]
 HOUR, MINUTE = 3_600_000, 60_000
 TZ = ZoneInfo("Asia/Shanghai")
-PARK = """
-park: {id: late-park, name: Late park, region: northeast}
-sites:
-  - id: steel
-    name: Steel works
-    enterprise: Steel Co.
-    industry: steel
-    area_m2: 500000
-    devices:
-      - {id: steel-gateway, kind: gateway}
-      - {id: sinter-cems, kind: cems, source_type: sinter}
-      - {id: steel-main-substation, kind: energy_meter}
-      - {id: steel-meter-01, kind: energy_meter}
-"""
+PARK = park_yaml("late-park", ["id: steel-gateway, kind: gateway", "id: sinter-cems, kind: cems, source_type: sinter",
+                              "id: steel-main-substation, kind: energy_meter",
+                              "id: steel-meter-01, kind: energy_meter"], steel_area=500000)
 # NOx at 1.6x its limit (O2-corrected) for two hours, inside a three-hour outage in run B
 SCENARIO = """
 seed: 5

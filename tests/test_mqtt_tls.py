@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -33,7 +32,7 @@ from smartpark.simulators import LiveSimulator
 from smartpark.simulators.loadgen import run_load
 from smartpark.simulators.publisher import Connection, PublishError
 
-from factories import PARK_YAML, now_ms, payload, reading, wait_for
+from factories import PARK_YAML, accept_forever, now_ms, payload, reading, wait_for
 from servers import MosquittoServer, TestPki, start_mosquitto, tls_listener_config
 
 pytestmark = pytest.mark.mosquitto
@@ -251,29 +250,23 @@ class FirstBytes:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.received: list[bytes] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        accept_forever(self.sock, self._serve)
 
-    def _serve(self) -> None:
-        while True:
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            data = b""
             try:
-                conn, _ = self.sock.accept()
+                while len(data) < 4096:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                    if len(data) >= 5 and len(data) >= 5 + int.from_bytes(data[3:5], "big"):
+                        break  # one whole TLS record (or whatever a plain client sent)
             except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                data = b""
-                try:
-                    while len(data) < 4096:
-                        chunk = conn.recv(4096)
-                        if not chunk:
-                            break
-                        data += chunk
-                        if len(data) >= 5 and len(data) >= 5 + int.from_bytes(data[3:5], "big"):
-                            break  # one whole TLS record (or whatever a plain client sent)
-                except OSError:
-                    pass
-                self.received.append(data)
+                pass
+            self.received.append(data)
 
     def close(self) -> None:
         self.sock.close()

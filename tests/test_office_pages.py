@@ -19,39 +19,16 @@ from smartpark.api.app import create_app
 from smartpark.api.overview import stale_devices
 from smartpark.core.catalog import default_catalog
 from smartpark.core.points import Point
-from smartpark.core.registry import Registry, parse_park_file
+from smartpark.core.registry import Registry
 from smartpark.core.settings import Settings
 from smartpark.core.store.base import LatestValue
-from smartpark.core.store.embedded import EmbeddedStore
 
-from factories import ServedApp, now_ms
+from factories import METERED_GREEN, METERED_STEEL, ServedApp, now_ms, park_store, park_yaml
 
 TZ = ZoneInfo("Asia/Shanghai")
 HOUR, MIN = 3_600_000, 60_000
 AHEAD = "green-meter"  # its clock runs 95 s ahead
-PARK = """
-park: {id: office-park, name: Office park, region: northeast}
-sites:
-  - id: steel
-    name: Steel works
-    enterprise: Steel Co.
-    industry: steel
-    area_m2: 100000
-    energy_quota_tce_day: 5
-    devices:
-      - {id: steel-main, kind: energy_meter}
-      - {id: sinter-line, kind: energy_meter, parent: steel-main, process: sintering}
-      - {id: sinter-cems, kind: cems, source_type: sinter}
-  - id: park-green
-    name: Green
-    enterprise: Green Co.
-    industry: logistics
-    area_m2: 50000
-    energy_quota_tce_day: 100
-    devices:
-      - {id: green-1, kind: greening}
-      - {id: green-meter, kind: energy_meter}
-"""
+PARK = park_yaml("office-park", METERED_STEEL, METERED_GREEN, quotas={"steel": 5, "park-green": 100})
 
 
 def month_so_far() -> list[Point]:
@@ -79,12 +56,7 @@ def month_so_far() -> list[Point]:
 
 @pytest.fixture
 def office(tmp_path: Path) -> Iterator[tuple[ServedApp, str, Registry]]:
-    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
-    registry.init()
-    registry.load_park(parse_park_file(PARK))
-    store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
-    store.init()
-    store.write(month_so_far())
+    registry, store = park_store(tmp_path, PARK, month_so_far())
     app = create_app(Settings(_env_file=None, data_dir=tmp_path), registry=registry, store=store,  # type: ignore[call-arg]
                      catalog=default_catalog())
     key = registry.create_api_key("admin", [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +113,40 @@ def test_api_keys(registry: Registry) -> None:
         registry.create_api_key("site", ["nowhere"])
     with pytest.raises(RegistryError, match="needs at least one"):
         registry.create_api_key("site", [])
+
+
+def test_bindings_cache_takes_new_devices_and_outlives_a_failed_reload(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ingest's and the gateway's registry maps share one reload rule (core/registry/cache.py)."""
+    from smartpark.core.registry import cache
+
+    registry.load_park(parse_park_file(PARK_YAML))
+    db_away = False
+
+    def load() -> dict[str, str]:
+        if db_away:
+            raise OSError("metadata DB away")
+        return registry.bindings()
+
+    bindings = cache.Bindings(load)
+    assert bindings.site_of("steel-meter") == "steel"
+    registry.create_device("steel", {"id": "late-meter", "kind": "energy_meter"})
+    assert bindings.site_of("late-meter") is None  # an unknown device reloads at most every RELOAD_S
+    monkeypatch.setattr(cache, "RELOAD_S", 0.0)
+    assert bindings.site_of("late-meter") == "steel"
+    db_away = True
+    monkeypatch.setattr(cache, "REFRESH_S", 0.0)  # every lookup reloads, and fails: the last good map stays
+    assert bindings.site_of("steel-meter") == "steel"
+    assert bindings.site_of("late-meter") == "steel"
+
+
+def test_a_failing_first_load_is_fatal_for_the_ingest_but_not_for_the_gateway() -> None:
+    from smartpark.core.registry.cache import Bindings
+    from smartpark.hj212.identities import Identities
+
+    def away() -> dict[str, Any]:
+        raise OSError("metadata DB away")
+
+    with pytest.raises(OSError, match="away"):
+        Bindings(away)
+    assert Identities(away).find("mn") is None

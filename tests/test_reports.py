@@ -20,38 +20,17 @@ from smartpark.api.app import create_app
 from smartpark.api.screening import month_span
 from smartpark.core.catalog import default_catalog
 from smartpark.core.points import Point
-from smartpark.core.registry import Registry, parse_park_file
+from smartpark.core.registry import Registry
 from smartpark.core.settings import Settings
 from smartpark.core.store.embedded import EmbeddedStore
 
-from factories import ServedApp
+from factories import METERED_GREEN, METERED_STEEL, ServedApp, park_registry, park_store, park_yaml
 from servers import need
 
 TZ = ZoneInfo("Asia/Shanghai")
 HOUR, MIN = 3_600_000, 60_000
 ARTIFACTS = Path(__file__).parent / "artifacts"
-PARK = """
-park: {id: report-park, name: Report park, region: northeast}
-sites:
-  - id: steel
-    name: Steel works
-    enterprise: Steel Co.
-    industry: steel
-    area_m2: 100000
-    energy_quota_tce_day: 10
-    devices:
-      - {id: steel-main, kind: energy_meter}
-      - {id: sinter-line, kind: energy_meter, parent: steel-main, process: sintering}
-      - {id: sinter-cems, kind: cems, source_type: sinter}
-  - id: park-green
-    name: Green
-    enterprise: Green Co.
-    industry: logistics
-    area_m2: 50000
-    devices:
-      - {id: green-1, kind: greening}
-      - {id: green-meter, kind: energy_meter}
-"""
+PARK = park_yaml("report-park", METERED_STEEL, METERED_GREEN, quotas={"steel": 10})
 
 
 def last_month() -> str:
@@ -81,12 +60,7 @@ def month_points(month: str) -> list[Point]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Registry, str]]:
     tmp = tmp_path_factory.mktemp("report")
-    registry = Registry(f"sqlite:///{tmp / 'meta.sqlite'}")
-    registry.init()
-    registry.load_park(parse_park_file(PARK))
-    store = EmbeddedStore(tmp / "ts.sqlite", default_catalog())
-    store.init()
-    store.write(month_points(last_month()))
+    registry, store = park_store(tmp, PARK, month_points(last_month()))
     app = ServedApp(create_app(Settings(_env_file=None, data_dir=tmp), registry=registry, store=store,  # type: ignore[call-arg]
                                catalog=default_catalog()))
     yield app.client, registry, registry.create_api_key("admin", [])
@@ -178,10 +152,7 @@ def test_report_command_writes_the_same_figures(served: tuple[httpx.Client, Regi
     client, _, admin = served
     data = tmp_path / "data"
     data.mkdir()
-    registry = Registry(f"sqlite:///{data / 'meta.sqlite'}")
-    registry.init()
-    registry.load_park(parse_park_file(PARK))
-    registry.close()
+    park_registry(data, PARK).close()
     store = EmbeddedStore(data / "timeseries.sqlite", default_catalog())
     store.init()
     month = last_month()

@@ -20,9 +20,8 @@ from smartpark.core.errors import ParkFileError
 from smartpark.core.points import Point
 from smartpark.core.registry import Registry, parse_park_file
 from smartpark.core.settings import Settings
-from smartpark.core.store.embedded import EmbeddedStore
 
-from factories import ServedApp
+from factories import ServedApp, park_store
 
 TZ = ZoneInfo("Asia/Shanghai")
 HOUR = 3_600_000
@@ -80,12 +79,7 @@ def points(month: str) -> list[Point]:
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[tuple[httpx.Client, Registry]]:
-    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
-    registry.init()
-    registry.load_park(parse_park_file(PARK))
-    store = EmbeddedStore(tmp_path / "ts.sqlite", default_catalog())
-    store.init()
-    store.write(points(last_month()))
+    registry, store = park_store(tmp_path, PARK, points(last_month()))
     served = ServedApp(create_app(Settings(_env_file=None, data_dir=tmp_path), registry=registry,  # type: ignore[call-arg]
                                   store=store, catalog=default_catalog()))
     served.client.headers["Authorization"] = f"Bearer {registry.create_api_key('admin', [])}"

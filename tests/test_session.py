@@ -16,7 +16,7 @@ import pytest
 from smartpark.core.mqtt import BrokerUnreachable, Endpoint, platform_filters
 from smartpark.core.mqtt.session import BUFFER_BYTES, Mqtt5Session
 
-from factories import forget_session, publish_many, wait_for
+from factories import accept_forever, forget_session, publish_many, wait_for
 from servers import MOSQUITTO, MosquittoServer, need, start_mosquitto
 
 pytestmark = pytest.mark.mosquitto
@@ -113,22 +113,16 @@ class Proxy:
         self.port = self.listener.getsockname()[1]
         self.conns: list[socket.socket] = []
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
+        self.threads = [accept_forever(self.listener, self._relay)]
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            with self.lock:
-                self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                t = threading.Thread(target=self._pipe, args=(a, b), daemon=True)
-                self.threads.append(t)
-                t.start()
+    def _relay(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.target)
+        with self.lock:
+            self.conns += [client, upstream]
+        for a, b in ((client, upstream), (upstream, client)):
+            t = threading.Thread(target=self._pipe, args=(a, b), daemon=True)
+            self.threads.append(t)
+            t.start()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:

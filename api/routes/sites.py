@@ -47,11 +47,14 @@ def list_sites(registry: RegistryDep, who: PrincipalDep, offset: Offset = 0, lim
     return Page[SitePublic](items=items, total=len(sites), offset=offset, limit=limit)
 
 
-@router.post("", status_code=201, responses=ADMIN_ERRORS)
-def create_site(body: SiteCreate, registry: RegistryDep, _admin: AdminDep) -> SitePublic:
-    low, high = body.greening_min_pct, body.greening_max_pct
+def _check_greening_bounds(low: float | None, high: float | None) -> None:
     if low is not None and high is not None and low > high:
         raise Unprocessable(f"greening_min_pct {low} is above greening_max_pct {high}")
+
+
+@router.post("", status_code=201, responses=ADMIN_ERRORS)
+def create_site(body: SiteCreate, registry: RegistryDep, _admin: AdminDep) -> SitePublic:
+    _check_greening_bounds(body.greening_min_pct, body.greening_max_pct)
     try:
         return SitePublic.model_validate(registry.create_site(body.model_dump()))
     except RegistryError as exc:
@@ -68,10 +71,8 @@ def update_site(site: str, body: SiteUpdate, registry: RegistryDep, who: Princip
     current = scoped_site(registry, who, site)
     require_admin(who)
     fields = body.model_dump(exclude_unset=True)
-    low = fields.get("greening_min_pct", current.greening_min_pct)
-    high = fields.get("greening_max_pct", current.greening_max_pct)
-    if low is not None and high is not None and low > high:
-        raise Unprocessable(f"greening_min_pct {low} is above greening_max_pct {high}")
+    _check_greening_bounds(fields.get("greening_min_pct", current.greening_min_pct),
+                           fields.get("greening_max_pct", current.greening_max_pct))
     updated = registry.update_site(site, fields)
     return SitePublic.model_validate(updated)
 

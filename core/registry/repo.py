@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from sqlalchemy import Engine, create_engine, event, select
@@ -27,6 +27,8 @@ from smartpark.core.registry.secrets import (
 )
 
 __all__ = ["Registry"]
+
+Row = TypeVar("Row", Site, Device)  # the rows `_update` edits
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
@@ -212,12 +214,16 @@ class Registry:
             s.add(site)
         return site
 
-    def update_site(self, site_id: str, fields: dict[str, Any]) -> Site | None:
+    def _update(self, model: type[Row], key: str, fields: dict[str, Any]) -> Row | None:
+        """Set ``fields`` on the row ``key`` of ``model``: the row, or None when there is none."""
         with self.session() as s:
-            site = s.get(Site, site_id)
-            for name, value in fields.items() if site is not None else ():
-                setattr(site, name, value)
-            return site
+            row = s.get(model, key)
+            for name, value in fields.items() if row is not None else ():
+                setattr(row, name, value)
+            return row
+
+    def update_site(self, site_id: str, fields: dict[str, Any]) -> Site | None:
+        return self._update(Site, site_id, fields)
 
     def delete_site(self, site_id: str) -> bool:
         """Delete a site and its devices (their stored readings stay in the time-series store), and take it out
@@ -250,11 +256,7 @@ class Registry:
             return s.get(Device, device_id)
 
     def update_device(self, device_id: str, fields: dict[str, Any]) -> Device | None:
-        with self.session() as s:
-            device = s.get(Device, device_id)
-            for name, value in fields.items() if device is not None else ():
-                setattr(device, name, value)
-            return device
+        return self._update(Device, device_id, fields)
 
     def hierarchy_problem(self, site_id: str, device_id: str, fields: dict[str, Any]) -> str | None:
         """What would break the site's meter hierarchy if ``device_id`` got ``fields`` (created when new)."""
