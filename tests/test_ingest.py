@@ -19,7 +19,7 @@ from smartpark.core.store.base import SeriesQuery
 from smartpark.core.store.embedded import EmbeddedStore
 from smartpark.ingest.service import IngestService
 
-from factories import Publisher, now_ms, park_registry, payload, reading, wait_for
+from factories import Publisher, forget_session, now_ms, park_registry, payload, reading, wait_for
 from ingest_pipeline import BACKENDS, Pipeline, ingest_settings, run_pipeline
 from servers import free_port
 
@@ -190,7 +190,7 @@ def test_dead_letters_stay_under_their_size_cap_and_pruning_is_counted(tmp_path:
 def test_the_end_of_a_burst_is_stored_without_waiting_out_the_batch_age(pipeline: Pipeline, tmp_path: Path) -> None:
     """Devices that publish on the same tick make bursts: once the burst is over (no message for
     SMARTPARK_INGEST_BATCH_QUIET_S) its batch is written, not after the batch age (here 30 s: it used to be)."""
-    settings = _settings(tmp_path / "slow").model_copy(update={"ingest_batch_age_s": 30.0,
+    settings = ingest_settings(tmp_path / "slow").model_copy(update={"ingest_batch_age_s": 30.0,
                                                               "ingest_client_id": "smartpark-ingest-slow"})
     pipeline.service.stop()
     endpoint = pipeline.service.source.endpoint
