@@ -19,7 +19,6 @@ Two guards keep history from turning into a flood of webhooks:
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from smartpark.alerts.evaluate import State, Step, advance
 from smartpark.alerts.models import Episode
 from smartpark.alerts.repo import Changes, Peak, Resolved
 from smartpark.alerts.rules import RuleSpec
+from smartpark.core.clock import now_ms
 
 __all__ = ["SUPPRESSED", "Observation", "StateBook", "Subject"]
 
@@ -66,7 +66,7 @@ class Observation:
 
 class StateBook:
     def __init__(self, states: dict[tuple[str, str], State], *, max_per_hour: int = 6,
-                 clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
+                 clock: Callable[[], int] = now_ms) -> None:
         self.states = states
         self.max_per_hour = max_per_hour
         self.clock = clock

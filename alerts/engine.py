@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import OperationalError
 
@@ -35,6 +34,7 @@ from smartpark.alerts.rules import SCHEDULED_KINDS, RuleSpec, default_rules
 from smartpark.alerts.scheduled import ScheduledEvaluator
 from smartpark.alerts.stream import DeviceInfo, StreamEvaluator
 from smartpark.core.catalog import Catalog
+from smartpark.core.clock import park_zone
 from smartpark.core.energy import CounterRules
 from smartpark.core.errors import StoreError
 from smartpark.core.mqtt.connect import Backoff
@@ -96,7 +96,7 @@ class AlertEngine:
         self._devices_at = 0.0
         self._rules: list[RuleSpec] = []
         self._rules_version: tuple[int, int] | None = None
-        self._tz = ZoneInfo("Asia/Shanghai")
+        self._tz = park_zone(None)
         self._threads = [threading.Thread(target=self._stream_loop, name="alerts-stream", daemon=True),
                          threading.Thread(target=self._schedule_loop, name="alerts-schedule", daemon=True)]
 
@@ -230,7 +230,7 @@ class AlertEngine:
         self._devices = {d.id: DeviceInfo(d.id, d.site_id, d.kind, d.source_type) for d in self.registry.devices()}
         self._devices_at = time.monotonic()
         park = self.registry.park()
-        self._tz = ZoneInfo(park.timezone if park is not None else "Asia/Shanghai")
+        self._tz = park_zone(park)
         self.stream.set_rules(self._rules)  # scopes may name new devices
 
     def _reload_rules(self, force: bool = False) -> None:

@@ -8,7 +8,6 @@ whose transaction did not commit is not acked (the broker redelivers it).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from smartpark.alerts.models import (
 )
 from smartpark.alerts.rules import RuleSpec
 from smartpark.alerts.signing import message_id
+from smartpark.core.clock import now_ms
 from smartpark.core.migrations import upgrade_schema
 
 __all__ = ["AlertRepo", "Changes", "Peak", "Resolved", "event_body", "now_ms", "rfc3339"]
@@ -38,8 +38,6 @@ __all__ = ["AlertRepo", "Changes", "Peak", "Resolved", "event_body", "now_ms", "
 SEED_MARK = ("_meta", "defaults-seeded")  # an alert_states row: defaults are seeded once, never again
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def rfc3339(ms: int | None) -> str | None:

@@ -3,7 +3,6 @@ last 24 h as sparklines. Gathered here from the store and the registry; the page
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 from smartpark.alerts.access import AlertAccess, EpisodeRecord
 from smartpark.alerts.errors import AlertsUnavailable
 from smartpark.api.errors import alerts_unavailable
+from smartpark.core.clock import now_ms
 from smartpark.core.registry import Registry, Site
 from smartpark.core.registry.hierarchy import effective_role
 from smartpark.core.store.base import DAY_MS, LatestValue, SeriesQuery, TimeSeriesStore
@@ -50,7 +50,7 @@ def site_cards(store: TimeSeriesStore, registry: Registry, sites: Sequence[Site]
                stale_s: float) -> list[SiteCard]:
     """The cards of ``sites`` in their order, from two store calls for all of them (latest values, and the
     meters' hourly power): per-site calls cost the store ten times the statements."""
-    now = time.time_ns() // 1_000_000
+    now = now_ms()
     ids = [s.id for s in sites]
     mains = main_meters(registry)
     power_future = _POWER.submit(_hourly_power, store, ids, now, mains)  # meanwhile: the latest values

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 
 from sqlalchemy import BigInteger, String, delete
 from sqlalchemy.orm import Mapped, mapped_column
 
 from smartpark.api.deps import Principal
+from smartpark.core.clock import now_ms
 from smartpark.core.registry import Registry
 from smartpark.core.registry.models import Base
 
@@ -34,8 +34,6 @@ class PageSession(Base):
     expires_ms: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _hash(token: str) -> str:
@@ -44,7 +42,7 @@ def _hash(token: str) -> str:
 
 def mint_session(registry: Registry, key_id: str, *, ttl_s: int = SESSION_TTL_S) -> str:
     """A new session token for the (already verified) API key ``key_id``; expired sessions are pruned."""
-    token, now = secrets.token_urlsafe(32), _now_ms()
+    token, now = secrets.token_urlsafe(32), now_ms()
     with registry.session() as s:
         s.execute(delete(PageSession).where(PageSession.expires_ms <= now))
         s.add(PageSession(token_hash=_hash(token), key_id=key_id, created_ms=now, expires_ms=now + ttl_s * 1000))
@@ -57,7 +55,7 @@ def session_principal(registry: Registry, token: object) -> Principal | None:
         return None
     with registry.session() as s:
         row = s.get(PageSession, _hash(token))
-        if row is None or row.expires_ms <= _now_ms():
+        if row is None or row.expires_ms <= now_ms():
             return None
         key_id = row.key_id
     key = registry.api_key(key_id)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from smartpark.api import kpis
 from smartpark.api.models import EmissionsKpi, EnergyKpi, GreeningKpi
+from smartpark.core.clock import park_zone
 from smartpark.core.reference import Reference
 from smartpark.core.registry import Registry, Site
 from smartpark.core.settings import Settings
@@ -69,8 +70,7 @@ class Summaries(BaseModel):
 
 
 def local_tz(registry: Registry) -> ZoneInfo:
-    park = registry.park()
-    return ZoneInfo(park.timezone if park else "Asia/Shanghai")
+    return park_zone(registry.park())
 
 
 def summarise(registry: Registry, store: TimeSeriesStore, ref: Reference, settings: Settings,  # noqa: PLR0917 - the API's dependencies

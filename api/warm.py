@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from smartpark.api import kpis
+from smartpark.core.clock import park_zone
 from smartpark.core.reference import Reference
 from smartpark.core.registry import Registry
 from smartpark.core.store.hour_cache import HourCache
@@ -55,7 +55,7 @@ class KpiWarmer:
     def warm(self) -> None:
         """One round: the hourly sums of the last WARM_DAYS days of every site with stacks."""
         park = self.registry.park()
-        tz = ZoneInfo(park.timezone if park else "Asia/Shanghai")
+        tz = park_zone(park)
         today = datetime.now(tz).date()
         p = kpis.period(tz, today - timedelta(days=WARM_DAYS - 1), today + timedelta(days=1))
         offset = p.hour_offset_ms()

@@ -28,6 +28,8 @@ from pathlib import Path
 from bench_ingest import registry_url, start_pipeline
 from bench_latency import client, load
 
+from smartpark.core.clock import now_ms
+
 from factories import HookServer  # tests/ is on the path once harness is imported
 from harness import Influx, cpu_seconds, start_servers, wait_line
 
@@ -69,7 +71,7 @@ def prepare(tmp: Path, receiver_url: str) -> str:
     repo.put_rule(RuleSpec.model_validate(RULE))
     repo.add_subscription(WebhookSubscription(
         id="wh_bench", url=receiver_url, secret=new_secret(), sites=[], severities=[], rules=["probe-nox"],
-        enabled=True, disabled_reason="", description="bench", created_ms=int(time.time() * 1000)))
+        enabled=True, disabled_reason="", description="bench", created_ms=now_ms()))
     reg.close()
     return url
 
@@ -95,7 +97,7 @@ def probe(host: str, port: int, seconds: float, arrivals: Arrivals) -> list[floa
     topic = f"smartpark/v1/{PROBE_SITE}/{PROBE_DEVICE}/telemetry"
     t0, k = time.monotonic(), 0
     while time.monotonic() - t0 < seconds:
-        ts = int(time.time() * 1000)
+        ts = now_ms()
         over = k % 2 == 0
         body = {"ts": ts, "metrics": {"nox_mg_m3": 80.0 if over else 20.0, "o2_pct": 16.0}}
         if over:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from smartpark.api.app import create_app
 from smartpark.core.catalog import default_catalog
+from smartpark.core.clock import now_ms
 from smartpark.core.reference import default_reference
 from smartpark.core.registry import Registry, read_park_file
 from smartpark.core.settings import Settings
@@ -102,7 +103,7 @@ def run(url: str, tmp: Path, args: argparse.Namespace) -> None:
         start = now - args.days * 86_400_000
         print(f"backfill: reusing {done['points']:,} points in {tmp} (written {iso_utc(now)})")
     else:
-        now = int(time.time() * 1000) // 60_000 * 60_000
+        now = now_ms() // 60_000 * 60_000
         start = now - args.days * 86_400_000
         t = time.perf_counter()
         n = backfill(store, ParkModel(park, seed=1, start_ms=start), start, now, args.step_s * 1000)

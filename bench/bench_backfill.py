@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from smartpark.core.catalog import default_catalog
+from smartpark.core.clock import now_ms
 from smartpark.core.registry import read_park_file
 from smartpark.core.store.influx import InfluxStore, quote_ident
 from smartpark.platform import demo_park_path
@@ -83,7 +84,7 @@ def main() -> None:
     args = ap.parse_args()
     server = None if args.url else start_influxd(Path(tempfile.mkdtemp(prefix="bench-backfill-")) / "influxd")
     url = args.url or server.url  # type: ignore[union-attr]
-    start_ms = (time.time_ns() // 1_000_000 - round(args.days * DAY_MS)) // 60_000 * 60_000
+    start_ms = (now_ms() - round(args.days * DAY_MS)) // 60_000 * 60_000
     try:
         n_base, s_base = baseline(url, start_ms, args.baseline_days)
         n, s = smartpark(url, start_ms, args.days)

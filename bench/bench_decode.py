@@ -14,6 +14,7 @@ import json
 import math
 import time
 
+from smartpark.core import clock
 from smartpark.core.catalog import default_catalog
 from smartpark.core.contract import ReadingDecoder
 
@@ -57,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200_000)
     args = parser.parse_args()
-    now = time.time_ns() // 1_000_000
+    now = clock.now_ms()
     payload = json.dumps({"ts": now, "seq": 42, "metrics": {"so2_mg_m3": 18.2, "nox_mg_m3": 41.0, "pm_mg_m3": 3.1,
                           "o2_pct": 16.4, "flow_nm3_h": 512000}, "flags": {"nox_mg_m3": "C"}}).encode()
     decoder = ReadingDecoder(CATALOG, retention_ms=3650 * 86_400_000)

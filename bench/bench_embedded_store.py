@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from smartpark.core.catalog import default_catalog
+from smartpark.core.clock import now_ms
 from smartpark.core.points import Point
 from smartpark.core.store.embedded import EmbeddedStore
 
@@ -59,7 +60,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=200_000)
     parser.add_argument("--baseline-points", type=int, default=5_000)
     args = parser.parse_args()
-    t0 = (time.time_ns() // 1_000_000 - 86_400_000) // 60_000 * 60_000
+    t0 = (now_ms() - 86_400_000) // 60_000 * 60_000
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         ours = run_smartpark(workload(args.points, t0), Path(tmp) / "ours.sqlite")
         base = run_baseline(workload(args.baseline_points, t0), Path(tmp) / "base.sqlite")

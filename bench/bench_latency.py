@@ -22,6 +22,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from bench_ingest import registry_url, start_pipeline
 
+from smartpark.core.clock import now_ms
+
 from harness import Influx, bench_servers
 
 PROBE = ("site-09", "dev-199")
@@ -44,7 +46,7 @@ def client(host: str, port: int) -> mqtt.Client:
 def load(host: str, port: int, rate: int, seconds: float, stop: threading.Event) -> int:
     """Publish `rate` msg/s in 10 ms ticks across 199 devices; returns how many were published."""
     c, sent, t0 = client(host, port), 0, time.monotonic()
-    ts0 = int(time.time() * 1000) - 3600_000
+    ts0 = now_ms() - 3600_000
     while not stop.is_set() and (elapsed := time.monotonic() - t0) < seconds:
         due = int(elapsed * rate)
         while sent < due:
@@ -63,7 +65,7 @@ def probe_latencies(host: str, port: int, influx: Influx, db: str, measurement: 
     c = client(host, port)
     sent: dict[int, float] = {}
     seen: dict[int, float] = {}
-    ts0 = int(time.time() * 1000) - 60_000
+    ts0 = now_ms() - 60_000
     query = f'SELECT last("power_kw") FROM "{measurement}" WHERE "device" = \'{PROBE[1]}\''
     t0, k = time.monotonic(), 0
     next_probe = t0

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from smartpark.core.clock import now_ms
 from smartpark.core.contract import telemetry_topic
 from smartpark.core.mqtt import Endpoint
 from smartpark.simulators.loadgen import run_load
@@ -33,7 +34,7 @@ def paho_baseline(host: str, port: int, n: int, window: int = 1000) -> float:
     from factories import publish_many  # tests/ is on sys.path once harness is imported
 
     topics = [telemetry_topic(s, d) for s, d in DEVICES]
-    t0 = time.time_ns() // 1_000_000 - 3_600_000
+    t0 = now_ms() - 3_600_000
     messages = [(topics[i % 200], b'{"ts":%d,"seq":%d,"metrics":{"power_kw":%d.25,"energy_kwh":%d.5}}' % (
         t0 + 1000 * (i // 200), i // 200, 100 + i % 200, i // 200)) for i in range(n)]
     started = time.perf_counter()

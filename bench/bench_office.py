@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from smartpark.api import kpis
 from smartpark.api.app import create_app
 from smartpark.api.summary import summarise
 from smartpark.core.catalog import default_catalog
+from smartpark.core.clock import zone
 from smartpark.core.reference import default_reference
 from smartpark.core.registry import Registry
 from smartpark.core.settings import Settings
@@ -52,14 +52,14 @@ def run(tmp: Path, url: str) -> None:
     registry = Registry(f"sqlite:///{tmp / 'meta.sqlite'}")
     store = InfluxStore(url, "bench", default_catalog(), timeout_s=600)
     ref, settings = default_reference(), Settings(_env_file=None, data_dir=tmp)  # type: ignore[call-arg]
-    today = datetime.now(ZoneInfo("Asia/Shanghai")).date()
+    today = datetime.now(zone()).date()
     tomorrow = today + timedelta(days=1)
     sites = registry.sites()
     for label in ("cold", "warm"):
         month = seconds(lambda: summarise(registry, store, ref, settings, today.replace(day=1), tomorrow, sites))
         day = seconds(lambda: summarise(registry, store, ref, settings, today, tomorrow, sites))
         print(f"{label}: month figures {month:.1f} s, today's {day:.1f} s", flush=True)
-    p = kpis.period(ZoneInfo("Asia/Shanghai"), today.replace(day=1), tomorrow)
+    p = kpis.period(zone(), today.replace(day=1), tomorrow)
     rules = kpis.CounterRules.of(settings.counter_max_gap_s, settings.counter_max_per_h)
     usage = seconds(lambda: kpis.energy_usage(store, ref, kpis.energy_meters(registry.devices()), None, p,
                                               rules=rules))

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from smartpark.core.catalog import default_catalog
+from smartpark.core.clock import now_ms
 from smartpark.core.registry import read_park_file
 from smartpark.core.store.influx import InfluxStore, quote_ident
 from smartpark.core.store.rollups import ROLLUPS, RollupRepairer, rollup_select
@@ -73,7 +74,7 @@ def run(url: str, pid: int, hours: float, idle_runs: int) -> None:
     catalog = default_catalog()
     store = InfluxStore(url, "bench_rollups", catalog, timeout_s=300)
     store.init()
-    end = int(time.time() * 1000) // 60_000 * 60_000 - 15 * 60_000
+    end = now_ms() // 60_000 * 60_000 - 15 * 60_000
     start = end - int(hours * HOUR_MS)
     timeline = Timeline(read_park_file(demo_park_path()), default_scenario(), start)
     written = backfill(store, timeline, end, catalog).readings

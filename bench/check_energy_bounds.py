@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from smartpark.api import kpis
+from smartpark.core.clock import park_zone
 from smartpark.core.reference import load_reference
 from smartpark.core.settings import load_settings
 from smartpark.core.store.base import DAY_MS, SeriesQuery
@@ -33,7 +33,7 @@ def main() -> int:
     ref = load_reference(settings.reference_file)
     rules = kpis.CounterRules.of(settings.counter_max_gap_s, settings.counter_max_per_h)
     park = registry.park()
-    tz = ZoneInfo(park.timezone if park else "Asia/Shanghai")
+    tz = park_zone(park)
     today = datetime.now(tz).date()
     meters = kpis.energy_meters(registry.devices())
     over = 0

@@ -22,11 +22,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from zoneinfo import ZoneInfo
 
 import msgspec
 
+from smartpark.core import clock
 from smartpark.core.catalog import Catalog
+from smartpark.core.clock import zone
 from smartpark.core.contract import Reading, ReadingDecoder, telemetry_topic, to_points
 from smartpark.core.errors import ConfigError
 from smartpark.core.reference import Reference
@@ -80,7 +81,7 @@ class GatewayConfig:
         self.max_segment, self.split_timeout_s = max_segment, split_timeout_s
         self.stats_interval_s, self.retention_ms = stats_interval_s, retention_ms
         try:
-            self.tz = ZoneInfo(timezone)
+            self.tz = zone(timezone)
         except (KeyError, ValueError) as exc:
             raise ConfigError(f"park time zone {timezone!r} is not known: {exc}") from exc
 
@@ -258,7 +259,7 @@ class Gateway:
                                                   f"{self.config.split_timeout_s:g} s")
         if now >= self._next_stats:
             self._next_stats = now + self.config.stats_interval_s
-            points = self.stats.points(self.instance, time.time_ns() // 1_000_000)
+            points = self.stats.points(self.instance, clock.now_ms())
             if points:
                 self.sink.add_local(DecodedMessage(points, 0, []))
 
@@ -391,7 +392,7 @@ class Gateway:
         """Readings of one (possibly reassembled) data packet into the writer; answers once durable."""
         head = parts[0]
         packet = head._replace(cp=[item for p in parts for item in p.cp]) if len(parts) > 1 else head
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = clock.now_ms()
         done = convert(packet, (identity.site, identity.device), self.codes, self.decoder, tz=self.config.tz,
                        now_ms=now_ms)
         decoded = done.decoded
@@ -466,5 +467,5 @@ class Gateway:
         self._dead(conn, reason, detail, raw)
 
     def _dead(self, conn: _Connection, reason: str, detail: str, raw: bytes) -> None:
-        letter = DeadLetter(time.time_ns() // 1_000_000, reason, f"hj212/{conn.peer}", None, detail, redact(raw))
+        letter = DeadLetter(clock.now_ms(), reason, f"hj212/{conn.peer}", None, detail, redact(raw))
         self.sink.add_local(DecodedMessage([], 0, [letter]))

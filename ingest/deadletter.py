@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from smartpark.core.clock import now_ms
+
 __all__ = ["PAYLOAD_KEEP", "DeadLetter", "DeadLetterBox"]
 
 PAYLOAD_KEEP = 4096  # contract: payload truncated to 4 KiB
@@ -112,7 +114,7 @@ class DeadLetterBox:
     def _prune_age(self) -> int:
         """Drop messages (and their letters) received before the age limit; the number of letters dropped."""
         self._aged = time.monotonic()
-        cutoff = int(time.time() * 1000) - self.max_age_ms
+        cutoff = now_ms() - self.max_age_ms
         # Rows are appended in receive order: the oldest are the first ids (a walk that stops at the first
         # young row, not a scan of the table).
         first_young = self._conn.execute("SELECT id FROM dead_messages WHERE received_ms >= ? ORDER BY id LIMIT 1",

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from smartpark.core.catalog import Catalog
+from smartpark.core.clock import now_ms
 from smartpark.core.errors import StoreError
 from smartpark.core.mqtt import BrokerUnreachable, Endpoint, MessageSource, open_source, platform_filters
 from smartpark.core.points import Point
@@ -151,7 +152,7 @@ class IngestService:
 
     # --- MQTT thread
     def _on_message(self, topic: str, payload: bytes, mid: int, generation: int) -> None:
-        msg = self.decoder.decode(topic, payload, time.time_ns() // 1_000_000)
+        msg = self.decoder.decode(topic, payload, now_ms())
         self.batcher.add(msg, (generation, mid))
 
     # --- writer thread
@@ -318,7 +319,7 @@ class IngestService:
         except StoreError as exc:  # only retryable errors escape
             log.warning("store unavailable while isolating refused points: %s", exc)
             return False
-        now = time.time_ns() // 1_000_000
+        now = now_ms()
         batch.dead += [DeadLetter(now, "bad_schema", f"{p.site}/{p.device}", None, f"store refused: {why}",
                                   repr(p.fields).encode()) for p, why in refused]
         gone = {id(p) for p, _ in refused}
@@ -375,6 +376,6 @@ class IngestService:
 
     def _write_own_stats(self) -> None:
         try:
-            self.store.write(self.stats.points(self.instance, time.time_ns() // 1_000_000))
+            self.store.write(self.stats.points(self.instance, now_ms()))
         except StoreError as exc:
             log.warning("could not write the ingest's own figures: %s", exc)

@@ -28,6 +28,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from smartpark.core.clock import now_ms, park_zone
 from smartpark.core.contract import TOPIC_PREFIX, telemetry_topic
 from smartpark.core.mqtt.endpoint import Endpoint
 from smartpark.core.mqtt.paho_source import connect_error, paho_client
@@ -59,8 +60,6 @@ def status_topic(site: str, device: str) -> str:
     return f"{TOPIC_PREFIX}/{site}/{device}/status"
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
@@ -212,7 +211,6 @@ class LiveSimulator:
         if target is None:
             log.error("the scenario has HJ 212 devices but no gateway runs: they are not simulated")
             return {}
-        from zoneinfo import ZoneInfo
 
         from smartpark.simulators.hj212 import Hj212Unit, metric_codes
 
@@ -224,7 +222,7 @@ class LiveSimulator:
                 log.error("HJ 212 device %s has no hj212 identity in the park file: not simulated", link.device)
                 continue
             units[link.device] = Hj212Unit(link.device, *identity, target.host, target.port, link=link,
-                                           codes=codes, tz=ZoneInfo(self.park.park.timezone),
+                                           codes=codes, tz=park_zone(self.park.park),
                                            seed=self.scenario.seed if self.scenario else 1)
         return units
 
@@ -302,7 +300,7 @@ class LiveSimulator:
         if dev.refusals:
             log.info("device %s: CONNECT accepted after %d refusals", dev.id, dev.refusals)
         dev.state, dev.backoff_s, dev.refusals = "online", 1.0, 0
-        online = msgspec.json.encode({"state": "online", "ts": _now_ms()})
+        online = msgspec.json.encode({"state": "online", "ts": now_ms()})
         dev.pending.add(client.publish(dev.status, online, qos=1, retain=True).mid)
 
     def _refused(self, dev: _Device, reason: ReasonCode) -> None:
@@ -429,7 +427,7 @@ class LiveSimulator:
     def _shutdown(self) -> None:
         """Offline status (acknowledged, or until a timeout), then DISCONNECT: a clean exit fires no will."""
         online = [d for d in self._devices.values() if d.state == "online"]
-        offline = msgspec.json.encode({"state": "offline", "ts": _now_ms()})
+        offline = msgspec.json.encode({"state": "offline", "ts": now_ms()})
         for dev in online:
             info = dev.client.publish(dev.status, offline, qos=1, retain=True)
             dev.pending.add(info.mid)

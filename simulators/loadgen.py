@@ -12,6 +12,7 @@ import multiprocessing as mp
 import time
 from dataclasses import dataclass
 
+from smartpark.core.clock import now_ms
 from smartpark.core.contract import telemetry_topic
 from smartpark.core.mqtt.endpoint import Endpoint
 from smartpark.simulators.publisher import Connection
@@ -84,7 +85,7 @@ def run_load(endpoint: Endpoint, devices: list[tuple[str, str]], messages: int, 
     """Publish ``messages`` readings spread over ``devices`` (ids on their contract topics) at ``rate``
     msg/s in total (0: as fast as the broker takes them), from ``processes`` worker processes."""
     processes = max(1, min(processes, len(devices)))
-    t0 = t0_ms if t0_ms is not None else time.time_ns() // 1_000_000 - 3_600_000
+    t0 = t0_ms if t0_ms is not None else now_ms() - 3_600_000
     shares = [messages // processes + (k < messages % processes) for k in range(processes)]
     jobs = [_Job(endpoint, k, part, shares[k], rate / processes, connections, window, t0)
             for k, part in enumerate(_split(devices, processes))]

@@ -16,10 +16,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
-from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from smartpark.core.clock import park_zone
 from smartpark.core.reference import default_reference
 from smartpark.core.registry.parkfile import DeviceSpec, ParkFile, SiteSpec
 from smartpark.simulators.signals import (
@@ -424,7 +424,7 @@ class ParkModel:
     def __init__(self, park: ParkFile, seed: int, *, start_ms: int | None = None) -> None:
         self.park = park
         self.seed = seed
-        self.tz = ZoneInfo(park.park.timezone)
+        self.tz = park_zone(park.park)
         refs = [DeviceRef(site, dev) for site in park.sites for dev in site.devices]
         self._order = {r.device.id: i for i, r in enumerate(refs)}
         self.models: list[KindModel] = [

@@ -8,13 +8,13 @@ simulator's, and tests and benchmarks call it the same way the command does.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 
+from smartpark.core import clock
 from smartpark.core.catalog import Catalog
 from smartpark.core.errors import ConfigError
 from smartpark.core.mqtt.endpoint import Endpoint
@@ -58,7 +58,7 @@ def load_run(scenario_file: Path | None, park_file: Path | None, demo_park: Path
 def window(scenario: Scenario, mode: Mode, days: float, *, now_ms: int | None = None,
            speed: float = ACCELERATED_SPEED) -> Window:
     """Plant time of a run: live from now on; accelerated and backfill the last ``days`` up to now."""
-    now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    now = now_ms if now_ms is not None else clock.now_ms()
     step = round(scenario.interval_s * 1000)
     if scenario.start is not None:
         start = int(scenario.start.timestamp() * 1000)
@@ -75,7 +75,7 @@ def check_publish_window(win: Window, window_ms: int, *, now_ms: int | None = No
     """Published history reaches the ingest, which refuses readings older than its store-and-forward window:
     refuse a run that starts before it (ConfigError) rather than have it dead-lettered. (A backfill straight
     into the store has no such bound.)"""
-    now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    now = now_ms if now_ms is not None else clock.now_ms()
     if win.start_ms < now - window_ms:
         raise ConfigError(
             f"this run starts {(now - win.start_ms) / DAY_MS:.1f} days back, beyond the ingest's "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import mqtt5
 import msgspec
 
+from smartpark.core.clock import now_ms
 from smartpark.core.contract import telemetry_topic
 from smartpark.core.mqtt.endpoint import Endpoint
 from smartpark.core.registry.parkfile import ParkFile
@@ -138,7 +139,7 @@ class PublishRun:
 
     def _connect(self, device: str, conn: Connection) -> None:
         conn.connect()
-        online = msgspec.json.encode({"state": "online", "ts": time.time_ns() // 1_000_000})
+        online = msgspec.json.encode({"state": "online", "ts": now_ms()})
         conn.publish(status_topic(self.sites[device], device), online, retain=True)
 
     def _publish(self, messages: list[Message]) -> None:

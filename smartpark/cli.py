@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
@@ -17,6 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.text import Text
 
+from smartpark.core.clock import now_ms
 from smartpark.core.errors import SmartparkError
 from smartpark.core.mqtt.endpoint import Endpoint
 from smartpark.core.settings import Settings, load_settings
@@ -466,7 +466,7 @@ def db_repair_rollups(
         _catalog, _registry, store = open_core(settings)
         if not isinstance(store, InfluxStore):
             _fail("the embedded store has no rollups (it aggregates raw points); nothing to repair")
-        now = time.time_ns() // 1_000_000
+        now = now_ms()
         report = repair(store, now - int(hours * 3_600_000))
     except SmartparkError as exc:
         _fail(str(exc))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smartpark.core.catalog import Catalog, load_catalog
+from smartpark.core.clock import now_ms, park_zone
 from smartpark.core.errors import ConfigError, StoreError
 from smartpark.core.mqtt import Endpoint, MessageSource, OnMessage, open_source, platform_filters
 from smartpark.core.registry import ParkFile, Registry, read_park_file
@@ -192,7 +193,7 @@ def hj212_gateway(settings: Settings, registry: Registry, catalog: Catalog, inge
                            idle_timeout_s=settings.hj212_idle_timeout_s, max_segment=settings.hj212_max_segment,
                            split_timeout_s=settings.hj212_split_timeout_s,
                            stats_interval_s=settings.ingest_stats_interval_s,
-                           timezone=park.timezone if park else "Asia/Shanghai", retention_ms=settings.retention_ms)
+                           timezone=park_zone(park).key, retention_ms=settings.retention_ms)
     gateway = Gateway(config, ingest.batcher, Identities(registry.hj212_identities), catalog,
                       codes=load_codes(catalog, settings.hj212_codes_file),
                       reference=load_reference(settings.reference_file))
@@ -341,7 +342,7 @@ class Platform:
 
             credentials = simulator_credentials(registry, devices, self.settings.data_dir / FILE_NAME).passwords
         scenario = default_scenario() if self.park_file == demo_park_path() else None  # it names demo devices
-        counters = stored_counters(store, park, catalog, time.time_ns() // 1_000_000)  # continue, never restart
+        counters = stored_counters(store, park, catalog, now_ms())  # continue, never restart
         sim = LiveSimulator(park, credentials, endpoint, interval_s=self.sim_interval_s, mqtt5=mqtt5,
                             scenario=scenario, counters=counters, hj212=self._hj212_target(park))
         sim.start()

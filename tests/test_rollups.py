@@ -4,20 +4,15 @@ repairer recomputes exactly those windows so `rp_1m`/`rp_1h` equal the raw data'
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from smartpark.core.clock import now_ms
 from smartpark.core.points import Point
 from smartpark.core.store.influx import InfluxStore, quote_ident
 from smartpark.core.store.rollups import MARKS, RollupRepairer
 
 pytestmark = pytest.mark.influx
 HOUR, MINUTE = 3_600_000, 60_000
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def late_points(start: int, hours: int) -> list[Point]:

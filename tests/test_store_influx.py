@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from smartpark.core.catalog import Catalog, Metric, default_catalog
+from smartpark.core.clock import now_ms
 from smartpark.core.errors import StoreRejected, StoreUnavailable
 from smartpark.core.points import Point
 from smartpark.core.store.base import DAY_MS, LatestValue, Series, SeriesQuery
@@ -156,7 +157,7 @@ def test_write_sends_line_protocol_with_token(gzipped: bool) -> None:
 
     with InfluxStore("http://influx.invalid:8086", "smartpark", default_catalog(), token="tok",
                      transport=httpx.MockTransport(handler), gzip_writes=gzipped) as store:
-        p = Point("energy", "s", "d", time.time_ns() // 1_000_000, {"power_kw": 1.5})  # on time: no rollup mark
+        p = Point("energy", "s", "d", now_ms(), {"power_kw": 1.5})  # on time: no rollup mark
         store.write([p])
         store.write([])  # nothing to send
     (req,) = seen
@@ -169,7 +170,7 @@ def test_write_sends_line_protocol_with_token(gzipped: bool) -> None:
 
 def test_gzipped_writes_reach_influxdb(influx_store: InfluxStore) -> None:
     with InfluxStore(influx_store.url, influx_store.database, default_catalog(), gzip_writes=True) as gz:
-        gz.write([Point("energy", "s", "d", time.time_ns() // 1_000_000 - 60_000, {"power_kw": 4.5})])
+        gz.write([Point("energy", "s", "d", now_ms() - 60_000, {"power_kw": 4.5})])
     assert [v.value for v in influx_store.latest("s")] == [4.5]
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from smartpark.core.catalog import default_catalog
+from smartpark.core.clock import now_ms
 from smartpark.core.errors import StoreUnavailable
 from smartpark.core.points import Point
 from smartpark.core.settings import Settings
@@ -41,7 +41,7 @@ def test_https_influxdb_with_the_ca_setting(https_influxd: InfluxServer, pki: Te
         store.ping()
         assert store.server_version()  # type: ignore[attr-defined]
         store.init()
-        ts = time.time_ns() // 1_000_000
+        ts = now_ms()
         store.write([Point("energy", "s", "d", ts, {"power_kw": 2.5})])  # the write path's own connections
         assert [(v.ts_ms, v.value) for v in store.latest("s")] == [(ts, 2.5)]
     finally:

@@ -7,7 +7,6 @@ import base64
 import gc
 import gzip
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from smartpark.core.catalog import default_catalog
+from smartpark.core.clock import now_ms
 from smartpark.core.errors import StoreRejected, StoreUnavailable
 from smartpark.core.points import Point
 from smartpark.core.store.influx import InfluxStore, lines
@@ -61,7 +61,7 @@ def server() -> Iterator[tuple[str, Answers]]:
 
 
 def _point(value: float = 1.5) -> Point:
-    return Point("energy", "s", "d", time.time_ns() // 1_000_000, {"power_kw": value})  # on time: no rollup mark
+    return Point("energy", "s", "d", now_ms(), {"power_kw": value})  # on time: no rollup mark
 
 
 @pytest.mark.parametrize("gzipped", [False, True])
@@ -127,7 +127,7 @@ def test_a_closed_port_is_unavailable() -> None:
 def test_a_write_leaves_no_garbage_cycle_holding_its_body(influx_store: InfluxStore) -> None:
     """httpx's request objects sit in reference cycles holding the body until a full collection, which the
     ingest makes rare (gc.freeze, a high young threshold): its memory grew ~20 MiB per 100k messages."""
-    points = [Point("energy", "s", f"d{i % 50}", time.time_ns() // 1_000_000 - i, {"power_kw": float(i)})
+    points = [Point("energy", "s", f"d{i % 50}", now_ms() - i, {"power_kw": float(i)})
               for i in range(6_000)]  # more than one request's worth (WRITE_CHUNK)
     influx_store.write(points[:10])  # connections open
     gc.collect()

@@ -8,7 +8,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -19,6 +18,7 @@ from smartpark.api.office import OfficeFigures
 from smartpark.api.overview import active_alerts, site_cards
 from smartpark.api.sessions import mint_session, revoke_session, session_principal
 from smartpark.api.site_page import energy_chart, site_page
+from smartpark.core.clock import park_zone
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "templates")
@@ -38,7 +38,7 @@ def overview(request: Request, registry: RegistryDep, store: StoreDep, catalog: 
         context["error"] = request.session.pop("login_error", None)
         return templates.TemplateResponse(request, "overview.html", context)
     sites = [s for s in registry.sites() if who.can_see(s.id)]
-    tz = ZoneInfo(park.timezone if park else "Asia/Shanghai")
+    tz = park_zone(park)
     figures = office_figures(request).get(sites) or {}
     active, alerts_ok = active_alerts(alerts, {s.id for s in sites})
     context.update(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -18,6 +17,7 @@ from smartpark.api.deps import CatalogDep, RegistryDep, SettingsDep, StoreDep, s
 from smartpark.api.errors import ERRORS, NotFound, Unprocessable
 from smartpark.api.limits import HeavyDep, check_cost
 from smartpark.api.models import SeriesPublic
+from smartpark.core.clock import now_ms
 from smartpark.core.energy import CounterRules, counter_query, energy_meters
 from smartpark.core.ids import ID_SCHEMA_PATTERN
 from smartpark.core.registry import Registry
@@ -69,7 +69,7 @@ def series(  # noqa: PLR0917 - FastAPI query parameters
         raise NotFound(f"metric {metric!r} is not in the catalog")
     if agg == "delta" and spec.kind != "counter":
         raise Unprocessable(f"agg=delta needs a counter; {metric} is a {spec.kind}")
-    end_ms = _ms(end, "end") if end else time.time_ns() // 1_000_000
+    end_ms = _ms(end, "end") if end else now_ms()
     start_ms = _ms(start, "start") if start else end_ms - 86_400_000
     every_ms = parse_every(every)
     _check_range(start_ms, end_ms, every_ms)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -30,6 +29,7 @@ from smartpark.api.models import (
     SitePublic,
     SiteUpdate,
 )
+from smartpark.core import clock
 from smartpark.core.contract import telemetry_topic
 from smartpark.core.errors import RegistryError
 
@@ -123,7 +123,7 @@ def latest(  # noqa: PLR0917 - FastAPI parameters
            who: PrincipalDep) -> list[LatestDevice]:
     """For each device, each metric's latest value, time, age, staleness and flag (N when normal)."""
     scoped_site(registry, who, site)
-    now_ms = time.time_ns() // 1_000_000
+    now_ms = clock.now_ms()
     stale_ms = settings.api_stale_after_s * 1000
     by_device: dict[str, LatestDevice] = {}
     for v in store.latest(site):

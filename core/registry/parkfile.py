@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 import yaml
 
+from smartpark.core.clock import DEFAULT_TIMEZONE
 from smartpark.core.errors import ParkFileError
 from smartpark.core.ids import ID_PATTERN, SERVICE_PREFIX, reserved_device_id
 from smartpark.core.reference import Reference, default_reference
@@ -35,7 +36,7 @@ class ParkSpec(msgspec.Struct, forbid_unknown_fields=True):
     id: Id
     name: str = ""
     region: str = "national"  # selects grid CO2 factors
-    timezone: str = "Asia/Shanghai"  # regulatory hours are local clock hours
+    timezone: str = DEFAULT_TIMEZONE  # regulatory hours are local clock hours
 
 
 class Hj212Spec(msgspec.Struct, forbid_unknown_fields=True):

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from smartpark.core.catalog import Catalog
+from smartpark.core.clock import now_ms
 from smartpark.core.errors import StoreRejected, StoreUnavailable
 from smartpark.core.points import Point
 from smartpark.core.store.base import (
@@ -309,7 +309,7 @@ class EmbeddedStore:
         return {key: tuple(prints) for key, prints in acc.items()}
 
     def latest(self, site: str, *, lookback_ms: int = 7 * DAY_MS) -> list[LatestValue]:
-        since = _now_ms() - lookback_ms
+        since = now_ms() - lookback_ms
         rows = self._conn().execute(LATEST_SQL, (site, since))
         return [LatestValue(site, dev, m, field, ts, value, flag) for dev, m, field, ts, value, flag in rows
                 if field in self.catalog]
@@ -318,5 +318,3 @@ class EmbeddedStore:
         return {site: self.latest(site, lookback_ms=lookback_ms) for site in sites}  # an index seek each
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000

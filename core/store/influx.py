@@ -14,7 +14,6 @@ Computed emission hours are kept by ``core/store/hour_cache.py``, a wrapper over
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Self
 
 import httpx
 
+from smartpark.core import clock
 from smartpark.core.catalog import Catalog
 from smartpark.core.points import Point
 from smartpark.core.store import base
@@ -134,7 +134,7 @@ class InfluxStore:
         while the next is being encoded (a write is idempotent: a failed batch is simply written again)."""
         if not points:  # line() refuses empty field sets, as check_points does for the embedded store
             return
-        now = time.time_ns() // 1_000_000
+        now = clock.now_ms()
         if len(points) <= WRITE_CHUNK:
             self.write_lines(lines(points))
         else:
@@ -146,7 +146,7 @@ class InfluxStore:
     def mark_late(self, spans: dict[str, list[tuple[int, int]]], now_ms: int | None = None) -> None:
         """Record spans written too late for the rollup CQs (after the data: see core/store/rollups.py)."""
         if spans and self._is_v1_cached():
-            self.write_lines(marks_body(spans, time.time_ns() // 1_000_000 if now_ms is None else now_ms))
+            self.write_lines(marks_body(spans, clock.now_ms() if now_ms is None else now_ms))
 
     def write_lines(self, body: bytes, *, compress: bool | None = None) -> None:
         """Write ready line protocol (ms timestamps), for bulk writers that build it themselves (backfill).

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Protocol
 
+from smartpark.core import clock
 from smartpark.core.catalog import Catalog
 from smartpark.core.errors import StoreError
 from smartpark.core.points import Point
@@ -211,7 +211,7 @@ class RollupRepairer:
             self._thread.join(timeout=30)
 
     def run_once(self, now_ms: int | None = None) -> RepairReport:
-        now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        now_ms = clock.now_ms() if now_ms is None else now_ms
         if self._watermark is None:
             self._watermark = self._stored_watermark(now_ms)
         report = repair(self.store, self._watermark, self._done)
