@@ -40,7 +40,8 @@ class Batch:
     audited: bool = False  # rewrites recorded: a retried commit must not record them twice
     done: list[Callable[[], None]] = field(default_factory=list)  # run once durable (other sources' acks)
 
-    def add(self, msg: DecodedMessage, ack: tuple[int, int]) -> None:
+    def add(self, msg: DecodedMessage, ack: tuple[int, int] | None, on_durable: Callable[[], None] | None) -> None:
+        """A message and how to acknowledge it: its broker (connection, mid), or a callback run once durable."""
         self.last = time.monotonic()
         if not self.messages:
             self.opened = self.last
@@ -50,17 +51,8 @@ class Batch:
             self.status[msg.status.device] = msg.status
         if msg.late:
             self.late += msg.late
-        self.acks.append(ack)
-        self.readings += msg.readings
-        self.messages += 1
-
-    def add_local(self, msg: DecodedMessage, on_durable: Callable[[], None] | None) -> None:
-        """A message from a source other than the broker (the HJ 212 gateway): acked by a callback."""
-        self.last = time.monotonic()
-        if not self.messages:
-            self.opened = self.last
-        self.points += msg.points
-        self.dead += msg.dead
+        if ack is not None:
+            self.acks.append(ack)
         if on_durable is not None:
             self.done.append(on_durable)
         self.readings += msg.readings
@@ -90,24 +82,22 @@ class Batcher:
         self.received = 0  # messages ever added
 
     def add(self, msg: DecodedMessage, ack: tuple[int, int]) -> None:
-        with self._lock:
-            while len(self._batch.points) >= self.high_water:
-                self._cond.wait(0.5)
-            self._batch.add(msg, ack)
-            self.received += 1
-            # The first message of a batch wakes the writer too, so that it waits out the batch's own age (or
-            # quiet time) from now, not the rest of a wait begun when there was nothing to write.
-            if len(self._batch.points) >= self.max_points or self._batch.messages == 1:
-                self._cond.notify()
+        """A message from the broker, acked by its (connection, MQTT mid) once its batch is durable."""
+        self._add(msg, ack, None)
 
     def add_local(self, msg: DecodedMessage, on_durable: Callable[[], None] | None = None) -> None:
         """As add(), for a message another source received; ``on_durable`` runs on the writer thread once the
         batch is durable (store or spool) and its dead letters recorded."""
+        self._add(msg, None, on_durable)
+
+    def _add(self, msg: DecodedMessage, ack: tuple[int, int] | None, on_durable: Callable[[], None] | None) -> None:
         with self._lock:
             while len(self._batch.points) >= self.high_water:
                 self._cond.wait(0.5)
-            self._batch.add_local(msg, on_durable)
+            self._batch.add(msg, ack, on_durable)
             self.received += 1
+            # The first message of a batch wakes the writer too, so that it waits out the batch's own age (or
+            # quiet time) from now, not the rest of a wait begun when there was nothing to write.
             if len(self._batch.points) >= self.max_points or self._batch.messages == 1:
                 self._cond.notify()
 
