@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from smartpark.core.registry import Registry
     from smartpark.core.store.base import TimeSeriesStore
     from smartpark.hj212.server import Gateway
+    from smartpark.simulators.credentials import SimulatorCredentials
 
 app = typer.Typer(help="smartpark: IoT telemetry for industrial parks (energy, emissions, greening).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -357,40 +358,48 @@ def simulate(  # noqa: PLR0917 (typer options)
         catalog, registry, store = open_core(settings)
         registry.load_park(parsed)
         win = modes.window(scen, mode, days, speed=speed)  # type: ignore[arg-type]
-        if not direct:
-            modes.check_publish_window(win, settings.window_ms)
         if direct:
             done = modes.run_backfill(store, parsed, scen, win, catalog, truth_path=truth)
             err.print(f"backfilled {done.readings:,} readings in {done.seconds:.1f} s "
                       f"({done.rate:,.0f}/s).", highlight=False)
             return
+        modes.check_publish_window(win, settings.window_ms)
         devices = [d.id for s in parsed.sites for d in s.devices]
         creds = simulator_credentials(registry, devices, settings.data_dir / FILE_NAME)
         if credentials_only:
             err.print(f"{len(devices)} simulated devices have credentials ({len(creds.provisioned)} new).",
                       highlight=False)
             return
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        if duration:
-            timer = threading.Timer(duration, stop.set)
-            timer.daemon = True
-            timer.start()
         counters = stored_counters(store, parsed, catalog, win.start_ms)  # every mode continues stored counters
         stats = modes.run_publish(parsed, scen, _endpoint(settings), win, credentials=creds.passwords,
-                                  truth_path=truth, stop=stop, counters=counters)
+                                  truth_path=truth, stop=_stop_event(duration), counters=counters)
     except SmartparkError as exc:
         _fail(str(exc))
     except (OSError, ConnectionError) as exc:
-        hint = ""
-        if creds is not None and creds.provisioned and "NOT_AUTHORIZED" in str(exc).upper().replace(" ", "_"):
-            hint = (f"; {len(creds.provisioned)} simulated devices just got credentials the broker does not know: "
-                    "run `smartpark broker export` (and --apply on a running broker), reload it, start again "
-                    "(or `smartpark simulate --credentials-only` before the export)")
-        _fail(f"MQTT {_endpoint(settings).url}: {exc}{hint}")
+        _fail(f"MQTT {_endpoint(settings).url}: {exc}{_new_credentials_hint(exc, creds)}")
     err.print(f"published {stats.messages:,} messages ({stats.readings:,} readings) in {stats.seconds:.1f} s.",
               highlight=False)
+
+
+def _stop_event(duration_s: float) -> threading.Event:
+    """Set by Ctrl-C or SIGTERM, or after ``duration_s`` (0: never)."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if duration_s:
+        timer = threading.Timer(duration_s, stop.set)
+        timer.daemon = True
+        timer.start()
+    return stop
+
+
+def _new_credentials_hint(exc: BaseException, creds: SimulatorCredentials | None) -> str:
+    """What to do when the broker refused devices that were just given credentials it cannot know yet."""
+    if creds is None or not creds.provisioned or "NOT_AUTHORIZED" not in str(exc).upper().replace(" ", "_"):
+        return ""
+    return (f"; {len(creds.provisioned)} simulated devices just got credentials the broker does not know: "
+            "run `smartpark broker export` (and --apply on a running broker), reload it, start again "
+            "(or `smartpark simulate --credentials-only` before the export)")
 
 
 @db_app.command("init")
