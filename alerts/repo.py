@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, Engine, delete, exists, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from smartpark.alerts.evaluate import State
@@ -115,13 +116,19 @@ class AlertRepo:
         """The tables at start-up (the migrations', brought to the head: nothing to do when there, so no reader
         meets a missing table later), then the default rules, the first time only (an admin may delete them)."""
         upgrade_schema(self.engine)
-        with self.session() as s:
-            if s.get(AlertState, SEED_MARK) is not None:
-                return
-            for spec in defaults:
-                if s.get(AlertRule, spec.id) is None:
-                    s.add(_rule_row(spec))
-            s.add(AlertState(rule_id=SEED_MARK[0], subject=SEED_MARK[1], data={"at": now_ms()}))
+        try:
+            with self.session() as s:
+                if s.get(AlertState, SEED_MARK) is not None:
+                    return
+                for spec in defaults:
+                    if s.get(AlertRule, spec.id) is None:
+                        s.add(_rule_row(spec))
+                s.add(AlertState(rule_id=SEED_MARK[0], subject=SEED_MARK[1], data={"at": now_ms()}))
+        except IntegrityError:
+            # the API and the alert engine start together on a new database: the other one seeded first
+            with self.session() as s:
+                if s.get(AlertState, SEED_MARK) is None:
+                    raise
 
     # --- rules
     def rules(self) -> list[RuleSpec]:

@@ -30,7 +30,7 @@ def now_ms() -> int:
 @lru_cache(maxsize=16)
 def zone(name: str | None = None) -> ZoneInfo:
     """The zone called ``name`` (None: DEFAULT_TIMEZONE); a name that is not an IANA zone raises."""
-    return ZoneInfo(name or DEFAULT_TIMEZONE)
+    return ZoneInfo(DEFAULT_TIMEZONE if name is None else name)
 
 
 def park_zone(park: _Zoned | None) -> ZoneInfo:

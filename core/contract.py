@@ -187,11 +187,10 @@ class ReadingDecoder:
             if (env.readings is None and metrics is not None and type(ts) is int and not env.flags
                     and now_ms - self.window_ms <= ts <= now_ms + FUTURE_TOLERANCE_MS and self._in_bounds(metrics)):
                 return ts, metrics
-            if env.readings is not None:  # a batch, typed already: not decoded twice
-                try:
-                    return self._from_envelope(site, device, env, now_ms)
-                except (RecursionError, ValueError) as exc:
-                    return _undecodable(exc)
+            try:  # anything else, typed already: not decoded twice
+                return self._from_envelope(site, device, env, now_ms)
+            except (RecursionError, ValueError) as exc:
+                return _undecodable(exc)
         return self.decode(site, device, payload, now_ms)
 
     def _decode(self, site: str, device: str, payload: bytes, now_ms: int) -> Decoded:

@@ -200,7 +200,9 @@ class Settings(BaseSettings):
     """A batch is written at the latest this long after its first reading arrived."""
     ingest_batch_quiet_s: float = Field(0.05, ge=0, le=60)
     """A batch is also written once no message came for this long: the end of a burst is stored at once
-    instead of after SMARTPARK_INGEST_BATCH_AGE_S (a steady stream never pauses that long). 0: size and age only."""
+    instead of after SMARTPARK_INGEST_BATCH_AGE_S. A stream of more than ~20 messages a second park-wide never
+    pauses that long and still fills its batches; a sparse one writes more, smaller batches (at most 1 / this
+    many a second). 0: size and age only."""
     ingest_metrics_port: int = Field(9108, ge=0, le=65535)
     """Port of the standalone ingest's Prometheus /metrics endpoint (0: off). Inside `smartpark up`, see the API."""
     rollup_repair_interval_s: float = Field(60.0, ge=0)
@@ -263,8 +265,8 @@ class Settings(BaseSettings):
     """Relay every accepted raw packet to these upstream platforms (the authority's), `host:port,host:port`;
     store-and-forward: packets wait in the data dir while an upstream is down. Empty: no relay."""
     hj212_flush_quiet_s: float = Field(0.02, ge=0, le=60)
-    """`smartpark hj212`: its writer writes a batch once no packet waiting for an answer came for this long
-    (units send nothing more until answered), else after SMARTPARK_INGEST_BATCH_AGE_S. 0: batch age only.
+    """`smartpark hj212`: its writer writes a batch once no packet came for this long (units waiting for an
+    answer send nothing more until answered), else after SMARTPARK_INGEST_BATCH_AGE_S. 0: batch age only.
     Inside `smartpark up` the gateway shares the ingest's writer, its batch age and SMARTPARK_INGEST_BATCH_QUIET_S."""
     hj212_codes_file: Path | None = None
     """An HJ 212 code table (code -> catalog metric) to use instead of the built-in one."""

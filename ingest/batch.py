@@ -71,7 +71,8 @@ class Batcher:
         """``quiet_s`` > 0: a batch is also due once no message came for that long: a burst that ended (devices
         publishing on the same tick, a gateway's flush, the last messages before a lull) need not wait out
         ``max_age_s``, and senders that wait for their answer (HJ 212 units) send nothing more until the batch
-        is written. A steady stream never pauses that long: its batches still fill to ``max_points``."""
+        is written. A dense stream never pauses that long and still fills its batches to ``max_points``; a sparse
+        one writes at most one batch per ``quiet_s``."""
         self.max_points = max_points
         self.high_water = 4 * max_points
         self.max_age_s = max_age_s

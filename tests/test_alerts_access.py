@@ -187,3 +187,39 @@ def test_subscription_edits_go_through_the_interface(tmp_path: Path) -> None:
     assert (again.enabled, again.disabled_reason, again.url) == (True, "", "https://93.184.215.14/hook")
     assert access.update_subscription("wh_nope", enabled=True) is None
     registry.close()
+
+
+def test_the_api_and_the_engine_seeding_a_new_database_together_both_start(tmp_path: Path) -> None:
+    """Both seed the default rules at start-up (compose starts them together): the one that commits second
+    found the rows taken (IntegrityError) and its start-up failed, 19 times in 20."""
+    import threading
+
+    from smartpark.alerts.repo import AlertRepo
+    from smartpark.alerts.rules import default_rules
+    from smartpark.core.reference import default_reference
+
+    rules = list(default_rules(default_reference()))
+    for trial in range(8):
+        url = f"sqlite:///{tmp_path / f'meta-{trial}.sqlite'}"
+        Registry(url).init()
+        registries = [Registry(url) for _ in range(2)]
+        gate = threading.Barrier(2)
+        errors: list[Exception] = []
+
+        def start(registry: Registry, gate: threading.Barrier, errors: list[Exception]) -> None:
+            repo = AlertRepo(registry.engine)
+            gate.wait()
+            try:
+                repo.init(rules)
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(r, gate, errors)) for r in registries]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert sorted(r.id for r in AlertRepo(registries[0].engine).rules()) == sorted(r.id for r in rules)
+        for r in registries:
+            r.close()

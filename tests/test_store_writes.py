@@ -15,7 +15,7 @@ import pytest
 
 from smartpark.core.catalog import default_catalog
 from smartpark.core.clock import now_ms
-from smartpark.core.errors import StoreRejected, StoreUnavailable
+from smartpark.core.errors import ConfigError, StoreRejected, StoreUnavailable
 from smartpark.core.points import Point
 from smartpark.core.store.influx import InfluxStore, lines
 
@@ -137,3 +137,33 @@ def test_a_write_leaves_no_garbage_cycle_holding_its_body(influx_store: InfluxSt
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_a_connection_idle_too_long_is_opened_anew(server: tuple[str, Answers],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NAT or load balancer may drop an idle connection silently: past IDLE_S a write does not trust it."""
+    from smartpark.core.store import influx_http
+
+    url, answers = server
+    monkeypatch.setattr(influx_http, "IDLE_S", 0.0)
+    with InfluxStore(url, "smartpark", default_catalog()) as store:
+        for i in range(3):
+            store.write([_point(i)])
+    assert len(answers.connections) == 3
+
+
+def test_a_credential_with_a_line_break_is_a_config_error_that_does_not_show_it(server: tuple[str, Answers]) -> None:
+    url, _ = server
+    with pytest.raises(ConfigError) as info:
+        InfluxStore(url, "smartpark", default_catalog(), token="s3cr3t-token\n")
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_a_closed_store_does_not_write(server: tuple[str, Answers]) -> None:
+    url, answers = server
+    store = InfluxStore(url, "smartpark", default_catalog())
+    store.write([_point()])
+    store.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        store.write([_point()])
+    assert len(answers.seen) == 1

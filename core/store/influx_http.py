@@ -12,8 +12,9 @@ CPU on each (a 2,500-point body), http.client ~0.27 ms (bench/bench_ingest.py: ~
 messages); and httpx's request objects sit in reference cycles (its connection pool's events) that hold the
 body until a full garbage collection: at ingest rates hundreds of KiB a batch, the ingest's memory grew by
 ~20 MiB per 100k messages. ``WriteConnections`` keeps one keep-alive ``http.client`` connection per writing
-thread, with the same TLS verification, credentials, timeout and typed errors; a connection the server closed
-while idle is reopened once (a write is idempotent). Queries stay on httpx (few, and its API is worth it).
+thread, with the same TLS context (one for reads and writes: the CA file or the system CAs), credentials,
+timeout and typed errors; a connection idle for IDLE_S is opened anew, and one the server closed meanwhile is
+reopened once (a write is idempotent). Queries stay on httpx (few, and its API is worth it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import http.client
 import json
 import ssl
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -31,13 +33,15 @@ from urllib.request import getproxies, proxy_bypass
 
 import httpx
 
-from smartpark.core.errors import StoreError, StoreRejected, StoreUnavailable
+from smartpark.core.errors import ConfigError, StoreError, StoreRejected, StoreUnavailable
 from smartpark.core.redact import split_credentials
 from smartpark.core.tls import TlsFiles, tls_context
 
 __all__ = ["InfluxHttp", "WriteConnections"]
 
 _RETRY_ON_REUSE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.BadStatusLine)
+IDLE_S = 5.0  # a write connection idle longer is opened anew (as httpx's pool did): a NAT or a load balancer
+# may have dropped it silently, and the write would wait out the whole timeout before failing
 
 
 def _error_text(status: int, reason: str, body: bytes) -> str:
@@ -71,14 +75,16 @@ def _proxied(url: str) -> bool:
     return bool(proxies.get(parts.scheme) or proxies.get("all")) and not proxy_bypass(parts.hostname or "")
 
 
-def _verify(url: str, ca_file: Path | None) -> ssl.SSLContext | bool:
-    """How httpx verifies the server: the CA file's context, or the system CAs for https://. For http:// an empty
-    (still verifying) context: nothing is verified on plain HTTP, and httpx's default would load the certifi
-    bundle into every process (~3 MiB of the ingest's memory)."""
-    if ca_file is not None:
+def _is_https(url: str) -> bool:
+    return urlsplit(url).scheme == "https"  # urlsplit lowers the scheme: HTTPS:// is https too
+
+
+def _verify(url: str, ca_file: Path | None) -> ssl.SSLContext:
+    """The one verifying context of reads and writes: the CA file, or the system CAs (not httpx's certifi
+    bundle: reads and writes must trust the same CAs). For http:// an empty context, which verifies nothing
+    because nothing is encrypted (httpx's default would load certifi into every process: ~3 MiB)."""
+    if ca_file is not None or _is_https(url):
         return tls_context(TlsFiles(ca_file))
-    if url.startswith("https://"):
-        return True
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
@@ -103,13 +109,14 @@ class InfluxHttp:
             headers["Authorization"] = f"Token {token}"
         elif username:
             auth = httpx.BasicAuth(username, password)
+        verify = _verify(self.url, ca_file)
         self._client = httpx.Client(base_url=self.url, headers=headers, auth=auth, timeout=timeout_s,
-                                    transport=transport, verify=_verify(self.url, ca_file))
+                                    transport=transport, verify=verify)
         # writes: lean connections of their own, unless the network is replaced (tests) or a proxy is configured
         # for InfluxDB (httpx honours the proxy environment, http.client does not)
         self._writes = None if transport is not None or _proxied(self.url) else WriteConnections(
             self.url, headers=headers, username="" if token else username, password=password, timeout_s=timeout_s,
-            tls=tls_context(TlsFiles(ca_file)) if self.url.startswith("https://") else None)
+            tls=verify if _is_https(self.url) else None)
 
     def write(self, params: dict[str, str], body: bytes, *, compress: bool) -> None:
         """POST /write of line protocol (gzip'd when ``compress``); raises StoreUnavailable or StoreRejected."""
@@ -208,9 +215,13 @@ class WriteConnections:
         if username and "Authorization" not in self._headers:
             token = base64.b64encode(f"{username}:{password}".encode()).decode()
             self._headers["Authorization"] = f"Basic {token}"
-        self._local = threading.local()
+        if any(c in value for value in self._headers.values() for c in "\r\n\0"):
+            # http.client would refuse each request with the header (the credential) in its message
+            raise ConfigError("the InfluxDB credentials contain a line break or NUL")
+        self._local = threading.local()  # .conn, .used: this thread's connection and when it was last used
         self._open: set[http.client.HTTPConnection] = set()
         self._lock = threading.Lock()
+        self._closed = False
 
     def write(self, params: dict[str, str], body: bytes, *, compress: bool) -> None:
         """One /write request; raises StoreUnavailable or StoreRejected."""
@@ -223,10 +234,17 @@ class WriteConnections:
             raise _status_error("/write", status, reason, answer)
 
     def _post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, bytes]:
+        if self._closed:
+            raise StoreUnavailable(f"InfluxDB {self.url}/write: the store is closed")
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        now = time.monotonic()
+        if conn is not None and now - self._local.used > IDLE_S:
+            self._drop(conn)
+            conn = None
         reused = conn is not None
         if conn is None:
             conn = self._connect()
+        self._local.used = now
         try:
             try:
                 return self._exchange(conn, path, body, headers)
@@ -245,6 +263,9 @@ class WriteConnections:
         except (OSError, http.client.HTTPException) as exc:
             self._drop(conn)
             raise StoreUnavailable(f"InfluxDB {self.url}/write: {type(exc).__name__}: {exc}") from exc
+        except BaseException:  # whatever else: the connection is in an unknown state
+            self._drop(conn)
+            raise
 
     @staticmethod
     def _exchange(conn: http.client.HTTPConnection, path: str, body: bytes,
@@ -275,6 +296,7 @@ class WriteConnections:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             conns, self._open = self._open, set()
         for conn in conns:
             conn.close()

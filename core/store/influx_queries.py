@@ -19,7 +19,7 @@ from smartpark.core.store.base import DAY_MS, HOUR_MS, MINUTE_MS
 from smartpark.core.store.influx_http import InfluxHttp
 from smartpark.core.store.line_protocol import quote_ident, quote_literal
 
-__all__ = ["EXACT_REQUESTS", "LATEST_REQUESTS", "LOOKUP_SPAN_MS", "LOOKUP_STATEMENTS", "InfluxQueries"]
+__all__ = ["InfluxQueries"]
 
 # stored_fields: times of one series closer than this are read in one range; statements per request
 LOOKUP_SPAN_MS = 15 * MINUTE_MS
