@@ -155,7 +155,8 @@ class UpProcess:
     def __init__(self, tmp_path: Path, *args: str, ignore_sigint: bool = False) -> None:
         self.log = tmp_path / f"up-{free_port()}.log"
         self.api_port = free_port()
-        env = _env(tmp_path, SMARTPARK_API_PORT=str(self.api_port), SMARTPARK_MQTT_EMBEDDED_PORT=str(free_port()))
+        env = _env(tmp_path, SMARTPARK_API_PORT=str(self.api_port), SMARTPARK_MQTT_EMBEDDED_PORT=str(free_port()),
+                   SMARTPARK_HJ212_PORT=str(free_port()))  # not 9212: another smartpark on the machine may hold it
         # A shell starts a background job (`smartpark up &`) with SIGINT ignored; the child inherits that.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore_sigint else None
         try:
