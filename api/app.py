@@ -76,10 +76,7 @@ def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore
         app.state.metrics_registries = list(metrics)
         app.state.reference = reference or load_reference(settings.reference_file)
         await asyncio.to_thread(alert_access.start, app.state.reference)  # tables before any request
-        warmer = KpiWarmer(registry, cache, app.state.reference) if settings.api_warm_kpis and cache else None
-        if warmer:
-            warmer.start()
-        app.state.kpi_warmer = warmer
+        app.state.kpi_warmer = warmer = _started_warmer(settings, registry, cache, app.state.reference)
         try:
             yield
         finally:
@@ -90,6 +87,24 @@ def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore
                   description="Sites, series and KPIs of an industrial park's energy, emissions and greening.")
     alert_access = app.state.alerts = AlertAccess(registry.engine, settings)  # the API's one way in to the alert tables
     install_error_handlers(app)
+    _add_middleware(app, settings)
+    app.state.limits = KeyLimits(settings)
+    for module in (health, sites, devices, series, daily, kpis, screening, reports, keys, page, alerts, audit):
+        app.include_router(module.router)
+    return app
+
+
+def _started_warmer(settings: Settings, registry: Registry, cache: HourCache | None,
+                    reference: Reference) -> KpiWarmer | None:
+    """The thread that keeps the hour cache warm with the KPIs, when both are configured."""
+    warmer = KpiWarmer(registry, cache, reference) if settings.api_warm_kpis and cache else None
+    if warmer:
+        warmer.start()
+    return warmer
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    """Sessions, security headers and the body limit, the last added the outermost (before any auth)."""
     # the overview page's login: a signed cookie holding a session token (api/sessions.py, never the API key);
     # a random secret per process in development (settings refuse a missing or placeholder one in production)
     settings.check_session_secret()
@@ -98,8 +113,4 @@ def create_app(settings: Settings, *, registry: Registry, store: TimeSeriesStore
                        session_cookie="smartpark_session", same_site="strict", max_age=SESSION_TTL_S,
                        always_secure=settings.api_secure_cookie == "always")
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)  # outermost: before any auth
-    app.state.limits = KeyLimits(settings)
-    for module in (health, sites, devices, series, daily, kpis, screening, reports, keys, page, alerts, audit):
-        app.include_router(module.router)
-    return app
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)

@@ -95,6 +95,22 @@ class _Device:
         return status_topic(self.site, self.id)
 
 
+def _check_scenario(park: ParkFile, scenario: Scenario | None) -> None:
+    """A scenario's devices and metrics checked against the park now, not later in the driver thread."""
+    if scenario is not None:
+        from smartpark.simulators.timeline import Timeline
+
+        Timeline(park, scenario, 0)
+
+
+def _log_uncredentialed(devices: list[str], credentials: dict[str, str]) -> None:
+    """One error naming (the first few of) the devices that cannot be simulated for want of a password."""
+    missing = [d for d in devices if d not in credentials]
+    if missing:
+        log.error("%d devices have no MQTT credentials and are not simulated: %s%s", len(missing),
+                  ", ".join(missing[:5]), ", ..." if len(missing) > 5 else "")
+
+
 class LiveSimulator:
     """Publishes a reading per device every ``interval_s`` to a broker; ``start()`` returns at once.
 
@@ -128,10 +144,7 @@ class LiveSimulator:
         self.model.resume(self._counters)
         self.park, self.scenario = park, scenario
         self._delivery: Delivery | None = None
-        if scenario is not None:  # check its devices and metrics now, not in the driver thread
-            from smartpark.simulators.timeline import Timeline
-
-            Timeline(park, scenario, 0)
+        _check_scenario(park, scenario)
         self.endpoint = endpoint
         self.host, self.port = endpoint.host, endpoint.port
         self.interval_s = interval_s
@@ -147,10 +160,7 @@ class LiveSimulator:
         self._broker_backoff_s = 1.0
         self._lost_logged_at = -math.inf
         refs = self.model.devices
-        missing = [r.device.id for r in refs if r.device.id not in credentials]
-        if missing:
-            log.error("%d devices have no MQTT credentials and are not simulated: %s%s", len(missing),
-                      ", ".join(missing[:5]), ", ..." if len(missing) > 5 else "")
+        _log_uncredentialed([r.device.id for r in refs], credentials)
         self._units = self._hj212_units(hj212)
         self._devices = {r.device.id: self._device(r, credentials[r.device.id])
                          for r in refs if r.device.id in credentials and r.device.id not in self._units}

@@ -26,9 +26,10 @@ if TYPE_CHECKING:
 
     from smartpark.alerts.engine import AlertEngine
     from smartpark.core.catalog import Catalog
-    from smartpark.core.registry import Registry
+    from smartpark.core.registry import ParkFile, Registry
     from smartpark.core.store.base import TimeSeriesStore
     from smartpark.hj212.server import Gateway
+    from smartpark.simulators.backfill import BackfillResult
     from smartpark.simulators.credentials import SimulatorCredentials
 
 app = typer.Typer(help="smartpark: IoT telemetry for industrial parks (energy, emissions, greening).",
@@ -142,6 +143,19 @@ def _endpoint(settings: Settings) -> Endpoint:
     return endpoint
 
 
+def _subscriber_settings(verbose: bool, up_also: str = "") -> tuple[Settings, threading.Event]:
+    """Settings of a standalone service that subscribes to SMARTPARK_MQTT_URL (which must be set), and the
+    signal handling that stops it."""
+    settings = _settings(verbose)
+    if settings.mqtt is None:
+        _fail(f"set SMARTPARK_MQTT_URL (the embedded broker only runs inside `smartpark up`{up_also})")
+    return settings, _stop_on_signals()
+
+
+def _announce_subscribed(service: str, settings: Settings, client_id: str) -> None:
+    err.print(f"{service} subscribed to {_endpoint(settings).url} as {client_id}; Ctrl-C stops.", highlight=False)
+
+
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 
@@ -188,10 +202,7 @@ def ingest(verbose: Verbose = False) -> None:
     from smartpark.ingest.service import IngestService
     from smartpark.platform import rollup_repairer
 
-    settings = _settings(verbose)
-    if settings.mqtt is None:
-        _fail("set SMARTPARK_MQTT_URL (the embedded broker only runs inside `smartpark up`)")
-    stop = _stop_on_signals()
+    settings, stop = _subscriber_settings(verbose)
 
     def start(catalog: Catalog, registry: Registry, store: TimeSeriesStore) -> IngestService:
         service = IngestService(settings, store, registry, catalog, endpoint=_endpoint(settings),
@@ -202,8 +213,7 @@ def ingest(verbose: Verbose = False) -> None:
     service = _started(settings, start)
     _serve_metrics(settings.ingest_metrics_port, settings.ingest_metrics_host, service.stats.registry,
                    "SMARTPARK_INGEST_METRICS_HOST / SMARTPARK_INGEST_METRICS_PORT", service.stop)
-    err.print(f"ingest subscribed to {_endpoint(settings).url} as {settings.ingest_client_id}; "
-              "Ctrl-C stops.", highlight=False)
+    _announce_subscribed("ingest", settings, settings.ingest_client_id)
     repairer = rollup_repairer(settings, service.store)
     _until_stopped(stop)
     if repairer is not None:
@@ -263,10 +273,7 @@ def alerts(verbose: Verbose = False) -> None:
     """Run the alert engine: rules on its own subscription to SMARTPARK_MQTT_URL, webhooks from its outbox."""
     from smartpark.platform import alert_engine
 
-    settings = _settings(verbose)
-    if settings.mqtt is None:
-        _fail("set SMARTPARK_MQTT_URL (the embedded broker only runs inside `smartpark up`, which runs alerts too)")
-    stop = _stop_on_signals()
+    settings, stop = _subscriber_settings(verbose, ", which runs alerts too")
 
     def start(catalog: Catalog, registry: Registry, store: TimeSeriesStore) -> AlertEngine:
         engine = alert_engine(settings, registry, store, catalog, endpoint=_endpoint(settings), mqtt5=settings.mqtt_v5)
@@ -274,8 +281,7 @@ def alerts(verbose: Verbose = False) -> None:
         return engine
 
     engine = _started(settings, start)
-    err.print(f"alert engine subscribed to {_endpoint(settings).url} as "
-              f"{settings.alerts_client_id}; Ctrl-C stops.", highlight=False)
+    _announce_subscribed("alert engine", settings, settings.alerts_client_id)
     _until_stopped(stop)
     engine.stop()
 
@@ -314,25 +320,27 @@ def report(
     err.print(f"wrote {output} ({output.stat().st_size} bytes)", highlight=False)
 
 
+ScenarioFile = Annotated[Path | None, typer.Option(help="Scenario YAML (default: the demo scenario).")]
+Mode = Annotated[str, typer.Option(help="live (real time), accelerated (a day per minute) or backfill.")]
+Days = Annotated[float, typer.Option(help="Days of history (accelerated and backfill end now).")]
+TruthFile = Annotated[Path | None, typer.Option(help="Write the ground truth (JSON lines) here.")]
+Seed = Annotated[int | None, typer.Option(help="Random seed (default: the scenario's).")]
+ScenarioPark = Annotated[Path | None, typer.Option(help="Park file (default: the scenario's, else the demo park).")]
+PlantInterval = Annotated[float | None, typer.Option(help="Seconds of plant time between readings.")]
+Speed = Annotated[float, typer.Option(help="Accelerated: plant seconds per real second.")]
+Publish = Annotated[bool, typer.Option(help="Backfill over MQTT instead of straight into the store.")]
+Duration = Annotated[float, typer.Option(
+    help="Stop publishing after this many seconds (0: until the run ends, or Ctrl-C).", min=0)]
+CredentialsOnly = Annotated[bool, typer.Option(
+    help="Only give the park's devices their MQTT credentials (kept in DATA_DIR), then exit: run it before "
+         "`smartpark broker export`.")]
+
+
 @app.command()
 def simulate(  # noqa: PLR0917 (typer options)
-    scenario: Annotated[Path | None, typer.Option(help="Scenario YAML (default: the demo scenario).")] = None,
-    mode: Annotated[str, typer.Option(help="live (real time), accelerated (a day per minute) or backfill.")
-                    ] = "live",
-    days: Annotated[float, typer.Option(help="Days of history (accelerated and backfill end now).")] = 1.0,
-    truth: Annotated[Path | None, typer.Option(help="Write the ground truth (JSON lines) here.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (default: the scenario's).")] = None,
-    park: Annotated[Path | None, typer.Option(help="Park file (default: the scenario's, else the demo park).")
-                    ] = None,
-    interval: Annotated[float | None, typer.Option(help="Seconds of plant time between readings.")] = None,
-    speed: Annotated[float, typer.Option(help="Accelerated: plant seconds per real second.")] = 1440.0,
-    publish: Annotated[bool, typer.Option(help="Backfill over MQTT instead of straight into the store.")
-                       ] = False,
-    duration: Annotated[float, typer.Option(help="Stop publishing after this many seconds (0: until the run "
-                                                 "ends, or Ctrl-C).", min=0)] = 0.0,
-    credentials_only: Annotated[bool, typer.Option(
-        help="Only give the park's devices their MQTT credentials (kept in DATA_DIR), then exit: run it before "
-             "`smartpark broker export`.")] = False,
+    scenario: ScenarioFile = None, mode: Mode = "live", days: Days = 1.0, truth: TruthFile = None,
+    seed: Seed = None, park: ScenarioPark = None, interval: PlantInterval = None, speed: Speed = 1440.0,
+    publish: Publish = False, duration: Duration = 0.0, credentials_only: CredentialsOnly = False,
     verbose: Verbose = False,
 ) -> None:
     """Run a scenario: publish to SMARTPARK_MQTT_URL (live, accelerated) or backfill the configured store.
@@ -343,15 +351,10 @@ def simulate(  # noqa: PLR0917 (typer options)
     """
     from smartpark.platform import demo_park_path, open_core
     from smartpark.simulators import modes
-    from smartpark.simulators.credentials import FILE_NAME, simulator_credentials
     from smartpark.simulators.resume import stored_counters
 
     settings = _settings(verbose)
-    if mode not in ("live", "accelerated", "backfill"):
-        _fail(f"--mode must be live, accelerated or backfill, not {mode!r}")
-    direct = mode == "backfill" and not publish and not credentials_only
-    if not direct and not credentials_only and settings.mqtt is None:
-        _fail("set SMARTPARK_MQTT_URL (or use `smartpark up`, which simulates on the embedded broker)")
+    direct = _check_simulate_mode(settings, mode, publish=publish, credentials_only=credentials_only)
     creds = None
     try:
         parsed, scen = modes.load_run(scenario, park, demo_park_path(), seed=seed, interval_s=interval)
@@ -359,16 +362,11 @@ def simulate(  # noqa: PLR0917 (typer options)
         registry.load_park(parsed)
         win = modes.window(scen, mode, days, speed=speed)  # type: ignore[arg-type]
         if direct:
-            done = modes.run_backfill(store, parsed, scen, win, catalog, truth_path=truth)
-            err.print(f"backfilled {done.readings:,} readings in {done.seconds:.1f} s "
-                      f"({done.rate:,.0f}/s).", highlight=False)
+            _report_backfill(modes.run_backfill(store, parsed, scen, win, catalog, truth_path=truth))
             return
         modes.check_publish_window(win, settings.window_ms)
-        devices = [d.id for s in parsed.sites for d in s.devices]
-        creds = simulator_credentials(registry, devices, settings.data_dir / FILE_NAME)
+        creds = _simulator_credentials(settings, registry, parsed, announce=credentials_only)
         if credentials_only:
-            err.print(f"{len(devices)} simulated devices have credentials ({len(creds.provisioned)} new).",
-                      highlight=False)
             return
         counters = stored_counters(store, parsed, catalog, win.start_ms)  # every mode continues stored counters
         stats = modes.run_publish(parsed, scen, _endpoint(settings), win, credentials=creds.passwords,
@@ -379,6 +377,35 @@ def simulate(  # noqa: PLR0917 (typer options)
         _fail(f"MQTT {_endpoint(settings).url}: {exc}{_new_credentials_hint(exc, creds)}")
     err.print(f"published {stats.messages:,} messages ({stats.readings:,} readings) in {stats.seconds:.1f} s.",
               highlight=False)
+
+
+def _check_simulate_mode(settings: Settings, mode: str, *, publish: bool, credentials_only: bool) -> bool:
+    """Whether the run writes straight into the store (a backfill not over MQTT); fails on a bad mode, or on
+    a run that publishes without a broker to publish to."""
+    if mode not in ("live", "accelerated", "backfill"):
+        _fail(f"--mode must be live, accelerated or backfill, not {mode!r}")
+    direct = mode == "backfill" and not publish and not credentials_only
+    if not direct and not credentials_only and settings.mqtt is None:
+        _fail("set SMARTPARK_MQTT_URL (or use `smartpark up`, which simulates on the embedded broker)")
+    return direct
+
+
+def _report_backfill(done: BackfillResult) -> None:
+    err.print(f"backfilled {done.readings:,} readings in {done.seconds:.1f} s ({done.rate:,.0f}/s).",
+              highlight=False)
+
+
+def _simulator_credentials(settings: Settings, registry: Registry, parsed: ParkFile, *,
+                           announce: bool) -> SimulatorCredentials:
+    """The simulated devices' MQTT credentials, new ones only for devices without valid ones."""
+    from smartpark.simulators.credentials import FILE_NAME, simulator_credentials
+
+    devices = [d.id for s in parsed.sites for d in s.devices]
+    creds = simulator_credentials(registry, devices, settings.data_dir / FILE_NAME)
+    if announce:
+        err.print(f"{len(devices)} simulated devices have credentials ({len(creds.provisioned)} new).",
+                  highlight=False)
+    return creds
 
 
 def _stop_event(duration_s: float) -> threading.Event:
@@ -559,20 +586,24 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (`keys 
     sys.stderr.write(f"key {key_id} revoked.\n")
 
 
+ExportDir = Annotated[Path, typer.Argument(help="Where to write the files (a directory of their own).")]
+ServicesFile = Annotated[Path | None, typer.Option(
+    help="Service accounts, `name:password` per line (names begin with smartpark-; smartpark-admin may use "
+         "the dynamic-security control topic).")]
+BrokerDir = Annotated[Path | None, typer.Option(
+    help="DIR as the broker sees it, when it mounts it elsewhere (paths in smartpark.conf).")]
+DynsecPlugin = Annotated[str | None, typer.Option(
+    help="Path of mosquitto_dynamic_security.so as the broker sees it (default: found here, else the "
+         "eclipse-mosquitto image's).")]
+ApplyToBroker = Annotated[bool, typer.Option(
+    help="Also update a running broker's identities over the control topic (as smartpark-admin); then "
+         "send it SIGHUP to reload passwords.")]
+
+
 @broker_app.command("export")
 def broker_export(
-    directory: Annotated[Path, typer.Argument(help="Where to write the files (a directory of their own).")],
-    services_file: Annotated[Path | None, typer.Option(
-        help="Service accounts, `name:password` per line (names begin with smartpark-; smartpark-admin may use "
-             "the dynamic-security control topic).")] = None,
-    broker_dir: Annotated[Path | None, typer.Option(
-        help="DIR as the broker sees it, when it mounts it elsewhere (paths in smartpark.conf).")] = None,
-    plugin: Annotated[str | None, typer.Option(
-        help="Path of mosquitto_dynamic_security.so as the broker sees it (default: found here, else the "
-             "eclipse-mosquitto image's).")] = None,
-    apply: Annotated[bool, typer.Option(
-        help="Also update a running broker's identities over the control topic (as smartpark-admin); then "
-             "send it SIGHUP to reload passwords.")] = False,
+    directory: ExportDir, services_file: ServicesFile = None, broker_dir: BrokerDir = None,
+    plugin: DynsecPlugin = None, apply: ApplyToBroker = False,
 ) -> None:
     """Write what Mosquitto 2 needs to enforce the registry: passwd, acl, dynamic-security.json, smartpark.conf.
 
@@ -580,7 +611,7 @@ def broker_export(
     service account. A running broker: `--apply`, then SIGHUP (see README, "The production broker").
     """
     from smartpark.core.registry import Registry
-    from smartpark.mosquitto import ADMIN_USER, apply_dynsec, write_export
+    from smartpark.mosquitto import write_export
 
     settings = _settings()
     services = _service_accounts(settings, services_file)
@@ -591,15 +622,22 @@ def broker_export(
         err.print(f"wrote {directory}/smartpark.conf, passwd, acl, dynamic-security.json: {done.devices} devices "
                   f"with credentials, {done.services} service account(s).", highlight=False)
         if apply:
-            if settings.mqtt is None or ADMIN_USER not in services:
-                _fail(f"--apply needs SMARTPARK_MQTT_URL and {ADMIN_USER} in --services-file")
-            changed = apply_dynsec(settings.mqtt.host, settings.mqtt.port, services[ADMIN_USER], registry, services)
-            err.print(f"applied to {settings.mqtt.host}:{settings.mqtt.port}: {changed['created']} identities "
-                      f"added, {changed['disabled']} disabled.", highlight=False)
+            _apply_to_broker(settings, registry, services)
     except SmartparkError as exc:
         _fail(str(exc))
     err.print("Reload passwords: kill -HUP <mosquitto pid> (compose: docker compose kill -s HUP mosquitto).",
               highlight=False)
+
+
+def _apply_to_broker(settings: Settings, registry: Registry, services: dict[str, str]) -> None:
+    """Bring a running broker's dynamic-security identities in line with the registry, as smartpark-admin."""
+    from smartpark.mosquitto import ADMIN_USER, apply_dynsec
+
+    if settings.mqtt is None or ADMIN_USER not in services:
+        _fail(f"--apply needs SMARTPARK_MQTT_URL and {ADMIN_USER} in --services-file")
+    changed = apply_dynsec(settings.mqtt.host, settings.mqtt.port, services[ADMIN_USER], registry, services)
+    err.print(f"applied to {settings.mqtt.host}:{settings.mqtt.port}: {changed['created']} identities "
+              f"added, {changed['disabled']} disabled.", highlight=False)
 
 
 def _service_accounts(settings: Settings, services_file: Path | None) -> dict[str, str]:

@@ -17,6 +17,7 @@ from smartpark.api.deps import CatalogDep, RegistryDep, SettingsDep, StoreDep, s
 from smartpark.api.errors import ERRORS, NotFound, Unprocessable
 from smartpark.api.limits import HeavyDep, check_cost
 from smartpark.api.models import SeriesPublic
+from smartpark.core.catalog import Catalog, Metric
 from smartpark.core.clock import now_ms
 from smartpark.core.energy import CounterRules, counter_query, energy_meters
 from smartpark.core.ids import ID_SCHEMA_PATTERN
@@ -42,6 +43,12 @@ def parse_every(every: str) -> int:
     return int(match.group(1)) * _UNITS_MS[match.group(2)]
 
 
+Agg = Annotated[Literal["mean", "min", "max", "last", "sum", "count", "delta"], Query(
+    description="`delta`: a counter's consumption per window, as the KPIs count it (README \"Counter rules\"): "
+                "a decrease is a reset and the reading after it counts; implausible steps and gaps do not; "
+                "windows start at `start`")]
+
+
 @router.get("/series", response_model=list[SeriesPublic], responses={
     200: {"content": {"text/csv": {"example": CSV_EXAMPLE}}, "description": "JSON, or CSV with format=csv or "
           "Accept: text/csv"}, 429: ERRORS[429]})
@@ -53,10 +60,7 @@ def series(  # noqa: PLR0917 - FastAPI query parameters
     start: Annotated[datetime | None, Query(description="RFC 3339; default end - 24 h")] = None,
     end: Annotated[datetime | None, Query(description="RFC 3339, exclusive; default now")] = None,
     every: Annotated[str, Query(description="Window, e.g. 1m, 15m, 1h, 1d", max_length=10)] = "1m",
-    agg: Annotated[Literal["mean", "min", "max", "last", "sum", "count", "delta"], Query(
-        description="`delta`: a counter's consumption per window, as the KPIs count it (README \"Counter rules\"): "
-                    "a decrease is a reset and the reading after it counts; implausible steps and gaps do not; "
-                    "windows start at `start`")] = "mean",
+    agg: Agg = "mean",
     group_by: Literal["device", "site"] = "device",
     format: Annotated[Literal["json", "csv"] | None, Query(description="Default: from Accept")] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -64,11 +68,7 @@ def series(  # noqa: PLR0917 - FastAPI query parameters
     """Limits: at most 10,000 windows, SMARTPARK_API_MAX_SERIES_POINTS points and SMARTPARK_API_MAX_QUERY_COST
     device-windows per request; a key's requests at once and per second are limited too (429, Retry-After)."""
     scoped_site(registry, who, site)
-    spec = catalog.get(metric)
-    if spec is None:
-        raise NotFound(f"metric {metric!r} is not in the catalog")
-    if agg == "delta" and spec.kind != "counter":
-        raise Unprocessable(f"agg=delta needs a counter; {metric} is a {spec.kind}")
+    spec = _aggregable(catalog, metric, agg)
     end_ms = _ms(end, "end") if end else now_ms()
     start_ms = _ms(start, "start") if start else end_ms - 86_400_000
     every_ms = parse_every(every)
@@ -78,17 +78,32 @@ def series(  # noqa: PLR0917 - FastAPI query parameters
     _check_size(settings, registry, site=site, device=device, group_by=group_by, agg=agg,
                 range_ms=end_ms - start_ms, every_ms=every_ms)
     query = SeriesQuery(spec.domain, metric, start_ms, end_ms, every_ms, agg, site, device, group_by)
-    if agg == "delta" and spec.domain == "energy":  # the KPIs' counter bounds (README "Counter rules")
-        rules = CounterRules.of(settings.counter_max_gap_s, settings.counter_max_per_h)
-        meters = energy_meters(registry.devices(site))
-        query = msgspec.structs.replace(counter_query(metric, (start_ms, end_ms, every_ms), rules, meters, site),
-                                        device=device, group_by=group_by)
+    if agg == "delta" and spec.domain == "energy":
+        query = _counter_bounded(query, settings, registry)
     found = store.series(query)
     if format == "csv" or (format is None and "text/csv" in (accept or "")):
         return _csv(found, metric=metric, unit=spec.unit, agg=agg)
     return [SeriesPublic(site=s.site, device=s.device, metric=metric, unit=spec.unit, agg=agg, every=every,
                          points=[(datetime.fromtimestamp(t / 1000, UTC), v) for t, v in s.points])
             for s in found]
+
+
+def _aggregable(catalog: Catalog, metric: str, agg: str) -> Metric:
+    """The catalog metric, when ``agg`` applies to its kind."""
+    spec = catalog.get(metric)
+    if spec is None:
+        raise NotFound(f"metric {metric!r} is not in the catalog")
+    if agg == "delta" and spec.kind != "counter":
+        raise Unprocessable(f"agg=delta needs a counter; {metric} is a {spec.kind}")
+    return spec
+
+
+def _counter_bounded(query: SeriesQuery, settings: Settings, registry: Registry) -> SeriesQuery:
+    """An energy delta query with the KPIs' counter bounds (README "Counter rules"), so the two agree."""
+    rules = CounterRules.of(settings.counter_max_gap_s, settings.counter_max_per_h)
+    meters = energy_meters(registry.devices(query.site))
+    bounded = counter_query(query.field, (query.start_ms, query.end_ms, query.every_ms), rules, meters, query.site)
+    return msgspec.structs.replace(bounded, device=query.device, group_by=query.group_by)
 
 
 def _ms(value: datetime, name: str) -> int:
