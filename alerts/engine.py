@@ -66,18 +66,9 @@ class AlertEngine:
         self.repo = AlertRepo(registry.engine)
         self.repo.init(default_rules(reference))
         self.book = StateBook(self.repo.states(), max_per_hour=settings.alerts_max_episodes_per_hour)
-        self.stream = StreamEvaluator(catalog, reference, self.book, retention_ms=settings.retention_ms,
-                                      window_ms=settings.window_ms, device=self._device)
-        self.stream.seen = self.repo.seen()
-        # Devices heard of before a restart count as heard at start: each gets a full no-data interval.
-        self.stream.heard = dict.fromkeys(self.stream.seen, now_ms())
+        self.stream = self._restored_stream(catalog, reference)
         self.late_window_ms = settings.window_ms  # readings can arrive this late at most (store and forward)
-        self.scheduled = ScheduledEvaluator(self.repo, store, registry, reference,
-                                            valid_minutes=settings.kpi_min_valid_minutes,
-                                            no_data_s=settings.alerts_no_data_s, late_window_ms=self.late_window_ms,
-                                            heard=self._heard,
-                                            counter_rules=CounterRules.of(settings.counter_max_gap_s,
-                                                                          settings.counter_max_per_h))
+        self.scheduled = self._scheduler(reference)
         self._rejudge_all = True  # the first round after a start looks at every hour of the late window
         self.dispatcher = Dispatcher(self.repo, settings)
         self.daily = DailyFeed(self.repo, daily) if daily else None  # `kpi.daily` events (alerts/daily.py)
@@ -99,6 +90,22 @@ class AlertEngine:
         self._tz = park_zone(None)
         self._threads = [threading.Thread(target=self._stream_loop, name="alerts-stream", daemon=True),
                          threading.Thread(target=self._schedule_loop, name="alerts-schedule", daemon=True)]
+
+    def _restored_stream(self, catalog: Catalog, reference: Reference) -> StreamEvaluator:
+        """The stream evaluator knowing the devices seen before a restart."""
+        stream = StreamEvaluator(catalog, reference, self.book, retention_ms=self.settings.retention_ms,
+                                 window_ms=self.settings.window_ms, device=self._device)
+        stream.seen = self.repo.seen()
+        # Devices heard of before a restart count as heard at start: each gets a full no-data interval.
+        stream.heard = dict.fromkeys(stream.seen, now_ms())
+        return stream
+
+    def _scheduler(self, reference: Reference) -> ScheduledEvaluator:
+        settings = self.settings
+        return ScheduledEvaluator(self.repo, self.store, self.registry, reference,
+                                  valid_minutes=settings.kpi_min_valid_minutes, no_data_s=settings.alerts_no_data_s,
+                                  late_window_ms=self.late_window_ms, heard=self._heard,
+                                  counter_rules=CounterRules.of(settings.counter_max_gap_s, settings.counter_max_per_h))
 
     # --- lifecycle
     def start(self) -> None:

@@ -118,36 +118,45 @@ def alerts_unavailable(exc: AlertsUnavailable) -> None:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api(_r: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, exc.details), exc.status, headers=exc.headers)
+    """Every failure answered in the one error body; the most specific handler of an exception wins."""
+    app.add_exception_handler(ApiError, _api)  # type: ignore[arg-type]  # Starlette: Exception handlers
+    app.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(AlertsUnavailable, _alerts)  # type: ignore[arg-type]
+    app.add_exception_handler(StoreError, _store)  # type: ignore[arg-type]
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_r: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
-        return JSONResponse(error_body("invalid_request", "request parameters are invalid", details), 422)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body(f"http_{exc.status_code}", str(exc.detail)), exc.status_code)
+async def _api(_r: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(exc.code, exc.message, exc.details), exc.status, headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_r: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected error: %s", redact(repr(exc)))  # uvicorn logs the traceback
-        return JSONResponse(error_body("internal_error", "internal error"), 500)
 
-    @app.exception_handler(AlertsUnavailable)
-    async def _alerts(_r: Request, exc: AlertsUnavailable) -> JSONResponse:
-        alerts_unavailable(exc)
-        return JSONResponse(error_body("alerts_unavailable", "the alert tables are unavailable; retry"), 503,
+async def _validation(_r: Request, exc: RequestValidationError) -> JSONResponse:
+    details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+    return JSONResponse(error_body("invalid_request", "request parameters are invalid", details), 422)
+
+
+async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse(error_body(f"http_{exc.status_code}", str(exc.detail)), exc.status_code)
+
+
+async def _unexpected(_r: Request, exc: Exception) -> JSONResponse:
+    log.error("unexpected error: %s", redact(repr(exc)))  # uvicorn logs the traceback
+    return JSONResponse(error_body("internal_error", "internal error"), 500)
+
+
+async def _alerts(_r: Request, exc: AlertsUnavailable) -> JSONResponse:
+    alerts_unavailable(exc)
+    return JSONResponse(error_body("alerts_unavailable", "the alert tables are unavailable; retry"), 503,
+                        headers={"Retry-After": "5"})
+
+
+async def _store(_r: Request, exc: StoreError) -> JSONResponse:
+    # the store's own words (its parser's messages, its URL) are logged, never sent: they help no caller
+    # narrow anything and can tell an attacker about the store
+    log.warning("store error: %s", redact(str(exc)))
+    if exc.retryable:
+        return JSONResponse(error_body("store_unavailable", "the time-series store is unavailable; retry"), 503,
                             headers={"Retry-After": "5"})
+    return JSONResponse(error_body("store_error", "the time-series store refused the query"), 502)
 
-    @app.exception_handler(StoreError)
-    async def _store(_r: Request, exc: StoreError) -> JSONResponse:
-        # the store's own words (its parser's messages, its URL) are logged, never sent: they help no caller
-        # narrow anything and can tell an attacker about the store
-        log.warning("store error: %s", redact(str(exc)))
-        if exc.retryable:
-            return JSONResponse(error_body("store_unavailable", "the time-series store is unavailable; retry"), 503,
-                                headers={"Retry-After": "5"})
-        return JSONResponse(error_body("store_error", "the time-series store refused the query"), 502)

@@ -14,7 +14,7 @@ Hours and days are local clock hours of the park's time zone: a regulator's hour
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -184,9 +184,7 @@ def energy_kpi(usage: Usage, ref: Reference, region: str, sites: Sequence[Site],
     def main_total(metric: str) -> float:
         return sum(usage.total(metric, d) for d in mains)
 
-    carriers = [CarrierUse(carrier=name, metric=c.metric, amount=(amount := main_total(c.metric)), unit=c.unit,
-                           kgce_per_unit=c.kgce_per_unit, tce=amount * c.kgce_per_unit / 1000)
-                for name, c in ref.energy.carriers.items()]
+    carriers = _carrier_uses(ref, main_total)
     tce = sum(c.tce for c in carriers)
     factor, year, where = ref.grid_factor(region, p.dt(p.start_ms).year)
     co2 = _co2(ref, carriers, factor, year, where)
@@ -195,11 +193,6 @@ def energy_kpi(usage: Usage, ref: Reference, region: str, sites: Sequence[Site],
     output = main_total(ref.energy.output_metric)
     quota = _quota(sites, p)
     events = [counter_event(metric, e, p) for metric, e in usage.events if e.site in ids]
-    main_ids = set(mains)
-    excluded: dict[str, float] = {}
-    for metric, e in usage.events:
-        if e.device in main_ids and e.excluded:
-            excluded[metric] = excluded.get(metric, 0.0) + e.excluded
     return EnergyKpi(
         site=None if park else sites[0].id, start=p.dt(p.start_ms), end=p.dt(p.end_ms), carriers=carriers,
         total_tce=tce, days=_days(usage, ref, mains, p), meters=[] if park else _meters(usage, meters),
@@ -208,7 +201,23 @@ def energy_kpi(usage: Usage, ref: Reference, region: str, sites: Sequence[Site],
         co2_electricity_t=electricity, co2_t=electricity, grid_factor_kg_per_kwh=factor, grid_factor_year=year,
         grid_region=where, output_t=output or None, intensity_tce_per_t=tce / output if output > 0 else None,
         quota_tce=quota, quota_use_pct=100 * tce / quota if quota else None, counter_events=events,
-        excluded=excluded)
+        excluded=_excluded_from_mains(usage, set(mains)))
+
+
+def _carrier_uses(ref: Reference, main_total: Callable[[str], float]) -> list[CarrierUse]:
+    """Each carrier's amount on the main meters, in its unit and in tonnes of standard coal equivalent."""
+    return [CarrierUse(carrier=name, metric=c.metric, amount=(amount := main_total(c.metric)), unit=c.unit,
+                       kgce_per_unit=c.kgce_per_unit, tce=amount * c.kgce_per_unit / 1000)
+            for name, c in ref.energy.carriers.items()]
+
+
+def _excluded_from_mains(usage: Usage, mains: set[str]) -> dict[str, float]:
+    """Per metric, what the counter rules left out of the main meters' totals."""
+    excluded: dict[str, float] = {}
+    for metric, e in usage.events:
+        if e.device in mains and e.excluded:
+            excluded[metric] = excluded.get(metric, 0.0) + e.excluded
+    return excluded
 
 
 def _electricity(ref: Reference) -> set[str]:
