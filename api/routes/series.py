@@ -83,9 +83,12 @@ def series(  # noqa: PLR0917 - FastAPI query parameters
     found = store.series(query)
     if format == "csv" or (format is None and "text/csv" in (accept or "")):
         return _csv(found, metric=metric, unit=spec.unit, agg=agg)
-    return [SeriesPublic(site=s.site, device=s.device, metric=metric, unit=spec.unit, agg=agg, every=every,
-                         points=[(datetime.fromtimestamp(t / 1000, UTC), v) for t, v in s.points])
-            for s in found]
+    return [_public(s, metric=metric, unit=spec.unit, agg=agg, every=every) for s in found]
+
+
+def _public(s: Series, *, metric: str, unit: str, agg: str, every: str) -> SeriesPublic:
+    return SeriesPublic(site=s.site, device=s.device, metric=metric, unit=unit, agg=agg, every=every,
+                        points=[(datetime.fromtimestamp(t / 1000, UTC), v) for t, v in s.points])
 
 
 def _aggregable(catalog: Catalog, metric: str, agg: str) -> Metric:
