@@ -13,7 +13,7 @@ import sqlite3
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
@@ -100,23 +100,42 @@ class Probe:
         self.client.loop_stop()
 
 
+class Broker(Protocol):
+    """What a test needs of either broker: where it listens and how to stop it."""
+
+    host: str
+    port: int
+
+    def stop(self) -> None: ...
+
+
 @dataclass
 class Target:
     kind: str
-    host: str
-    port: int
+    broker: Broker  # the EmbeddedBroker, or the MosquittoServer running the repo's config
     registry: Registry
     tmp_path: Path
     passwords: dict[str, str]
     services: dict[str, str]
-    server: MosquittoServer | None = None
-    stop_broker: Any = None
     probes: list[Probe] = field(default_factory=list)
     ingests: list[IngestService] = field(default_factory=list)
 
     @property
     def mqtt5(self) -> bool:
         return self.kind == "mosquitto"
+
+    @property
+    def host(self) -> str:
+        return self.broker.host
+
+    @property
+    def port(self) -> int:
+        return self.broker.port
+
+    @property
+    def server(self) -> MosquittoServer | None:
+        """The Mosquitto process (its log, SIGHUP reloads); None for the embedded broker."""
+        return self.broker if isinstance(self.broker, MosquittoServer) else None
 
     @property
     def store_path(self) -> Path:
@@ -167,8 +186,7 @@ class Target:
             p.close()
         for service in self.ingests:
             service.stop()
-        if self.stop_broker is not None:
-            self.stop_broker()
+        self.broker.stop()
         self.registry.close()
 
 
@@ -184,13 +202,11 @@ def make_target(kind: str, tmp_path: Path) -> Target:
 
         broker = EmbeddedBroker(registry, "127.0.0.1", free_port(), services)
         broker.start()
-        return Target(kind, broker.host, broker.port, registry, tmp_path, passwords, services,
-                      stop_broker=broker.stop)
+        return Target(kind, broker, registry, tmp_path, passwords, services)
     export = tmp_path / "smartpark"
     write_export(registry, export, services)
     server = start_mosquitto(repo_mosquitto_config(tmp_path, export), tmp_path / "mosquitto")
-    return Target(kind, server.host, server.port, registry, tmp_path, passwords, services, server=server,
-                  stop_broker=server.stop)
+    return Target(kind, server, registry, tmp_path, passwords, services)
 
 
 def settle(target: Target, device: str, expected: int) -> None:

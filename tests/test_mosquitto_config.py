@@ -199,8 +199,7 @@ def _started_target(tmp_path: Path) -> Target:
     export = tmp_path / "smartpark"
     write_export(registry, export, services)
     server = start_mosquitto(repo_mosquitto_config(tmp_path, export), tmp_path / "mosquitto")
-    return Target("mosquitto", server.host, server.port, registry, tmp_path, {}, services, server=server,
-                  stop_broker=server.stop)
+    return Target("mosquitto", server, registry, tmp_path, {}, services)
 
 
 def _truth_readings(path: Path) -> dict[str, int]:
