@@ -20,13 +20,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from smartpark.core.catalog import default_catalog
 from smartpark.core.mqtt import Endpoint
-from smartpark.core.registry import Registry, parse_park_file
+from smartpark.core.registry import Registry
 from smartpark.core.settings import Settings
 from smartpark.core.store.embedded import EmbeddedStore
 from smartpark.ingest.service import IngestService
 from smartpark.mosquitto import ADMIN_USER, write_export
 
-from factories import PARK_YAML, now_ms, payload, reading, wait_for
+from factories import now_ms, park_registry, payload, reading, wait_for
 from servers import MosquittoServer, free_port, start_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,9 +191,7 @@ class Target:
 
 
 def make_target(kind: str, tmp_path: Path) -> Target:
-    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
-    registry.init()
-    registry.load_park(parse_park_file(PARK_YAML))
+    registry = park_registry(tmp_path)
     passwords = {d: registry.provision_device(d) for d in DEVICES}
     services = {INGEST_USER: secrets.token_urlsafe(12), ALERTS_USER: secrets.token_urlsafe(12),
                 ADMIN_USER: secrets.token_urlsafe(12)}
@@ -203,10 +201,16 @@ def make_target(kind: str, tmp_path: Path) -> Target:
         broker = EmbeddedBroker(registry, "127.0.0.1", free_port(), services)
         broker.start()
         return Target(kind, broker, registry, tmp_path, passwords, services)
+    return mosquitto_target(registry, tmp_path, passwords, services)
+
+
+def mosquitto_target(registry: Registry, tmp_path: Path, passwords: dict[str, str],
+                     services: dict[str, str]) -> Target:
+    """A Mosquitto running the repo's config on the `smartpark broker export` of ``registry``."""
     export = tmp_path / "smartpark"
     write_export(registry, export, services)
     server = start_mosquitto(repo_mosquitto_config(tmp_path, export), tmp_path / "mosquitto")
-    return Target(kind, server, registry, tmp_path, passwords, services)
+    return Target("mosquitto", server, registry, tmp_path, passwords, services)
 
 
 def settle(target: Target, device: str, expected: int) -> None:
