@@ -31,7 +31,7 @@ from bench_latency import client, load
 from smartpark.core.clock import now_ms
 
 from factories import HookServer  # tests/ is on the path once harness is imported
-from harness import Influx, cpu_seconds, start_servers, wait_line
+from harness import Influx, bench_args, cpu_seconds, start_servers, wait_line
 
 PY = sys.executable
 PROBE_SITE, PROBE_DEVICE = "probe-site", "probe-cems"
@@ -114,10 +114,7 @@ def probe(host: str, port: int, seconds: float, arrivals: Arrivals) -> list[floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=int, default=5000)
-    parser.add_argument("--seconds", type=float, default=30)
-    args = parser.parse_args()
+    args = bench_args(__doc__, rate=5000, seconds=30.0)
     arrivals = Arrivals()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

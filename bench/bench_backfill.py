@@ -11,7 +11,6 @@ count is checked afterwards. A private influxd is started unless ``--url`` names
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from smartpark.simulators.progress import progress_bar
 from smartpark.simulators.scenario import default_scenario
 from smartpark.simulators.timeline import Timeline
 
-from harness import start_influxd
+from harness import bench_args, start_influxd
 
 DAY_MS = 86_400_000
 POST_POINTS = 5000
@@ -77,11 +76,7 @@ def smartpark(url: str, start_ms: int, days: float) -> tuple[int, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--days", type=float, default=30.0)
-    ap.add_argument("--baseline-days", type=float, default=1.0)
-    ap.add_argument("--url", default="")
-    args = ap.parse_args()
+    args = bench_args(__doc__, days=30.0, baseline_days=1.0, url="")
     server = None if args.url else start_influxd(Path(tempfile.mkdtemp(prefix="bench-backfill-")) / "influxd")
     url = args.url or server.url  # type: ignore[union-attr]
     start_ms = (now_ms() - round(args.days * DAY_MS)) // 60_000 * 60_000

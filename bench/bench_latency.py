@@ -24,7 +24,7 @@ from bench_ingest import registry_url, start_pipeline
 
 from smartpark.core.clock import now_ms
 
-from harness import Influx, bench_servers
+from harness import Influx, bench_args, bench_servers
 
 PROBE = ("site-09", "dev-199")
 
@@ -111,11 +111,7 @@ def run(name: str, args: argparse.Namespace, tmp: Path, mosq: object, influx: In
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=int, default=5000)
-    parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--pipelines", default="smartpark,peer")
-    args = parser.parse_args()
+    args = bench_args(__doc__, rate=5000, seconds=30.0, pipelines="smartpark,peer")
     with bench_servers() as (tmp, mosq, influx):
         reg = registry_url(tmp)
         rows = [run(name, args, tmp, mosq, influx, reg) for name in args.pipelines.split(",")]

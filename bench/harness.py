@@ -5,6 +5,7 @@ The servers come from tests/servers.py (the same throwaway Mosquitto and InfluxD
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -24,14 +25,23 @@ from servers import MosquittoServer, TestPki, free_port, start_influxd, start_mo
 PEERS = Path(os.environ.get("SMARTPARK_PEERS_DIR", ROOT.parent / "shared" / "bench" / "peers"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-__all__ = ["PEERS", "ROOT", "Influx", "TlsListener", "bench_servers", "cpu_seconds", "peak_rss_mib", "start_influxd",
-           "start_mosquitto", "start_servers", "wait_line"]
+__all__ = ["PEERS", "ROOT", "Influx", "TlsListener", "bench_args", "bench_servers", "cpu_seconds", "peak_rss_mib",
+           "start_influxd", "start_mosquitto", "start_servers", "wait_line"]
 
 MOSQUITTO_CONF = """allow_anonymous true
 persistence false
 max_queued_messages 2000000
 max_inflight_messages {inflight}
 """
+
+
+def bench_args(doc: str, **defaults: float | str) -> argparse.Namespace:
+    """A benchmark's command line: ``--name value`` per keyword (``_`` spelled ``-``), parsed as its default's
+    type, the module docstring's first line as the description. Flags without a value are not for this."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    return parser.parse_args()
 
 
 class TlsListener:

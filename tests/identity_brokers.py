@@ -13,20 +13,20 @@ import sqlite3
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from smartpark.core.catalog import default_catalog
 from smartpark.core.mqtt import Endpoint
-from smartpark.core.registry import Registry, parse_park_file
+from smartpark.core.registry import Registry
 from smartpark.core.settings import Settings
 from smartpark.core.store.embedded import EmbeddedStore
 from smartpark.ingest.service import IngestService
 from smartpark.mosquitto import ADMIN_USER, write_export
 
-from factories import PARK_YAML, now_ms, payload, reading, wait_for
+from factories import now_ms, park_registry, payload, reading, wait_for
 from servers import MosquittoServer, free_port, start_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,23 +100,42 @@ class Probe:
         self.client.loop_stop()
 
 
+class Broker(Protocol):
+    """What a test needs of either broker: where it listens and how to stop it."""
+
+    host: str
+    port: int
+
+    def stop(self) -> None: ...
+
+
 @dataclass
 class Target:
     kind: str
-    host: str
-    port: int
+    broker: Broker  # the EmbeddedBroker, or the MosquittoServer running the repo's config
     registry: Registry
     tmp_path: Path
     passwords: dict[str, str]
     services: dict[str, str]
-    server: MosquittoServer | None = None
-    stop_broker: Any = None
     probes: list[Probe] = field(default_factory=list)
     ingests: list[IngestService] = field(default_factory=list)
 
     @property
     def mqtt5(self) -> bool:
         return self.kind == "mosquitto"
+
+    @property
+    def host(self) -> str:
+        return self.broker.host
+
+    @property
+    def port(self) -> int:
+        return self.broker.port
+
+    @property
+    def server(self) -> MosquittoServer | None:
+        """The Mosquitto process (its log, SIGHUP reloads); None for the embedded broker."""
+        return self.broker if isinstance(self.broker, MosquittoServer) else None
 
     @property
     def store_path(self) -> Path:
@@ -167,15 +186,12 @@ class Target:
             p.close()
         for service in self.ingests:
             service.stop()
-        if self.stop_broker is not None:
-            self.stop_broker()
+        self.broker.stop()
         self.registry.close()
 
 
 def make_target(kind: str, tmp_path: Path) -> Target:
-    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
-    registry.init()
-    registry.load_park(parse_park_file(PARK_YAML))
+    registry = park_registry(tmp_path)
     passwords = {d: registry.provision_device(d) for d in DEVICES}
     services = {INGEST_USER: secrets.token_urlsafe(12), ALERTS_USER: secrets.token_urlsafe(12),
                 ADMIN_USER: secrets.token_urlsafe(12)}
@@ -184,13 +200,17 @@ def make_target(kind: str, tmp_path: Path) -> Target:
 
         broker = EmbeddedBroker(registry, "127.0.0.1", free_port(), services)
         broker.start()
-        return Target(kind, broker.host, broker.port, registry, tmp_path, passwords, services,
-                      stop_broker=broker.stop)
+        return Target(kind, broker, registry, tmp_path, passwords, services)
+    return mosquitto_target(registry, tmp_path, passwords, services)
+
+
+def mosquitto_target(registry: Registry, tmp_path: Path, passwords: dict[str, str],
+                     services: dict[str, str]) -> Target:
+    """A Mosquitto running the repo's config on the `smartpark broker export` of ``registry``."""
     export = tmp_path / "smartpark"
     write_export(registry, export, services)
     server = start_mosquitto(repo_mosquitto_config(tmp_path, export), tmp_path / "mosquitto")
-    return Target(kind, server.host, server.port, registry, tmp_path, passwords, services, server=server,
-                  stop_broker=server.stop)
+    return Target("mosquitto", server, registry, tmp_path, passwords, services)
 
 
 def settle(target: Target, device: str, expected: int) -> None:

@@ -37,6 +37,7 @@ from smartpark.core.store.influx import RESAMPLE_FOR, ROLLUPS, InfluxStore, quot
 from smartpark.platform import demo_park_path
 from smartpark.simulators.models import ParkModel
 
+from factories import park_yaml
 from servers import InfluxServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -498,19 +499,9 @@ def test_provisioning_wires_datasource_and_dashboards() -> None:
     assert math.isfinite(_min_interval_ms())
 
 
-ROLES_PARK = """
-park: {id: roles, name: Roles, region: northeast}
-sites:
-  - id: plant
-    name: Plant
-    enterprise: P
-    industry: steel
-    area_m2: 1000
-    devices:
-      - {id: incomer-a, kind: energy_meter, role: main}
-      - {id: line-main-substation, kind: energy_meter, role: sub, parent: incomer-a}
-      - {id: solar, kind: energy_meter, role: generation}
-"""
+ROLES_PARK = park_yaml("roles-park", ["id: incomer-a, kind: energy_meter, role: main",
+                                      "id: line-main-substation, kind: energy_meter, role: sub, parent: incomer-a",
+                                      "id: solar, kind: energy_meter, role: generation"], steel_area=1000)
 
 
 def test_site_totals_come_from_the_park_files_roles_not_device_names() -> None:

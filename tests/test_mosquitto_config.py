@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from smartpark.core.registry import parse_park_file
 from smartpark.mosquitto import ADMIN_USER, apply_dynsec, write_export
 
-from factories import PARK_YAML, wait_for
-from identity_brokers import INGEST_USER, Target, make_target, repo_mosquitto_config, settle
-from servers import start_mosquitto
+from factories import PARK_YAML, park_registry, wait_for
+from identity_brokers import ALERTS_USER, INGEST_USER, Target, make_target, mosquitto_target, settle
 
 pytestmark = pytest.mark.mosquitto
 LIVE_S = float(os.environ.get("SMARTPARK_TEST_LIVE_S", "6"))  # acceptance 3 ran it once with 60
@@ -188,19 +186,8 @@ def test_simulate_against_the_authenticated_production_config(tmp_path: Path, mo
 
 def _started_target(tmp_path: Path) -> Target:
     """A Mosquitto on the export of the registry the simulator just provisioned."""
-    from smartpark.core.registry import Registry
-
-    import identity_brokers as ib
-
-    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
-    registry.init()
-    registry.load_park(parse_park_file(PARK_YAML))
-    services = {INGEST_USER: "ingest-secret-1", ib.ALERTS_USER: "alerts-secret-1", ADMIN_USER: "admin-secret-1"}
-    export = tmp_path / "smartpark"
-    write_export(registry, export, services)
-    server = start_mosquitto(repo_mosquitto_config(tmp_path, export), tmp_path / "mosquitto")
-    return Target("mosquitto", server.host, server.port, registry, tmp_path, {}, services, server=server,
-                  stop_broker=server.stop)
+    services = {INGEST_USER: "ingest-secret-1", ALERTS_USER: "alerts-secret-1", ADMIN_USER: "admin-secret-1"}
+    return mosquitto_target(park_registry(tmp_path), tmp_path, {}, services)
 
 
 def _truth_readings(path: Path) -> dict[str, int]:

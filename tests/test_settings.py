@@ -12,6 +12,18 @@ from smartpark.core.settings import Settings, env_example, load_settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _setenv(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    """Sets SMARTPARK_<NAME> for each keyword: the production cases build their environment up step by step."""
+    for name, value in values.items():
+        monkeypatch.setenv(f"SMARTPARK_{name.upper()}", value)
+
+
+def _refused(message: str) -> None:
+    """Loading the settings from the environment as it stands is a ConfigError matching ``message``."""
+    with pytest.raises(ConfigError, match=message):
+        load_settings(_env_file=None)
+
+
 def test_env_example_is_current() -> None:
     assert (ROOT / ".env.example").read_text() == env_example(), "run: python -m smartpark.core.settings > .env.example"
 
@@ -40,34 +52,28 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pat
 ])
 def test_bad_values_are_config_errors(monkeypatch: pytest.MonkeyPatch, var: str, value: str, message: str) -> None:
     monkeypatch.setenv(var, value)
-    with pytest.raises(ConfigError, match=message):
-        load_settings(_env_file=None)
+    _refused(message)
 
 
 def test_production_refuses_placeholders_and_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SMARTPARK_ENV", "production")
-    with pytest.raises(ConfigError, match="needs SMARTPARK_MQTT_URL"):
-        load_settings(_env_file=None)
-    monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtt://ingest:changeme@mosquitto:1883")
-    monkeypatch.setenv("SMARTPARK_INFLUX_URL", "http://influxdb:8086")
-    with pytest.raises(ConfigError, match="placeholder password"):
-        load_settings(_env_file=None)
-    monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtts://ingest:Xk3-long-secret@mosquitto:8883")
-    with pytest.raises(ConfigError, match="SMARTPARK_INFLUX_TOKEN"):
-        load_settings(_env_file=None)
-    monkeypatch.setenv("SMARTPARK_INFLUX_TOKEN", "a-real-token")
+    _setenv(monkeypatch, env="production")
+    _refused("needs SMARTPARK_MQTT_URL")
+    _setenv(monkeypatch, mqtt_url="mqtt://ingest:changeme@mosquitto:1883", influx_url="http://influxdb:8086")
+    _refused("placeholder password")
+    _setenv(monkeypatch, mqtt_url="mqtts://ingest:Xk3-long-secret@mosquitto:8883")
+    _refused("SMARTPARK_INFLUX_TOKEN")
+    _setenv(monkeypatch, influx_token="a-real-token")
     assert load_settings(_env_file=None).env == "production"  # a service without the API needs no session secret
     with pytest.raises(ConfigError, match="SMARTPARK_API_SESSION_SECRET"):
         load_settings(_env_file=None).check_session_secret()
-    monkeypatch.setenv("SMARTPARK_API_SESSION_SECRET", "changeme")
+    _setenv(monkeypatch, api_session_secret="changeme")
     with pytest.raises(ConfigError, match="SMARTPARK_API_SESSION_SECRET"):
         load_settings(_env_file=None).check_session_secret()
-    monkeypatch.setenv("SMARTPARK_API_SESSION_SECRET", "k" * 40)
+    _setenv(monkeypatch, api_session_secret="k" * 40)
     load_settings(_env_file=None).check_session_secret()
-    monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtt://ingest:Xk3-long-secret@mosquitto:1883")
-    with pytest.raises(ConfigError, match="plain-text mqtt:// to mosquitto"):
-        load_settings(_env_file=None)
-    monkeypatch.setenv("SMARTPARK_MQTT_ALLOW_PLAINTEXT", "true")
+    _setenv(monkeypatch, mqtt_url="mqtt://ingest:Xk3-long-secret@mosquitto:1883")
+    _refused("plain-text mqtt:// to mosquitto")
+    _setenv(monkeypatch, mqtt_allow_plaintext="true")
     assert load_settings(_env_file=None).env == "production"
 
 
@@ -87,19 +93,14 @@ def test_the_api_refuses_a_missing_session_secret_in_production(tmp_path: Path) 
 
 
 def test_production_refuses_a_placeholder_service_password(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SMARTPARK_ENV", "production")
-    monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtts://ingest:Xk3-long-secret@mosquitto:8883")
-    monkeypatch.setenv("SMARTPARK_INFLUX_URL", "http://influxdb:8086")
-    monkeypatch.setenv("SMARTPARK_INFLUX_ADMIN_USERNAME", "admin")
-    monkeypatch.setenv("SMARTPARK_INFLUX_ADMIN_PASSWORD", "Xk3-long-secret")
+    _setenv(monkeypatch, env="production", mqtt_url="mqtts://ingest:Xk3-long-secret@mosquitto:8883",
+            influx_url="http://influxdb:8086", influx_admin_username="admin", influx_admin_password="Xk3-long-secret")
     assert load_settings(_env_file=None).influx_users() == {}  # db init with the admin alone
-    monkeypatch.setenv("SMARTPARK_INFLUX_API_USERNAME", "smartpark-api")
-    with pytest.raises(ConfigError, match="SMARTPARK_INFLUX_API_PASSWORD"):
-        load_settings(_env_file=None)
-    monkeypatch.setenv("SMARTPARK_INFLUX_API_PASSWORD", "Changeme")
-    with pytest.raises(ConfigError, match="SMARTPARK_INFLUX_API_PASSWORD"):
-        load_settings(_env_file=None)
-    monkeypatch.setenv("SMARTPARK_INFLUX_API_PASSWORD", "Xk3-other-secret")
+    _setenv(monkeypatch, influx_api_username="smartpark-api")
+    _refused("SMARTPARK_INFLUX_API_PASSWORD")
+    _setenv(monkeypatch, influx_api_password="Changeme")
+    _refused("SMARTPARK_INFLUX_API_PASSWORD")
+    _setenv(monkeypatch, influx_api_password="Xk3-other-secret")
     assert load_settings(_env_file=None).influx_users() == {"api": ("smartpark-api", "Xk3-other-secret")}
 
 
@@ -114,42 +115,33 @@ def test_production_refuses_a_placeholder_service_password(monkeypatch: pytest.M
 def test_production_refuses_plain_text_mqtt_beyond_loopback(monkeypatch: pytest.MonkeyPatch, url: str,
                                                             allowed: bool) -> None:
     """The password of an mqtt:// URL crosses the network readable: production needs mqtts:// or a stated opt-in."""
-    for var, value in [("SMARTPARK_ENV", "production"), ("SMARTPARK_MQTT_URL", url),
-                       ("SMARTPARK_INFLUX_URL", "http://influxdb:8086"), ("SMARTPARK_INFLUX_TOKEN", "a-real-token"),
-                       ("SMARTPARK_API_SESSION_SECRET", "k" * 40)]:
-        monkeypatch.setenv(var, value)
+    _setenv(monkeypatch, env="production", mqtt_url=url, influx_url="http://influxdb:8086",
+            influx_token="a-real-token", api_session_secret="k" * 40)
     if allowed:
         assert load_settings(_env_file=None).mqtt_url == url
     else:
-        with pytest.raises(ConfigError, match=r"plain-text mqtt://.*SMARTPARK_MQTT_ALLOW_PLAINTEXT"):
-            load_settings(_env_file=None)
-        monkeypatch.setenv("SMARTPARK_MQTT_ALLOW_PLAINTEXT", "true")
+        _refused(r"plain-text mqtt://.*SMARTPARK_MQTT_ALLOW_PLAINTEXT")
+        _setenv(monkeypatch, mqtt_allow_plaintext="true")
         assert load_settings(_env_file=None).mqtt_url == url
 
 
 def test_tls_files_are_checked_before_any_io(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SMARTPARK_MQTT_CA_FILE", str(tmp_path / "missing.pem"))
-    with pytest.raises(ConfigError, match=r"SMARTPARK_MQTT_CA_FILE: .*missing.pem is not a file"):
-        load_settings(_env_file=None)
+    _refused(r"SMARTPARK_MQTT_CA_FILE: .*missing.pem is not a file")
     monkeypatch.delenv("SMARTPARK_MQTT_CA_FILE")
     cert = tmp_path / "client.pem"
     cert.write_text("x")
     monkeypatch.setenv("SMARTPARK_MQTT_CERT_FILE", str(cert))
-    with pytest.raises(ConfigError, match="SMARTPARK_MQTT_CERT_FILE and SMARTPARK_MQTT_KEY_FILE go together"):
-        load_settings(_env_file=None)
+    _refused("SMARTPARK_MQTT_CERT_FILE and SMARTPARK_MQTT_KEY_FILE go together")
 
 
 @pytest.mark.parametrize("token", ["changeme", "CHANGEME", "password", "secret", " admin ", "admin:changeme"])
 def test_production_refuses_a_placeholder_influx_token(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
-    monkeypatch.setenv("SMARTPARK_ENV", "production")
-    monkeypatch.setenv("SMARTPARK_MQTT_URL", "mqtt://ingest:Xk3-long-secret@mosquitto:1883")
-    monkeypatch.setenv("SMARTPARK_INFLUX_URL", "http://influxdb:8086")
-    monkeypatch.setenv("SMARTPARK_API_SESSION_SECRET", "k" * 40)
-    monkeypatch.setenv("SMARTPARK_MQTT_ALLOW_PLAINTEXT", "true")
-    monkeypatch.setenv("SMARTPARK_INFLUX_TOKEN", token)
-    with pytest.raises(ConfigError, match="SMARTPARK_INFLUX_TOKEN is a placeholder"):
-        load_settings(_env_file=None)
-    monkeypatch.setenv("SMARTPARK_INFLUX_TOKEN", "smartpark:Xk3-long-secret")
+    _setenv(monkeypatch, env="production", mqtt_url="mqtt://ingest:Xk3-long-secret@mosquitto:1883",
+            influx_url="http://influxdb:8086", api_session_secret="k" * 40, mqtt_allow_plaintext="true",
+            influx_token=token)
+    _refused("SMARTPARK_INFLUX_TOKEN is a placeholder")
+    _setenv(monkeypatch, influx_token="smartpark:Xk3-long-secret")
     assert load_settings(_env_file=None).influx_token == "smartpark:Xk3-long-secret"
 
 
