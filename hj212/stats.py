@@ -25,6 +25,8 @@ HELP = {
     "zs_disagreements": "monitor O2-corrected values that disagree with the platform's correction",
     "zs_sentinels": "monitor O2-corrected values sent as 9999.99 (cannot be corrected; HJ 212-2025 [S]): not stored",
     "heartbeats": "heartbeat packets (CN 9015, HJ 212-2025 [S])",
+    "forwarded": "raw packets relayed to the upstream platforms (SMARTPARK_HJ212_FORWARD)",
+    "forward_failures": "relay attempts that failed (the packets wait in the data dir and are sent again)",
 }
 
 
