@@ -4,8 +4,9 @@ key scope."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -35,36 +36,21 @@ class Principal:
         return self.role == "admin" or site_id in self.sites
 
 
-def _registry(request: Request) -> Registry:
-    return request.app.state.registry
+def _app_state(name: str) -> Callable[[Request], Any]:
+    """A dependency handing out one object the app factory put on ``app.state``: made once, shared by requests."""
+
+    def from_state(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    return from_state
 
 
-def _store(request: Request) -> TimeSeriesStore:
-    return request.app.state.store
-
-
-def _catalog(request: Request) -> Catalog:
-    return request.app.state.catalog
-
-
-def _reference(request: Request) -> Reference:
-    return request.app.state.reference
-
-
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def _alerts(request: Request) -> AlertAccess:
-    return request.app.state.alerts
-
-
-RegistryDep = Annotated[Registry, Depends(_registry)]
-StoreDep = Annotated[TimeSeriesStore, Depends(_store)]
-CatalogDep = Annotated[Catalog, Depends(_catalog)]
-ReferenceDep = Annotated[Reference, Depends(_reference)]
-SettingsDep = Annotated[Settings, Depends(_settings)]
-AlertsDep = Annotated[AlertAccess, Depends(_alerts)]  # made once by the app factory, tables ready at start-up
+RegistryDep = Annotated[Registry, Depends(_app_state("registry"))]
+StoreDep = Annotated[TimeSeriesStore, Depends(_app_state("store"))]
+CatalogDep = Annotated[Catalog, Depends(_app_state("catalog"))]
+ReferenceDep = Annotated[Reference, Depends(_app_state("reference"))]
+SettingsDep = Annotated[Settings, Depends(_app_state("settings"))]
+AlertsDep = Annotated[AlertAccess, Depends(_app_state("alerts"))]  # tables ready at start-up
 
 
 def principal_for_key(registry: Registry, api_key: str) -> Principal | None:
