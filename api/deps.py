@@ -21,7 +21,8 @@ from smartpark.core.settings import Settings
 from smartpark.core.store.base import TimeSeriesStore
 
 __all__ = ["AdminDep", "AlertsDep", "CatalogDep", "Principal", "PrincipalDep", "ReferenceDep", "RegistryDep",
-           "SettingsDep", "StoreDep", "principal_for_key", "require_admin", "scoped_device", "scoped_site"]
+           "SettingsDep", "StoreDep", "admin_device", "admin_site", "principal_for_key", "require_admin",
+           "scoped_device", "scoped_site"]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `smartpark keys create`")
 
@@ -105,3 +106,17 @@ def require_admin(who: Principal) -> None:
     """For admin calls on a site or device id: scope first (404 for what the key cannot see), then role."""
     if who.role != "admin":
         raise Forbidden("this call needs an admin key")
+
+
+def admin_site(registry: Registry, who: Principal, site_id: str) -> Site:
+    """The site for an admin call: 404 for what the key cannot see, before 403 for a non-admin key."""
+    site = scoped_site(registry, who, site_id)
+    require_admin(who)
+    return site
+
+
+def admin_device(registry: Registry, who: Principal, device_id: str) -> Device:
+    """The device for an admin call, checked in the same order as ``admin_site``."""
+    device = scoped_device(registry, who, device_id)
+    require_admin(who)
+    return device
