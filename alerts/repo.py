@@ -276,10 +276,8 @@ class AlertRepo(SqlRepository):
 
     def unannotated(self) -> list[Episode]:
         """Episodes whose firing or resolution is not yet in the `alerts` measurement."""
-        with self.session() as s:
-            q = select(Episode).where((Episode.annotated == 0) | (
-                (Episode.annotated == 1) & (Episode.state == "resolved"))).limit(500)
-            return list(s.scalars(q))
+        return self._all(select(Episode).where((Episode.annotated == 0) | (
+            (Episode.annotated == 1) & (Episode.state == "resolved"))).limit(500))
 
     def mark_annotated(self, marks: dict[str, int]) -> None:
         with self.session() as s:

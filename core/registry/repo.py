@@ -113,11 +113,8 @@ class Registry(SqlRepository):
         return self._get(Site, site_id)
 
     def devices(self, site_id: str | None = None) -> list[Device]:
-        with self.session() as s:
-            q = select(Device).order_by(Device.id)
-            if site_id is not None:
-                q = q.where(Device.site_id == site_id)
-            return list(s.scalars(q))
+        q = select(Device).order_by(Device.id)
+        return self._all(q if site_id is None else q.where(Device.site_id == site_id))
 
     def bindings(self) -> dict[str, str]:
         """device id -> site id: what the ingest checks every topic against."""
