@@ -8,15 +8,14 @@ whose transaction did not commit is not acked (the broker redelivers it).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Engine, delete, exists, func, select, update
+from sqlalchemy import ColumnElement, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, aliased
 
 from smartpark.alerts.evaluate import State
 from smartpark.alerts.models import (
@@ -33,6 +32,7 @@ from smartpark.alerts.rules import RuleSpec
 from smartpark.alerts.signing import message_id
 from smartpark.core.clock import now_ms
 from smartpark.core.migrations import upgrade_schema
+from smartpark.core.repository import SqlRepository
 
 __all__ = ["AlertRepo", "Changes", "Peak", "Resolved", "event_body", "now_ms", "rfc3339"]
 
@@ -100,17 +100,8 @@ def _matches(sub: WebhookSubscription, ep: Episode) -> bool:
             and (not sub.rules or ep.rule_id in sub.rules))
 
 
-class AlertRepo:
+class AlertRepo(SqlRepository):
     """Alert tables on the metadata database's engine (the registry's)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        with self._sessions.begin() as s:
-            yield s
 
     def init(self, defaults: Iterable[RuleSpec] = ()) -> None:
         """The tables at start-up (the migrations', brought to the head: nothing to do when there, so no reader
@@ -281,15 +272,12 @@ class AlertRepo:
             return list(rows), total
 
     def episode(self, episode_id: str) -> Episode | None:
-        with self.session() as s:
-            return s.get(Episode, episode_id)
+        return self._get(Episode, episode_id)
 
     def unannotated(self) -> list[Episode]:
         """Episodes whose firing or resolution is not yet in the `alerts` measurement."""
-        with self.session() as s:
-            q = select(Episode).where((Episode.annotated == 0) | (
-                (Episode.annotated == 1) & (Episode.state == "resolved"))).limit(500)
-            return list(s.scalars(q))
+        return self._all(select(Episode).where((Episode.annotated == 0) | (
+            (Episode.annotated == 1) & (Episode.state == "resolved"))).limit(500))
 
     def mark_annotated(self, marks: dict[str, int]) -> None:
         with self.session() as s:
@@ -298,12 +286,10 @@ class AlertRepo:
 
     # --- webhook subscriptions
     def subscriptions(self) -> list[WebhookSubscription]:
-        with self.session() as s:
-            return list(s.scalars(select(WebhookSubscription).order_by(WebhookSubscription.created_ms)))
+        return self._all(select(WebhookSubscription).order_by(WebhookSubscription.created_ms))
 
     def subscription(self, sub_id: str) -> WebhookSubscription | None:
-        with self.session() as s:
-            return s.get(WebhookSubscription, sub_id)
+        return self._get(WebhookSubscription, sub_id)
 
     def add_subscription(self, sub: WebhookSubscription) -> None:
         with self.session() as s:

@@ -4,8 +4,9 @@ key scope."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -20,7 +21,8 @@ from smartpark.core.settings import Settings
 from smartpark.core.store.base import TimeSeriesStore
 
 __all__ = ["AdminDep", "AlertsDep", "CatalogDep", "Principal", "PrincipalDep", "ReferenceDep", "RegistryDep",
-           "SettingsDep", "StoreDep", "principal_for_key", "require_admin", "scoped_device", "scoped_site"]
+           "SettingsDep", "StoreDep", "admin_device", "admin_site", "principal_for_key", "require_admin",
+           "scoped_device", "scoped_site"]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `smartpark keys create`")
 
@@ -35,36 +37,21 @@ class Principal:
         return self.role == "admin" or site_id in self.sites
 
 
-def _registry(request: Request) -> Registry:
-    return request.app.state.registry
+def _app_state(name: str) -> Callable[[Request], Any]:
+    """A dependency handing out one object the app factory put on ``app.state``: made once, shared by requests."""
+
+    def from_state(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    return from_state
 
 
-def _store(request: Request) -> TimeSeriesStore:
-    return request.app.state.store
-
-
-def _catalog(request: Request) -> Catalog:
-    return request.app.state.catalog
-
-
-def _reference(request: Request) -> Reference:
-    return request.app.state.reference
-
-
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def _alerts(request: Request) -> AlertAccess:
-    return request.app.state.alerts
-
-
-RegistryDep = Annotated[Registry, Depends(_registry)]
-StoreDep = Annotated[TimeSeriesStore, Depends(_store)]
-CatalogDep = Annotated[Catalog, Depends(_catalog)]
-ReferenceDep = Annotated[Reference, Depends(_reference)]
-SettingsDep = Annotated[Settings, Depends(_settings)]
-AlertsDep = Annotated[AlertAccess, Depends(_alerts)]  # made once by the app factory, tables ready at start-up
+RegistryDep = Annotated[Registry, Depends(_app_state("registry"))]
+StoreDep = Annotated[TimeSeriesStore, Depends(_app_state("store"))]
+CatalogDep = Annotated[Catalog, Depends(_app_state("catalog"))]
+ReferenceDep = Annotated[Reference, Depends(_app_state("reference"))]
+SettingsDep = Annotated[Settings, Depends(_app_state("settings"))]
+AlertsDep = Annotated[AlertAccess, Depends(_app_state("alerts"))]  # tables ready at start-up
 
 
 def principal_for_key(registry: Registry, api_key: str) -> Principal | None:
@@ -119,3 +106,17 @@ def require_admin(who: Principal) -> None:
     """For admin calls on a site or device id: scope first (404 for what the key cannot see), then role."""
     if who.role != "admin":
         raise Forbidden("this call needs an admin key")
+
+
+def admin_site(registry: Registry, who: Principal, site_id: str) -> Site:
+    """The site for an admin call: 404 for what the key cannot see, before 403 for a non-admin key."""
+    site = scoped_site(registry, who, site_id)
+    require_admin(who)
+    return site
+
+
+def admin_device(registry: Registry, who: Principal, device_id: str) -> Device:
+    """The device for an admin call, checked in the same order as ``admin_site``."""
+    device = scoped_device(registry, who, device_id)
+    require_admin(who)
+    return device

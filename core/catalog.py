@@ -5,13 +5,11 @@ Loaded from a data file so a park can extend it without code (contract "Metric c
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
 from typing import Literal
 
 import msgspec
 
-from smartpark.core.datafiles import convert_yaml, read_data_file
+from smartpark.core.datafiles import DataFile
 from smartpark.core.errors import ConfigError
 
 __all__ = ["DOMAINS", "Catalog", "Metric", "default_catalog", "load_catalog"]
@@ -87,8 +85,7 @@ class Catalog:
         return [m for m in self.metrics.values() if m.domain == domain]
 
 
-def _parse(text: str, source: str) -> Catalog:
-    raw = convert_yaml(text, source, WHAT, _CatalogFile)
+def _build(raw: _CatalogFile, source: str) -> Catalog:
     metrics = {}
     for name, spec in raw.metrics.items():
         if spec.min > spec.max:
@@ -97,11 +94,6 @@ def _parse(text: str, source: str) -> Catalog:
     return Catalog(metrics, raw.version)
 
 
-def load_catalog(path: Path | None = None) -> Catalog:
-    """Load a catalog file; ``None`` loads the catalog shipped with smartpark."""
-    return default_catalog() if path is None else _parse(*read_data_file(path, "catalog.yaml", WHAT))
-
-
-@cache
-def default_catalog() -> Catalog:
-    return _parse(*read_data_file(None, "catalog.yaml", WHAT))
+_FILE = DataFile("catalog.yaml", WHAT, _CatalogFile, _build)
+load_catalog = _FILE.load
+default_catalog = _FILE.default

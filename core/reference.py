@@ -6,13 +6,11 @@ not code. Loaded and validated once at start-up.
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
 from typing import Literal
 
 import msgspec
 
-from smartpark.core.datafiles import convert_yaml, read_data_file
+from smartpark.core.datafiles import DataFile
 from smartpark.core.errors import ConfigError
 
 __all__ = ["Carrier", "Reference", "SourceType", "default_reference", "load_reference"]
@@ -92,8 +90,7 @@ class Reference(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         raise ConfigError("reference data has no grid CO2 factor at all")
 
 
-def _parse(text: str, source: str) -> Reference:
-    ref = convert_yaml(text, source, WHAT, Reference)
+def _build(ref: Reference, source: str) -> Reference:
     for name, c in ref.energy.carriers.items():
         if c.co2_scope is not None and c.metric != "energy_kwh" and (c.co2_kg_per_unit is None or not c.co2_source):
             raise ConfigError(f"{WHAT} {source}: carrier {name} has a CO2 scope but no co2_kg_per_unit and co2_source")
@@ -102,11 +99,6 @@ def _parse(text: str, source: str) -> Reference:
     return ref
 
 
-def load_reference(path: Path | None = None) -> Reference:
-    """Load a reference data file; ``None`` loads the one shipped with smartpark."""
-    return default_reference() if path is None else _parse(*read_data_file(path, "reference.yaml", WHAT))
-
-
-@cache
-def default_reference() -> Reference:
-    return _parse(*read_data_file(None, "reference.yaml", WHAT))
+_FILE = DataFile("reference.yaml", WHAT, Reference, _build)
+load_reference = _FILE.load
+default_reference = _FILE.default

@@ -3,12 +3,9 @@ restricted product lines, and the national benchmark and baseline energy-efficie
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
-
 import msgspec
 
-from smartpark.core.datafiles import convert_yaml, read_data_file
+from smartpark.core.datafiles import DataFile
 from smartpark.core.errors import ConfigError
 
 __all__ = ["Process", "Product", "Screening", "Sector", "default_screening", "load_screening"]
@@ -57,8 +54,7 @@ class Screening(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return next((k for k, s in self.sectors.items() if industry in s.industries), None)
 
 
-def _parse(text: str, source: str) -> Screening:
-    data = convert_yaml(text, source, WHAT, Screening)
+def _build(data: Screening, source: str) -> Screening:
     for name, p in data.processes.items():
         if p.sector not in data.sectors:
             raise ConfigError(f"{WHAT} {source}: process {name} names unknown sector {p.sector!r}")
@@ -71,11 +67,6 @@ def _parse(text: str, source: str) -> Screening:
     return data
 
 
-def load_screening(path: Path | None = None) -> Screening:
-    """Load a screening file; ``None`` loads the one shipped with smartpark."""
-    return default_screening() if path is None else _parse(*read_data_file(path, "screening.yaml", WHAT))
-
-
-@cache
-def default_screening() -> Screening:
-    return _parse(*read_data_file(None, "screening.yaml", WHAT))
+_FILE = DataFile("screening.yaml", WHAT, Screening, _build)
+load_screening = _FILE.load
+default_screening = _FILE.default

@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 
 from smartpark.core.catalog import Catalog
-from smartpark.core.datafiles import convert_yaml, read_data_file
+from smartpark.core.datafiles import read_yaml
 from smartpark.core.errors import ConfigError
 
 __all__ = ["FLAG", "IGNORED", "VALUE", "CodeMap", "CodeSpec", "Target", "load_codes"]
@@ -91,7 +91,6 @@ class CodeMap:
 
 
 def load_codes(catalog: Catalog, path: Path | None = None) -> CodeMap:
-    text, source = read_data_file(path, "hj212-codes.yaml", WHAT)
-    raw = convert_yaml(text, source, WHAT, _CodesFile)
+    raw, _ = read_yaml(path, "hj212-codes.yaml", WHAT, _CodesFile)
     return CodeMap(raw.codes, catalog)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from smartpark.api.deps import PrincipalDep, RegistryDep, require_admin, scoped_device
+from smartpark.api.deps import PrincipalDep, RegistryDep, admin_device, scoped_device
 from smartpark.api.errors import ADMIN_ERRORS, ERRORS, Conflict, Unprocessable
 from smartpark.api.models import DeviceProvisioned, DevicePublic, DeviceUpdate
 from smartpark.api.routes.sites import provisioned
@@ -31,8 +31,7 @@ def get_device(device: str, registry: RegistryDep, who: PrincipalDep) -> DeviceP
 
 @router.patch("/{device}", responses=ADMIN_ERRORS)
 def update_device(device: str, body: DeviceUpdate, registry: RegistryDep, who: PrincipalDep) -> DevicePublic:
-    current = scoped_device(registry, who, device)
-    require_admin(who)
+    current = admin_device(registry, who, device)
     fields = body.model_dump(exclude_unset=True, exclude={"hj212"})
     problem = registry.hierarchy_problem(current.site_id, device, fields)
     if problem:
@@ -44,8 +43,7 @@ def update_device(device: str, body: DeviceUpdate, registry: RegistryDep, who: P
 
 @router.delete("/{device}", status_code=204, response_class=Response, responses=ADMIN_ERRORS)
 def delete_device(device: str, registry: RegistryDep, who: PrincipalDep) -> Response:
-    scoped_device(registry, who, device)
-    require_admin(who)
+    admin_device(registry, who, device)
     registry.delete_device(device)
     return Response(status_code=204)
 
@@ -53,6 +51,5 @@ def delete_device(device: str, registry: RegistryDep, who: PrincipalDep) -> Resp
 @router.post("/{device}/credentials", responses=ADMIN_ERRORS)
 def rotate_credentials(device: str, registry: RegistryDep, who: PrincipalDep) -> DeviceProvisioned:
     """New MQTT password for the device (shown once); the old one stops working at the broker's next reload."""
-    scoped_device(registry, who, device)
-    require_admin(who)
+    admin_device(registry, who, device)
     return provisioned(registry, device)

@@ -14,7 +14,7 @@ from smartpark.api.deps import (
     RegistryDep,
     SettingsDep,
     StoreDep,
-    require_admin,
+    admin_site,
     scoped_site,
 )
 from smartpark.api.errors import ADMIN_ERRORS, ERRORS, Conflict, Unprocessable
@@ -68,8 +68,7 @@ def get_site(site: str, registry: RegistryDep, who: PrincipalDep) -> SitePublic:
 
 @router.patch("/{site}", responses=ADMIN_ERRORS)
 def update_site(site: str, body: SiteUpdate, registry: RegistryDep, who: PrincipalDep) -> SitePublic:
-    current = scoped_site(registry, who, site)
-    require_admin(who)
+    current = admin_site(registry, who, site)
     fields = body.model_dump(exclude_unset=True)
     _check_greening_bounds(fields.get("greening_min_pct", current.greening_min_pct),
                            fields.get("greening_max_pct", current.greening_max_pct))
@@ -80,8 +79,7 @@ def update_site(site: str, body: SiteUpdate, registry: RegistryDep, who: Princip
 @router.delete("/{site}", status_code=204, response_class=Response, responses=ADMIN_ERRORS)
 def delete_site(site: str, registry: RegistryDep, who: PrincipalDep) -> Response:
     """Delete a site and its devices from the registry (their readings stay in the store)."""
-    scoped_site(registry, who, site)
-    require_admin(who)
+    admin_site(registry, who, site)
     registry.delete_site(site)
     return Response(status_code=204)
 
@@ -98,8 +96,7 @@ def list_devices(site: str, registry: RegistryDep, who: PrincipalDep, offset: Of
 @router.post("/{site}/devices", status_code=201, responses=ADMIN_ERRORS)
 def create_device(site: str, body: DeviceCreate, registry: RegistryDep, who: PrincipalDep) -> DeviceProvisioned:
     """Add a device and provision its MQTT credentials (the password is in this response only)."""
-    scoped_site(registry, who, site)
-    require_admin(who)
+    admin_site(registry, who, site)
     problem = registry.hierarchy_problem(site, body.id, body.model_dump())
     if problem and registry.device(body.id) is None:
         raise Unprocessable(problem)

@@ -9,14 +9,14 @@ change arrived. The ingest writes it (ingest/rewrites.py finds the changes); adm
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import NamedTuple
 
-from sqlalchemy import BigInteger, Engine, Float, Index, Integer, String, func, select
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import BigInteger, Float, Index, Integer, String, func, select
+from sqlalchemy.orm import Mapped, mapped_column
 
 from smartpark.core.registry.models import Base
+from smartpark.core.repository import SqlRepository
 
 __all__ = ["AuditTrail", "Rewrite", "ValueRewrite"]
 
@@ -49,26 +49,17 @@ class Rewrite(NamedTuple):
     received_ms: int
 
 
-class AuditTrail:
+class AuditTrail(SqlRepository):
     """The audit table on the metadata database's engine (the registry's)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     def init(self) -> None:
         """Create the table if missing (idempotent): the ingest and the API work on a database that predates it."""
         ValueRewrite.__table__.create(self.engine, checkfirst=True)  # type: ignore[attr-defined]
 
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        with self._sessions.begin() as s:
-            yield s
-
     def record(self, rewrites: Sequence[Rewrite]) -> None:
         if not rewrites:
             return
-        with self._session() as s:
+        with self.session() as s:
             s.add_all([ValueRewrite(**r._asdict()) for r in rewrites])
 
     def rewrites(self, *, site: str | None = None, device: str | None = None, offset: int = 0,
@@ -76,7 +67,7 @@ class AuditTrail:
         """A page of rewrites, newest first, and how many match in all."""
         where = [c for c in (ValueRewrite.site == site if site else None,
                              ValueRewrite.device == device if device else None) if c is not None]
-        with self._session() as s:
+        with self.session() as s:
             total = s.scalar(select(func.count()).select_from(ValueRewrite).where(*where)) or 0
             rows = list(s.scalars(select(ValueRewrite).where(*where)
                                   .order_by(ValueRewrite.id.desc()).offset(offset).limit(limit)))

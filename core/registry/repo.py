@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import Engine, create_engine, event, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.orm import Session
 
 from smartpark.core.errors import RegistryError
 from smartpark.core.ids import SERVICE_PREFIX, reserved_device_id
@@ -25,6 +23,7 @@ from smartpark.core.registry.secrets import (
     new_password,
     verify_password,
 )
+from smartpark.core.repository import SqlRepository
 
 __all__ = ["Registry"]
 
@@ -39,16 +38,16 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cur.close()
 
 
-class Registry:
+class Registry(SqlRepository):
     """Sites, devices and keys in any SQLAlchemy database (SQLite in the data dir by default)."""
 
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        engine = create_engine(url)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        super().__init__(engine)
 
     def init(self) -> None:
         """Bring the metadata database's schema to this version's head (migrations; nothing to do when there)."""
@@ -56,11 +55,6 @@ class Registry:
 
     def close(self) -> None:
         self.engine.dispose()
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        with self._sessions.begin() as s:
-            yield s
 
     # --- park files
     def load_park(self, park: ParkFile) -> tuple[int, int]:
@@ -113,19 +107,14 @@ class Registry:
             return s.scalars(select(Park)).first()
 
     def sites(self) -> list[Site]:
-        with self.session() as s:
-            return list(s.scalars(select(Site).order_by(Site.id)))
+        return self._all(select(Site).order_by(Site.id))
 
     def site(self, site_id: str) -> Site | None:
-        with self.session() as s:
-            return s.get(Site, site_id)
+        return self._get(Site, site_id)
 
     def devices(self, site_id: str | None = None) -> list[Device]:
-        with self.session() as s:
-            q = select(Device).order_by(Device.id)
-            if site_id is not None:
-                q = q.where(Device.site_id == site_id)
-            return list(s.scalars(q))
+        q = select(Device).order_by(Device.id)
+        return self._all(q if site_id is None else q.where(Device.site_id == site_id))
 
     def bindings(self) -> dict[str, str]:
         """device id -> site id: what the ingest checks every topic against."""
@@ -187,12 +176,10 @@ class Registry:
         return key
 
     def api_key(self, key_id: str) -> ApiKey | None:
-        with self.session() as s:
-            return s.get(ApiKey, key_id)
+        return self._get(ApiKey, key_id)
 
     def api_keys(self) -> list[ApiKey]:
-        with self.session() as s:
-            return list(s.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+        return self._all(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id))
 
     def revoke_api_key(self, key_id: str) -> bool:
         with self.session() as s:
@@ -252,8 +239,7 @@ class Registry:
         return device
 
     def device(self, device_id: str) -> Device | None:
-        with self.session() as s:
-            return s.get(Device, device_id)
+        return self._get(Device, device_id)
 
     def update_device(self, device_id: str, fields: dict[str, Any]) -> Device | None:
         return self._update(Device, device_id, fields)

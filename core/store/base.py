@@ -7,7 +7,7 @@ Calls are synchronous: the ingest writes from its own thread, the API runs them 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol, Self
 
 import msgspec
 
@@ -16,6 +16,7 @@ from smartpark.core.points import FieldValue, Point
 __all__ = [
     "AGGREGATES",
     "Agg",
+    "ClosedOnExit",
     "CounterEvent",
     "CounterKind",
     "HourPrints",
@@ -179,6 +180,19 @@ class LatestValue(NamedTuple):
     ts_ms: int
     value: float
     flag: str | None  # None means N (normal)
+
+
+class ClosedOnExit:
+    """``with store:`` closes the store after the block (one-shot commands and tests open one for a block)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class TimeSeriesStore(Protocol):

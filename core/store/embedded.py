@@ -20,6 +20,7 @@ from smartpark.core.points import Point
 from smartpark.core.store.base import (
     DAY_MS,
     HOUR_MS,
+    ClosedOnExit,
     CounterEvent,
     HourPrints,
     HourQuery,
@@ -122,7 +123,7 @@ ORDER BY s.device, l.field
 LOOKUP_CHUNK = 500  # times per stored_fields statement (SQLite's bound-parameter limit is far above)
 
 
-class EmbeddedStore:
+class EmbeddedStore(ClosedOnExit):
     """SQLite-backed TimeSeriesStore; safe to use from several threads and processes."""
 
     def __init__(self, path: Path, catalog: Catalog) -> None:

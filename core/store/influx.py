@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import httpx
 
@@ -53,7 +53,7 @@ WRITE_CHUNK = 2500  # points per /write request of a large batch
 WRITE_REQUESTS = 4
 
 
-class InfluxStore:
+class InfluxStore(base.ClosedOnExit):
     """TimeSeriesStore over the InfluxDB v1 HTTP API (influx_http.py; thread-safe)."""
 
     def __init__(
@@ -189,12 +189,6 @@ class InfluxStore:
         self._writers.shutdown(wait=True)
         self.queries.close()
         self.http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"InfluxStore({self.url!r}, {self.database!r}, rp={self.rp!r})"
