@@ -167,3 +167,16 @@ def test_a_closed_store_does_not_write(server: tuple[str, Answers]) -> None:
     with pytest.raises(StoreUnavailable, match="closed"):
         store.write([_point()])
     assert len(answers.seen) == 1
+
+
+def test_a_huge_answer_is_not_read_whole(server: tuple[str, Answers]) -> None:
+    """The network is not trusted: an error answer of 8 MiB costs a bounded read and a new connection."""
+    url, answers = server
+    answers.status, answers.body = 400, b'{"error": "' + b"x" * (8 << 20) + b'"}'
+    with InfluxStore(url, "smartpark", default_catalog()) as store:
+        with pytest.raises(StoreRejected, match="400") as info:
+            store.write([_point()])
+        assert len(str(info.value)) < 1_000
+        answers.status, answers.body = 204, b""
+        store.write([_point()])  # on a fresh connection: the rest of the big answer is never read
+    assert len(answers.connections) == 2

@@ -40,6 +40,7 @@ from smartpark.core.tls import TlsFiles, tls_context
 __all__ = ["InfluxHttp", "WriteConnections"]
 
 _RETRY_ON_REUSE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.BadStatusLine)
+MAX_ANSWER_BYTES = 64 * 1024  # what is read of an answer to a write (the network is not trusted)
 IDLE_S = 5.0  # a write connection idle longer is opened anew (as httpx's pool did): a NAT or a load balancer
 # may have dropped it silently, and the write would wait out the whole timeout before failing
 
@@ -272,9 +273,9 @@ class WriteConnections:
                   headers: dict[str, str]) -> tuple[int, str, bytes]:
         conn.request("POST", path, body=body, headers=headers)
         resp = conn.getresponse()
-        answer = resp.read()
-        if resp.will_close:
-            conn.close()  # http.client reconnects on the next request
+        answer = resp.read(MAX_ANSWER_BYTES)  # a write's answer is empty or an error message: never more
+        if resp.will_close or not resp.isclosed():
+            conn.close()  # closed by the server, or more answer than we read: http.client reconnects next time
         return resp.status, resp.reason, answer
 
     def _connect(self) -> http.client.HTTPConnection:
