@@ -368,9 +368,10 @@ def simulate(  # noqa: PLR0917 (typer options)
         creds = _simulator_credentials(settings, registry, parsed, announce=credentials_only)
         if credentials_only:
             return
+        stop = _stop_event(duration)  # before the counters' queries: Ctrl-C during them stops cleanly too
         counters = stored_counters(store, parsed, catalog, win.start_ms)  # every mode continues stored counters
         stats = modes.run_publish(parsed, scen, _endpoint(settings), win, credentials=creds.passwords,
-                                  truth_path=truth, stop=_stop_event(duration), counters=counters)
+                                  truth_path=truth, stop=stop, counters=counters)
     except SmartparkError as exc:
         _fail(str(exc))
     except (OSError, ConnectionError) as exc:

@@ -245,16 +245,17 @@ class WriteConnections:
         reused = conn is not None
         if conn is None:
             conn = self._connect()
-        self._local.used = now
         try:
             try:
-                return self._exchange(conn, path, body, headers)
+                answer = self._exchange(conn, path, body, headers)
             except _RETRY_ON_REUSE:
                 if not reused:
                     raise
                 self._drop(conn)  # the server closed it while idle: once more on a fresh connection
                 conn = self._connect()
-                return self._exchange(conn, path, body, headers)
+                answer = self._exchange(conn, path, body, headers)
+            self._local.used = time.monotonic()  # idle from the end of this exchange
+            return answer
         except TimeoutError as exc:
             self._drop(conn)
             raise StoreUnavailable(f"InfluxDB {self.url}/write: timed out ({type(exc).__name__})") from exc
@@ -284,9 +285,11 @@ class WriteConnections:
             conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=self._tls)
         else:
             conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-        self._local.conn = conn
         with self._lock:
+            if self._closed:  # close() came meanwhile: no connection it would not close
+                raise StoreUnavailable(f"InfluxDB {self.url}/write: the store is closed")
             self._open.add(conn)
+        self._local.conn, self._local.used = conn, time.monotonic()
         return conn
 
     def _drop(self, conn: http.client.HTTPConnection) -> None:
