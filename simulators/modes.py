@@ -18,7 +18,9 @@ from smartpark.core import clock
 from smartpark.core.catalog import Catalog
 from smartpark.core.errors import ConfigError
 from smartpark.core.mqtt.endpoint import Endpoint
+from smartpark.core.reference import Reference
 from smartpark.core.registry import ParkFile, read_park_file
+from smartpark.core.screening import Screening
 from smartpark.core.store.base import TimeSeriesStore
 from smartpark.simulators.backfill import BackfillResult, backfill
 from smartpark.simulators.progress import progress_bar
@@ -44,14 +46,16 @@ class Window:
 
 
 def load_run(scenario_file: Path | None, park_file: Path | None, demo_park: Path, *, seed: int | None = None,
-             interval_s: float | None = None) -> tuple[ParkFile, Scenario]:
-    """The scenario (default: the demo scenario) with command-line overrides, and its park."""
+             interval_s: float | None = None, reference: Reference | None = None,
+             screening: Screening | None = None) -> tuple[ParkFile, Scenario]:
+    """The scenario (default: the demo scenario) with command-line overrides, and its park (checked against the
+    park's reference and screening data: default, the shipped ones)."""
     scenario = load_scenario(scenario_file) if scenario_file else default_scenario()
     if seed is not None:
         scenario = msgspec.structs.replace(scenario, seed=seed)
     if interval_s is not None:
         scenario = msgspec.structs.replace(scenario, interval_s=interval_s)
-    park = read_park_file(park_file or park_file_of(scenario) or demo_park)
+    park = read_park_file(park_file or park_file_of(scenario) or demo_park, reference, screening=screening)
     return park, scenario
 
 

@@ -349,6 +349,8 @@ def simulate(  # noqa: PLR0917 (typer options)
     devices without valid ones get new ones, which a production broker must learn (broker export, reload)
     before they can connect.
     """
+    from smartpark.core.reference import load_reference
+    from smartpark.core.screening import load_screening
     from smartpark.platform import demo_park_path, open_core
     from smartpark.simulators import modes
     from smartpark.simulators.resume import stored_counters
@@ -357,7 +359,9 @@ def simulate(  # noqa: PLR0917 (typer options)
     direct = _check_simulate_mode(settings, mode, publish=publish, credentials_only=credentials_only)
     creds = None
     try:
-        parsed, scen = modes.load_run(scenario, park, demo_park_path(), seed=seed, interval_s=interval)
+        parsed, scen = modes.load_run(scenario, park, demo_park_path(), seed=seed, interval_s=interval,
+                                      reference=load_reference(settings.reference_file),
+                                      screening=load_screening(settings.screening_file))
         catalog, registry, store = open_core(settings)
         registry.load_park(parsed)
         win = modes.window(scen, mode, days, speed=speed)  # type: ignore[arg-type]
@@ -516,10 +520,12 @@ def park_load(file: Annotated[Path, typer.Argument(help="Park YAML file.")], ver
     """Upsert a park file's sites and devices into the registry (idempotent)."""
     from smartpark.core.reference import load_reference
     from smartpark.core.registry import Registry, read_park_file
+    from smartpark.core.screening import load_screening
 
     settings = _settings(verbose)
     try:
-        parsed = read_park_file(file, load_reference(settings.reference_file))
+        parsed = read_park_file(file, load_reference(settings.reference_file),
+                                screening=load_screening(settings.screening_file))
         registry = Registry(settings.metadata_url)
         registry.init()
         sites, devices = registry.load_park(parsed)

@@ -255,8 +255,10 @@ class Platform:
         catalog, registry, store = open_core(self.settings, create=True)
         self._stops += [store.close, registry.close]
         from smartpark.core.reference import load_reference
+        from smartpark.core.screening import load_screening
 
-        park = read_park_file(self.park_file, load_reference(self.settings.reference_file))
+        park = read_park_file(self.park_file, load_reference(self.settings.reference_file),
+                              screening=load_screening(self.settings.screening_file))
         sites, devices = registry.load_park(park)
         log.info("park %s: %d sites, %d devices", park.park.id, sites, devices)
         endpoint, mqtt5 = self._start_broker(registry)

@@ -283,3 +283,22 @@ def _listening(port: int) -> list[str]:
         if state == "0A" and int(hex_port, 16) == port:
             found.append(".".join(str(int(addr[i:i + 2], 16)) for i in (6, 4, 2, 0)))
     return found
+
+
+def test_a_park_is_checked_against_the_parks_own_screening_file(tmp_path: Path) -> None:
+    """SMARTPARK_SCREENING_FILE is the park's: a process only it knows is accepted in the park file (the check
+    used the shipped file whatever the setting, and refused it)."""
+    from factories import park_yaml
+
+    own = tmp_path / "screening.yaml"
+    shipped = (Path(__file__).resolve().parent.parent / "core" / "data" / "screening.yaml").read_text()
+    own.write_text(shipped.replace("processes:\n", "processes:\n  pelletising:\n    name: pelletising\n"
+                                   "    sector: steel\n    confidence: U\n    source: the park's own study\n", 1))
+    park = tmp_path / "park.yaml"
+    pellets = "id: pellet-line, kind: energy_meter, parent: steel-main, process: pelletising"
+    park.write_text(park_yaml("own-park", ["id: steel-main, kind: energy_meter", pellets]))
+    refused = run(tmp_path, "park", "load", str(park))
+    assert refused.returncode != 0  # the shipped data does not know it
+    assert "pelletising" in refused.stderr
+    loaded = run(tmp_path, "park", "load", str(park), SMARTPARK_SCREENING_FILE=str(own))
+    assert loaded.returncode == 0, loaded.stderr

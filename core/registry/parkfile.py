@@ -112,9 +112,11 @@ def _locate(root: yaml.Node, message: str) -> tuple[int, str]:
     return node.start_mark.line + 1, key
 
 
-def parse_park_file(text: str, path: str = "<park file>", reference: Reference | None = None) -> ParkFile:
+def parse_park_file(text: str, path: str = "<park file>", reference: Reference | None = None, *,
+                    screening: Screening | None = None) -> ParkFile:
     """A park file checked against its types and then its meaning (time zone, region and source types known to
-    ``reference`` (default: the shipped reference data), greening band, meter hierarchy)."""
+    ``reference``, processes and products known to ``screening`` (defaults: the shipped data; a park with its
+    own files passes them), greening band, meter hierarchy)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -129,18 +131,19 @@ def parse_park_file(text: str, path: str = "<park file>", reference: Reference |
         line, key = _locate(root, str(exc))
         raise ParkFileError(str(exc), path=path, line=line, key=key) from exc
     _check_unique(park, path)
-    _check_meaning(park, root, path, reference)
+    _check_meaning(park, root, path, reference, screening)
     return park
 
 
-def _check_meaning(park: ParkFile, root: yaml.Node, path: str, ref: Reference | None) -> None:
+def _check_meaning(park: ParkFile, root: yaml.Node, path: str, ref: Reference | None,
+                   screening: Screening | None) -> None:
     """What the types cannot say, checked before anything is stored: a park that loads cannot break a KPI."""
-    for where, key, message in _problems(park, ref or default_reference()):
+    for where, key, message in _problems(park, ref or default_reference(), screening or default_screening()):
         node = _node_at(root, where)
         raise ParkFileError(message, path=path, line=node.start_mark.line + 1, key=key)
 
 
-def _problems(park: ParkFile, ref: Reference) -> Iterator[tuple[str, str, str]]:
+def _problems(park: ParkFile, ref: Reference, screening: Screening) -> Iterator[tuple[str, str, str]]:
     """(msgspec-style path, key, message) of every semantic error, in file order."""
     tz, region = park.park.timezone, park.park.region
     if not valid_timezone(tz):
@@ -149,10 +152,10 @@ def _problems(park: ParkFile, ref: Reference) -> Iterator[tuple[str, str, str]]:
     if region not in regions:
         yield "$.park.region", "region", f"region {region!r} is not in the reference data ({', '.join(regions)})"
     for i, site in enumerate(park.sites):
-        yield from _site_problems(f"$.sites[{i}]", site, ref)
+        yield from _site_problems(f"$.sites[{i}]", site, ref, screening)
 
 
-def _site_problems(at: str, site: SiteSpec, ref: Reference) -> Iterator[tuple[str, str, str]]:
+def _site_problems(at: str, site: SiteSpec, ref: Reference, screening: Screening) -> Iterator[tuple[str, str, str]]:
     low, high = site.greening_min_pct, site.greening_max_pct
     if low is not None and high is not None and low > high:
         yield f"{at}.greening_min_pct", "greening_min_pct", f"greening_min_pct {low} is above greening_max_pct {high}"
@@ -164,7 +167,7 @@ def _site_problems(at: str, site: SiteSpec, ref: Reference) -> Iterator[tuple[st
                    f"CEMS {dev.id!r} {what} (one of {', '.join(sorted(sources))})")
     for j, key, message in hierarchy_errors([(d.id, d.kind, d.role, d.parent) for d in site.devices]):
         yield f"{at}.devices[{j}].{key}", key, message
-    yield from _screening_problems(at, site, default_screening())
+    yield from _screening_problems(at, site, screening)
 
 
 def _screening_problems(at: str, site: SiteSpec, screening: Screening) -> Iterator[tuple[str, str, str]]:
@@ -209,9 +212,9 @@ def _check_unique(park: ParkFile, path: str) -> None:
         raise ParkFileError("an hj212 MN appears on two devices", path=path, key="mn")
 
 
-def read_park_file(path: Path, reference: Reference | None = None) -> ParkFile:
+def read_park_file(path: Path, reference: Reference | None = None, *, screening: Screening | None = None) -> ParkFile:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ParkFileError(str(exc), path=str(path)) from exc
-    return parse_park_file(text, str(path), reference)
+    return parse_park_file(text, str(path), reference, screening=screening)
