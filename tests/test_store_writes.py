@@ -46,7 +46,11 @@ def server() -> Iterator[tuple[str, Answers]]:
             self.send_response(answers.status)
             self.send_header("Content-Length", str(len(answers.body)))
             self.end_headers()
-            self.wfile.write(answers.body)
+            try:
+                self.wfile.write(answers.body)
+            except (ConnectionResetError, BrokenPipeError):
+                self.close_connection = True  # the client read what it wanted of a huge answer and hung up
+                return
             self.close_connection = answers.close_after
 
         def log_message(self, *args: object) -> None:
