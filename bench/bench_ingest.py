@@ -1,6 +1,7 @@
 """smartpark's ingest beside the hand-written batched peer pipeline, same workload, same servers, one run.
 
-    .venv/bin/pip install -e '.[bench]' && .venv/bin/python bench/bench_ingest.py [--n 200000] [--reps 3]
+    .venv/bin/pip install -e '.[bench]'
+    .venv/bin/python bench/bench_ingest.py [--n 200000] [--reps 3] [--tls] [--backlog] [--batch]
 
 Workload: shared/bench/peers (200 devices, 4 metrics per message, QoS 1, unique (device, ts)), published on
 the contract's topics (TOPIC_PREFIX=smartpark/v1) by 200 `mosquitto_pub -l` processes (cpub.sh). The pipelines
@@ -14,6 +15,11 @@ smartpark alone on batch payloads (100 readings/message, `--batch-n` readings), 
 made for the run; smartpark with mqtts:// and SMARTPARK_MQTT_CA_FILE, the peer unchanged through
 bench/peer_tls.py, which gives its paho client the CA) and reports TLS against plain text; the publishers stay
 on the plain listener, so the difference is the pipelines' TLS receive path.
+`--backlog` also times each pipeline draining a backlog: it is paused (SIGSTOP, still connected) while the
+publishers run, so the broker queues all N messages, and timed from its resume (SIGCONT) until InfluxDB holds
+them. The live runs measure a pipeline sharing 2 cores with 200 publishers, Mosquitto and InfluxDB: one that
+keeps up finishes with the publishers and is measured at their rate. The backlog run measures what it can take
+(the catch-up after an ingest restart or a broker reconnect), the publishers no longer sharing the cores.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -89,16 +96,25 @@ def start_pipeline(name: str, tmp: Path, mosq: object, influx_url: str, db: str,
 
 
 def run_one(name: str, args: argparse.Namespace, tmp: Path, mosq: object, influx: Influx, reg: str,
-            lines_dir: Path, rep: int, tls: bool = False) -> dict[str, object]:
-    db = f"bench_{name}_{rep}{'_tls' if tls else ''}"
+            lines_dir: Path, rep: int, tls: bool = False, backlog: bool = False) -> dict[str, object]:
+    """One pipeline, one run. ``backlog``: the pipeline is paused (SIGSTOP, still connected) while the
+    publishers run, so the broker queues every message; the clock starts when it is resumed (SIGCONT) and its
+    rate is how fast it drains a backlog, with the publishers no longer sharing the cores."""
+    db = f"bench_{name}_{rep}{'_tls' if tls else ''}{'_backlog' if backlog else ''}"
     influx.reset(db)
     proc = start_pipeline(name, tmp, mosq, influx.url, db, reg, {}, tls=tls)
     measurement = "energy" if name == "smartpark" else "telemetry"
     time.sleep(0.3)
+    if backlog:
+        proc.send_signal(signal.SIGSTOP)
     cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
     env = {**os.environ, "MQTT_HOST": mosq.host, "MQTT_PORT": str(mosq.port)}
     pub = subprocess.Popen([str(PEERS / "cpub.sh"), str(lines_dir), "1", "100"], env=env,
                            stdout=subprocess.DEVNULL)
+    if backlog:
+        pub.wait()  # every message acknowledged by the broker: all queued for the paused pipeline
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        proc.send_signal(signal.SIGCONT)
     per_message = 2 if name == "smartpark" else 1  # smartpark: an energy and an emissions point
     count, arrived = influx.wait_stored(db, measurement, "power_kw", args.n, args.n * per_message,
                                         lambda: pub.poll() is not None)
@@ -107,9 +123,12 @@ def run_one(name: str, args: argparse.Namespace, tmp: Path, mosq: object, influx
     proc.terminate()
     proc.wait(timeout=60)
     influx.q(f'DROP DATABASE "{db}"')
-    return {"pipeline": f"{name}+tls" if tls else name, "rep": rep, "n": args.n, "stored": count,
-            "loss": args.n - count,
+    return {"pipeline": label(name, tls, backlog), "rep": rep, "n": args.n, "stored": count, "loss": args.n - count,
             "msg_s": round(count / wall), "cpu_s_per_100k": round(cpu * 1e5 / args.n, 3), "peak_rss_mib": round(rss)}
+
+
+def label(name: str, tls: bool, backlog: bool) -> str:
+    return f"{name}{'+tls' if tls else ''}{' backlog' if backlog else ''}"
 
 
 def run_batches(args: argparse.Namespace, tmp: Path, mosq: object, influx: Influx, reg: str,
@@ -162,22 +181,26 @@ def main() -> None:
     parser.add_argument("--batch-n", type=int, default=1_000_000, help="readings in the batch run")
     parser.add_argument("--tls", action="store_true", help="also run each pipeline over TLS (mqtts://)")
     parser.add_argument("--tls-only", action="store_true", help="run the pipelines over TLS only")
+    parser.add_argument("--backlog", action="store_true",
+                        help="also time each pipeline draining a backlog (paused while published)")
     args = parser.parse_args()
     modes = [True] if args.tls_only else [False, True] if args.tls else [False]
+    kinds = [False, True] if args.backlog else [False]
     with bench_servers(tls=args.tls or args.tls_only) as (tmp, mosq, influx):
         reg, lines_dir = registry_url(tmp), gen_lines(tmp, args.n)
         rows = []
         for rep in range(1, args.reps + 1):
+            for backlog in kinds:
+                for tls in modes:
+                    for name in args.pipelines.split(","):
+                        row = run_one(name, args, tmp, mosq, influx, reg, lines_dir, rep, tls, backlog)
+                        print(json.dumps(row), flush=True)
+                        rows.append(row)
+        for backlog in kinds if rows else []:
             for tls in modes:
-                for name in args.pipelines.split(","):
-                    row = run_one(name, args, tmp, mosq, influx, reg, lines_dir, rep, tls)
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
-        for tls in modes:
-            if rows:
-                report([r for r in rows if str(r["pipeline"]).endswith("+tls") == tls], args, tls)
-        if len(modes) == 2:
-            tls_cost(rows, args)
+                report(rows, args, tls, backlog)
+            if len(modes) == 2:
+                tls_cost(rows, args, backlog)
         if args.batch:
             batch_rows = []
             for rep in range(1, args.reps + 1 if args.reps else 2):
@@ -193,12 +216,13 @@ def medians(rows: list[dict[str, object]], names: list[str]) -> dict[str, dict[s
                 for k in ("msg_s", "cpu_s_per_100k", "peak_rss_mib", "loss")} for n in names}
 
 
-def report(rows: list[dict[str, object]], args: argparse.Namespace, tls: bool = False) -> None:
+def report(rows: list[dict[str, object]], args: argparse.Namespace, tls: bool, backlog: bool) -> None:
     names = args.pipelines.split(",")
-    med = medians(rows, [f"{n}+tls" if tls else n for n in names])
-    med = {n: med[f"{n}+tls" if tls else n] for n in names}
+    med = medians(rows, [label(n, tls, backlog) for n in names])
+    med = {n: med[label(n, tls, backlog)] for n in names}
     print(f"\nmedians of {args.reps} interleaved runs, N={args.n:,} messages, QoS 1, 200 devices"
-          f"{', over TLS (mqtts://)' if tls else ''}")
+          f"{', over TLS (mqtts://)' if tls else ''}"
+          f"{'; BACKLOG: paused while published, timed from resume to stored' if backlog else ''}")
     print(f"{'pipeline':<12} {'msg/s':>8} {'CPU-s/100k':>11} {'peak RSS MiB':>13} {'loss':>6}")
     for n in names:
         m = med[n]
@@ -210,17 +234,16 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace, tls: bool = 
               f"smartpark peak RSS {ours['peak_rss_mib']:.0f} MiB (goal <= 100)")
 
 
-def tls_cost(rows: list[dict[str, object]], args: argparse.Namespace) -> None:
+def tls_cost(rows: list[dict[str, object]], args: argparse.Namespace, backlog: bool) -> None:
     """What TLS costs each pipeline: msg/s and CPU-seconds per 100k over TLS against plain text, same run."""
     names = args.pipelines.split(",")
-    med = medians(rows, names + [f"{n}+tls" for n in names])
-    print("\nTLS against plain text (medians)")
+    med = medians(rows, [label(n, tls, backlog) for n in names for tls in (False, True)])
+    print(f"\nTLS against plain text (medians{', backlog' if backlog else ''})")
     for n in names:
-        plain, tls = med[n], med[f"{n}+tls"]
+        plain, tls = med[label(n, False, backlog)], med[label(n, True, backlog)]
         print(f"{n:<12} msg/s {tls['msg_s']:,.0f} vs {plain['msg_s']:,.0f} ({tls['msg_s'] / plain['msg_s'] - 1:+.0%}), "
               f"CPU-s/100k {tls['cpu_s_per_100k']:.2f} vs {plain['cpu_s_per_100k']:.2f} "
               f"({tls['cpu_s_per_100k'] / plain['cpu_s_per_100k'] - 1:+.0%})")
-
 
 if __name__ == "__main__":
     main()

