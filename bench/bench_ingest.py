@@ -245,5 +245,6 @@ def tls_cost(rows: list[dict[str, object]], args: argparse.Namespace, backlog: b
               f"CPU-s/100k {tls['cpu_s_per_100k']:.2f} vs {plain['cpu_s_per_100k']:.2f} "
               f"({tls['cpu_s_per_100k'] / plain['cpu_s_per_100k'] - 1:+.0%})")
 
+
 if __name__ == "__main__":
     main()
