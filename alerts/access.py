@@ -127,8 +127,7 @@ class AlertAccess:
         alerts never crowd a site's out."""
         if not sites:
             return []
-        rows, _ = self._repo.episodes(sites=sorted(sites), active=True, limit=ACTIVE_LIMIT)
-        return [_episode(e) for e in rows]
+        return [_episode(e) for e in self._repo.newest(sites=sorted(sites), active=True, limit=ACTIVE_LIMIT)]
 
     @_guarded
     def episodes(self, *, sites: Collection[str] | None, active: bool | None, offset: int = 0, limit: int = 100

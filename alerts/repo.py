@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, delete, exists, func, select, update
+from sqlalchemy import ColumnElement, Select, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -260,16 +260,16 @@ class AlertRepo(SqlRepository):
     # --- episodes
     def episodes(self, *, sites: Iterable[str] | None, active: bool | None, offset: int = 0, limit: int = 100
                  ) -> tuple[list[Episode], int]:
-        """Episodes newest first, of ``sites`` (None: all); ``active`` True firing, False resolved."""
-        q = select(Episode)
-        if sites is not None:
-            q = q.where(Episode.site.in_(list(sites)))
-        if active is not None:
-            q = q.where(Episode.state == ("firing" if active else "resolved"))
+        """Episodes newest first, of ``sites`` (None: all); ``active`` True firing, False resolved; and the total."""
+        q = _episodes(sites, active)
         with self.session() as s:
             total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
             rows = s.scalars(q.order_by(Episode.started_ms.desc()).offset(offset).limit(limit))
             return list(rows), total
+
+    def newest(self, *, sites: Iterable[str] | None, active: bool | None, limit: int) -> list[Episode]:
+        """As episodes(), the first ``limit`` without the total (the pages' active alerts: no count query)."""
+        return self._all(_episodes(sites, active).order_by(Episode.started_ms.desc()).limit(limit))
 
     def episode(self, episode_id: str) -> Episode | None:
         return self._get(Episode, episode_id)
@@ -370,3 +370,13 @@ def _rule_row(spec: RuleSpec) -> AlertRule:
     now = now_ms()
     return AlertRule(id=spec.id, kind=spec.kind, enabled=spec.enabled, spec=spec.model_dump(), created_ms=now,
                      updated_ms=now)
+
+
+def _episodes(sites: Iterable[str] | None, active: bool | None) -> Select[Episode]:
+    """Episodes of ``sites`` (None: all); ``active`` True firing, False resolved, None both."""
+    q = select(Episode)
+    if sites is not None:
+        q = q.where(Episode.site.in_(list(sites)))
+    if active is not None:
+        q = q.where(Episode.state == ("firing" if active else "resolved"))
+    return q

@@ -114,7 +114,6 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 def alerts_unavailable(exc: AlertsUnavailable) -> None:
     """Count a request the alert tables failed (the database's reason is logged where it was met)."""
     ALERTS_UNAVAILABLE.inc()
-    log.warning("alerts unavailable: %s", exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:

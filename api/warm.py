@@ -14,7 +14,7 @@ import threading
 from datetime import datetime, timedelta
 
 from smartpark.api import kpis
-from smartpark.core.clock import park_zone
+from smartpark.api.summary import local_tz
 from smartpark.core.reference import Reference
 from smartpark.core.registry import Registry
 from smartpark.core.store.hour_cache import HourCache
@@ -54,17 +54,19 @@ class KpiWarmer:
 
     def warm(self) -> None:
         """One round: the hourly sums of the last WARM_DAYS days of every site with stacks."""
-        park = self.registry.park()
-        tz = park_zone(park)
+        tz = local_tz(self.registry)
         today = datetime.now(tz).date()
         p = kpis.period(tz, today - timedelta(days=WARM_DAYS - 1), today + timedelta(days=1))
         offset = p.hour_offset_ms()
+        if offset is None:  # the KPIs sum minute means over a DST shift: nothing kept to warm
+            self.rounds += 1
+            return
         for site in self.registry.sites():
             if self._stop.is_set():
                 return
             stacks = [d for d in self.registry.devices(site.id) if d.kind == "cems"]
             try:
-                if stacks and offset is not None:  # else the KPIs sum minute means (a DST shift): nothing kept
+                if stacks:
                     query = kpis.hour_query(self.ref, site, stacks, p, offset)
                     self.cache.hour_sums(query, renew_within_s=self.renew_within_s)
             except Exception:  # one site's failure (a refused query, bad reference data) spares the others

@@ -373,12 +373,16 @@ def to_points(readings: Iterable[Reading], catalog: Catalog) -> list[Point]:
     a single domain becomes one point sharing its metrics dict.
     """
     points: list[Point] = []
+    append = points.append  # a batch's readings: the single-domain one inline, no call or list of its own
     split = catalog.split
     for r in readings:
+        plan = split(tuple(r.metrics))
         if r.flags or not r.ts_from_device:
-            points += _annotated_points(r, split(tuple(r.metrics)))
+            points += _annotated_points(r, plan)
+        elif len(plan) == 1:
+            append(Point(plan[0][0], r.site, r.device, r.ts_ms, r.metrics))  # type: ignore[arg-type]
         else:
-            points += plain_points(r.site, r.device, r.ts_ms, r.metrics, catalog)
+            points += _domain_points(r.site, r.device, r.ts_ms, r.metrics, plan)
     return points
 
 
@@ -388,8 +392,13 @@ def plain_points(site: str, device: str, ts_ms: int, metrics: dict[str, float], 
     plan = catalog.split(tuple(metrics))
     if len(plan) == 1:
         return [Point(plan[0][0], site, device, ts_ms, metrics)]  # type: ignore[arg-type]
-    # Plain loops, no comprehensions: in Python 3.11 each comprehension is a function object made per call, and
-    # this runs once a message (0.70 against 1.10 µs for a reading in two domains).
+    return _domain_points(site, device, ts_ms, metrics, plan)
+
+
+def _domain_points(site: str, device: str, ts_ms: int, metrics: dict[str, float],
+                   plan: tuple[tuple[str, tuple[str, ...]], ...]) -> list[Point]:
+    """One point per domain of ``plan``. Plain loops, no comprehensions: in Python 3.11 each comprehension is a
+    function object made per call, and this runs once a message (0.70 against 1.10 µs a two-domain reading)."""
     points = []
     for domain, names in plan:
         fields: dict[str, FieldValue] = {}

@@ -41,8 +41,7 @@ class Identities(ReloadingMap[Identity]):
         super().__init__(lambda: {mn: Identity(*row) for mn, row in load().items()}, "HJ 212 identities", log,
                          lenient_start=True)
 
-    def find(self, mn: str) -> Identity | None:
-        return self.get(mn)
+    find = ReloadingMap.get  # MN -> its identity
 
     def cached(self, mn: str, identity: Identity, pw: str) -> bool | None:
         """The remembered outcome of checking ``pw``; None when it was never checked (call `verify`)."""

@@ -83,16 +83,10 @@ class Batcher:
         self._cond = threading.Condition(self._lock)
         self.received = 0  # messages ever added
 
-    def add(self, msg: DecodedMessage, ack: tuple[int, int]) -> None:
-        """A message from the broker, acked by its (connection, MQTT mid) once its batch is durable."""
-        self._add(msg, ack, None)
-
-    def add_local(self, msg: DecodedMessage, on_durable: Callable[[], None] | None = None) -> None:
-        """As add(), for a message another source received; ``on_durable`` runs on the writer thread once the
-        batch is durable (store or spool) and its dead letters recorded."""
-        self._add(msg, None, on_durable)
-
-    def _add(self, msg: DecodedMessage, ack: tuple[int, int] | None, on_durable: Callable[[], None] | None) -> None:
+    def add(self, msg: DecodedMessage, ack: tuple[int, int] | None,
+            on_durable: Callable[[], None] | None = None) -> None:
+        """A message from the broker, acked by its (connection, MQTT mid) once its batch is durable (called once
+        a message: the body is here, not one call further)."""
         with self._lock:
             while len(self._batch.points) >= self.high_water:
                 self._cond.wait(0.5)
@@ -102,6 +96,11 @@ class Batcher:
             # quiet time) from now, not the rest of a wait begun when there was nothing to write.
             if len(self._batch.points) >= self.max_points or self._batch.messages == 1:
                 self._cond.notify()
+
+    def add_local(self, msg: DecodedMessage, on_durable: Callable[[], None] | None = None) -> None:
+        """As add(), for a message another source received; ``on_durable`` runs on the writer thread once the
+        batch is durable (store or spool) and its dead letters recorded."""
+        self.add(msg, None, on_durable)
 
     def _due(self) -> bool:
         b = self._batch

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smartpark.core.catalog import Catalog, load_catalog
-from smartpark.core.clock import now_ms, park_zone
+from smartpark.core.clock import DEFAULT_TIMEZONE, now_ms
 from smartpark.core.errors import ConfigError, StoreError
 from smartpark.core.mqtt import Endpoint, MessageSource, OnMessage, open_source, platform_filters
 from smartpark.core.registry import ParkFile, Registry, read_park_file
@@ -193,7 +193,7 @@ def hj212_gateway(settings: Settings, registry: Registry, catalog: Catalog, inge
                            idle_timeout_s=settings.hj212_idle_timeout_s, max_segment=settings.hj212_max_segment,
                            split_timeout_s=settings.hj212_split_timeout_s,
                            stats_interval_s=settings.ingest_stats_interval_s,
-                           timezone=park_zone(park).key, retention_ms=settings.retention_ms)
+                           timezone=park.timezone if park else DEFAULT_TIMEZONE, retention_ms=settings.retention_ms)
     gateway = Gateway(config, ingest.batcher, Identities(registry.hj212_identities), catalog,
                       codes=load_codes(catalog, settings.hj212_codes_file),
                       reference=load_reference(settings.reference_file))

@@ -4,6 +4,7 @@ minute means), run against both backends."""
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -121,9 +122,9 @@ def recorded_hours(store: TimeSeriesStore) -> list[int]:
     computed: list[int] = []
     real = store.hour_sums
 
-    def spy(query: HourQuery) -> list[HourSum]:
-        computed.append(-(-(query.end_ms - query.start_ms) // 3600_000))
-        return real(query)
+    def spy(query: HourQuery, hours: Collection[int] | None = None) -> list[HourSum]:
+        computed.append(len(hours) if hours is not None else -(-(query.end_ms - query.start_ms) // 3600_000))
+        return real(query, hours)
 
     store.hour_sums = spy  # type: ignore[method-assign]
     return computed

@@ -13,7 +13,7 @@ from smartpark.api.deps import CatalogDep, PrincipalDep, ReferenceDep, RegistryD
 from smartpark.api.errors import ERRORS, Unprocessable
 from smartpark.api.limits import HeavyDep, check_cost
 from smartpark.api.models import CounterEventPublic, EmissionsKpi, EnergyKpi, GreeningKpi, ParkKpis, SiteKpis
-from smartpark.core.clock import park_zone
+from smartpark.api.summary import local_tz
 from smartpark.core.reference import Reference
 from smartpark.core.registry import Registry, Site
 from smartpark.core.settings import Settings
@@ -30,7 +30,7 @@ End = Annotated[date | None, Query(description="Local day after the last one; de
 
 
 def _period(registry: Registry, start: date | None, end: date | None) -> kpis.Period:
-    tz = park_zone(registry.park())
+    tz = local_tz(registry)
     for name, day in (("start", start), ("end", end)):
         if day is not None and not FIRST_DAY <= day <= LAST_DAY:
             raise Unprocessable(f"{name}={day.isoformat()}: days lie between {FIRST_DAY} and {LAST_DAY}")

@@ -6,7 +6,7 @@ Calls are synchronous: the ingest writes from its own thread, the API runs them 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Literal, NamedTuple, Protocol, Self
 
 import msgspec
@@ -228,8 +228,10 @@ class TimeSeriesStore(Protocol):
     def minute_means(self, query: MinuteQuery) -> list[MinuteRow]:
         """Minute rows (device, minute) ordered by device and time, computed by the store."""
 
-    def hour_sums(self, query: HourQuery) -> list[HourSum]:
-        """Hourly sums and counts of valid corrected minute means, ordered by device, field and hour."""
+    def hour_sums(self, query: HourQuery, hours: Collection[int] | None = None) -> list[HourSum]:
+        """Hourly sums and counts of valid corrected minute means, ordered by device, field and hour; of the
+        hours starting at ``hours`` only (None: every hour of the query; the hour cache asks for the ones it
+        does not keep)."""
 
     def hour_fingerprints(self, query: HourQuery) -> HourPrints:
         """Per (device, hour) with data of ``query``: a summary of the points its sums are computed from (per
@@ -302,6 +304,19 @@ def minute_query(query: HourQuery, start_ms: int | None = None, end_ms: int | No
     fields = query.fields if query.o2_field in query.fields else (*query.fields, query.o2_field)
     return MinuteQuery(query.measurement, fields, query.site, query.start_ms if start_ms is None else start_ms,
                        query.end_ms if end_ms is None else end_ms, query.valid_flags)
+
+
+def hour_runs(query: HourQuery, hours: Collection[int], max_ms: int | None = None) -> list[tuple[int, int]]:
+    """The hours starting at ``hours`` as (start, end) runs of consecutive hours within the query (each at most
+    ``max_ms`` long), in time order: one minute-means request each."""
+    runs: list[list[int]] = []
+    for h in sorted(hours):
+        start, end = max(h, query.start_ms), min(h + HOUR_MS, query.end_ms)
+        if runs and runs[-1][1] == start and (max_ms is None or end - runs[-1][0] <= max_ms):
+            runs[-1][1] = end
+        else:
+            runs.append([start, end])
+    return [(start, end) for start, end in runs]
 
 
 def hour_sums_from_minutes(rows: Iterable[MinuteRow], query: HourQuery,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from smartpark.core.catalog import Catalog
@@ -34,6 +34,7 @@ from smartpark.core.store.base import (
     check_points,
     counter_event,
     delta_series,
+    hour_runs,
     hour_sums_from_minutes,
     lookback_ms,
     minute_query,
@@ -287,11 +288,15 @@ class EmbeddedStore(ClosedOnExit):
         return [MinuteRow(dev, ts, values, frozenset(invalid))
                 for (dev, ts), (values, invalid) in sorted(rows.items())]
 
-    def hour_sums(self, query: HourQuery) -> list[HourSum]:
-        """From the minute means, in Python (the reference computation)."""
+    def hour_sums(self, query: HourQuery, hours: Collection[int] | None = None) -> list[HourSum]:
+        """From the minute means, in Python (the reference computation): one request per run of ``hours``."""
         if not query.devices or not query.fields or query.end_ms <= query.start_ms:
             return []
-        return hour_sums_from_minutes(self.minute_means(minute_query(query)), query)
+        if hours is None:
+            return hour_sums_from_minutes(self.minute_means(minute_query(query)), query)
+        rows = [r for start, end in hour_runs(query, hours) for r in self.minute_means(minute_query(query, start, end))]
+        rows.sort(key=lambda r: (r.device, r.ts_ms))
+        return hour_sums_from_minutes(rows, query)
 
     def hour_fingerprints(self, query: HourQuery) -> HourPrints:
         """Per field: the count and total of its values and its count of invalid flags (so a value overwritten

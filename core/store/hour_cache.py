@@ -2,7 +2,8 @@
 
 A month of O2-corrected minute means costs InfluxDB about 5 s per steel site (bench/bench_api.py), so the API
 keeps the sums of every whole hour for ``ttl_s`` and revalidates them on each call with the store's
-``hour_fingerprints`` (per-hour counts: about a tenth of the cost). An hour whose fingerprint differs from the
+``hour_fingerprints`` (InfluxDB: per-hour counts, about a tenth of the cost; the embedded store scans what
+its minute means scan). An hour whose fingerprint differs from the
 one it was computed with (late or resent readings, a flag added afterwards, the current hour) is computed
 again, from its own minutes only. What a store's fingerprint cannot see (InfluxDB: a reading overwritten in
 place by another value with the same fields) is picked up when the hour's entry expires.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import msgspec
 
@@ -43,9 +44,13 @@ class HourCache:
         self._computing: dict[base.HourQuery, threading.Lock] = {}  # per cache key: see hour_sums
         self._kept: dict[base.HourQuery, Kept] = {}
 
-    def hour_sums(self, query: base.HourQuery, *, renew_within_s: float = 0.0) -> list[base.HourSum]:
+    def hour_sums(self, query: base.HourQuery, hours: Collection[int] | None = None, *,
+                  renew_within_s: float = 0.0) -> list[base.HourSum]:
         """The store's hour_sums, the kept hours still valid not asked again. ``renew_within_s``: hours whose
-        entry expires that soon are computed again (a warmer's call: users then never meet an expired hour)."""
+        entry expires that soon are computed again (a warmer's call: users then never meet an expired hour).
+        Given ``hours``, the store is asked directly."""
+        if hours is not None:
+            return self.store.hour_sums(query, hours)
         if not query.devices or not query.fields or query.end_ms <= query.start_ms:
             return []
         if not 0 <= query.offset_ms < HOUR_MS:
@@ -85,7 +90,7 @@ class HourCache:
         """``out`` plus the hours of ``todo`` computed by the store; whole hours kept."""
         if todo:
             fresh: dict[tuple[str, int], list[base.HourSum]] = {}
-            for h in self._store_hours(query, todo):
+            for h in self.store.hour_sums(query, todo):
                 fresh.setdefault((h.device, h.ts_ms), []).append(h)
             expires = time.monotonic() + self.ttl_s
             with self._lock:
@@ -101,18 +106,6 @@ class HourCache:
                         kept.pop((device, hour), None)
         out.sort(key=lambda h: (h.device, h.field, h.ts_ms))
         return out
-
-    def _store_hours(self, query: base.HourQuery, hours: set[int]) -> list[base.HourSum]:
-        """The store's sums of ``hours``: one hour_sums call per run of consecutive hours."""
-        runs: list[list[int]] = []
-        for h in sorted(hours):
-            start, end = max(h, query.start_ms), min(h + HOUR_MS, query.end_ms)
-            if runs and runs[-1][1] == start:
-                runs[-1][1] = end
-            else:
-                runs.append([start, end])
-        return [h for start, end in runs
-                for h in self.store.hour_sums(msgspec.structs.replace(query, start_ms=start, end_ms=end))]
 
     # --- everything else: the store's
 

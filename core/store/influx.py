@@ -14,7 +14,7 @@ Computed emission hours are kept by ``core/store/hour_cache.py``, a wrapper over
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from smartpark.core.store.influx_queries import InfluxQueries
 from smartpark.core.store.influx_schema import create_schema
 from smartpark.core.store.influx_schema import ensure_user as _ensure_user
 
-# re-exported for the bulk writers (backfill) and the rollup repair, which write line protocol themselves
+# re-exported for the bulk writers (backfill), which write line protocol themselves
 from smartpark.core.store.line_protocol import escape_measurement, escape_tag, lines, quote_ident
 from smartpark.core.store.rollups import RAW_RP, RESAMPLE_FOR, ROLLUPS, late_spans, marks_body
 
@@ -77,7 +77,7 @@ class InfluxStore(base.ClosedOnExit):
             raise ValueError(f"retention_days must be >= 1, got {retention_days}")
         self.http = InfluxHttp(url, database, username=username, password=password, token=token,
                                timeout_s=timeout_s, transport=transport, ca_file=ca_file)
-        self.url, self.database, self.token = self.http.url, database, token
+        self.url, self.database = self.http.url, database
         self.catalog = catalog
         self.queries = InfluxQueries(self.http, catalog)
         self._rolled_up = frozenset(m.domain for m in catalog.metrics.values())  # measurements with rollups
@@ -173,8 +173,8 @@ class InfluxStore(base.ClosedOnExit):
     def minute_means(self, query: base.MinuteQuery) -> list[base.MinuteRow]:
         return self.queries.minute_means(query)
 
-    def hour_sums(self, query: base.HourQuery) -> list[base.HourSum]:
-        return self.queries.hour_sums(query)
+    def hour_sums(self, query: base.HourQuery, hours: Collection[int] | None = None) -> list[base.HourSum]:
+        return self.queries.hour_sums(query, hours)
 
     def hour_fingerprints(self, query: base.HourQuery) -> base.HourPrints:
         return self.queries.hour_fingerprints(query)

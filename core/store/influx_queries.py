@@ -6,7 +6,7 @@ Statements are built from quote_ident/quote_literal only; the results are parsed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -235,16 +235,18 @@ class InfluxQueries:
         out.sort(key=lambda r: (r.device, r.ts_ms))
         return out
 
-    def hour_sums(self, query: base.HourQuery) -> list[base.HourSum]:
-        """From the minute means (the reference computation), every hour of the query. (Summing corrected minute
-        means per hour in InfluxDB with a subquery was measured slower on 1.6 than the minute means themselves:
-        17 s against 6 s for a month.)"""
+    def hour_sums(self, query: base.HourQuery, hours: Collection[int] | None = None) -> list[base.HourSum]:
+        """From the minute means (the reference computation). (Summing corrected minute means per hour in
+        InfluxDB with a subquery was measured slower on 1.6 than the minute means themselves: 17 s against 6 s
+        for a month.)"""
         if not query.devices or not query.fields or query.end_ms <= query.start_ms:
             return []
         if not 0 <= query.offset_ms < HOUR_MS:
             raise ValueError(f"offset_ms must be in [0, {HOUR_MS}), got {query.offset_ms}")
-        first = query.start_ms - (query.start_ms - query.offset_ms) % HOUR_MS
-        return self._exact_hours(query, set(range(first, query.end_ms, HOUR_MS)))
+        if hours is None:
+            first = query.start_ms - (query.start_ms - query.offset_ms) % HOUR_MS
+            hours = range(first, query.end_ms, HOUR_MS)
+        return self._exact_hours(query, hours) if hours else []
 
     def hour_fingerprints(self, query: base.HourQuery) -> base.HourPrints:
         """The counts of each field's points and flags per (device, hour) with data: plain aggregates, about a
@@ -271,17 +273,10 @@ class InfluxQueries:
                     out[k] += tuple(int(v or 0) for v in row[1:])
         return out
 
-    def _exact_hours(self, query: base.HourQuery, hours: set[int]) -> list[base.HourSum]:
+    def _exact_hours(self, query: base.HourQuery, hours: Collection[int]) -> list[base.HourSum]:
         """HourSums of some hours from their minute means: runs of hours of at most a day each, in a few
         concurrent requests (InfluxDB computes each on a core of its own)."""
-        ranges: list[list[int]] = []
-        for h in sorted(hours):
-            start, end = max(h, query.start_ms), min(h + HOUR_MS, query.end_ms)
-            if ranges and ranges[-1][1] == start and end - ranges[-1][0] <= DAY_MS:
-                ranges[-1][1] = end
-            else:
-                ranges.append([start, end])
-        chunks = [base.minute_query(query, start, end) for start, end in ranges]
+        chunks = [base.minute_query(query, start, end) for start, end in base.hour_runs(query, hours, DAY_MS)]
         batches = [chunks[i::EXACT_REQUESTS] for i in range(min(EXACT_REQUESTS, len(chunks)))]
 
         def run(batch: list[base.MinuteQuery]) -> list[base.MinuteRow]:

@@ -27,6 +27,7 @@ from smartpark.core import clock
 from smartpark.core.catalog import Catalog
 from smartpark.core.errors import StoreError
 from smartpark.core.points import Point
+from smartpark.core.store.line_protocol import escape_tag, quote_ident
 
 __all__ = [
     "LATE_MS",
@@ -80,8 +81,6 @@ class InfluxLike(Protocol):
 def rollup_select(catalog: Catalog, database: str, domain: str, rp: str) -> str:
     """The rollup's SELECT ... INTO of one measurement from the raw policy (what its CQ runs, before GROUP BY):
     gauges by mean, counters by last, under the raw field names."""
-    from smartpark.core.store.influx import quote_ident
-
     selects = [f"{'last' if m.kind == 'counter' else 'mean'}({quote_ident(m.name)}) AS {quote_ident(m.name)}"
                for m in sorted(catalog.metrics.values(), key=lambda m: m.name) if m.domain == domain]
     db, m = quote_ident(database), quote_ident(domain)
@@ -122,8 +121,6 @@ def _split(ts: list[int]) -> list[tuple[int, int]]:
 def marks_body(spans: dict[str, list[tuple[int, int]]], now_ms: int) -> bytes:
     """The mark points of ``spans`` as line protocol (measurement names are catalog domains: plain words); a
     measurement's spans differ by the tag ``i`` (one point per series and time: they would overwrite each other)."""
-    from smartpark.core.store.influx import escape_tag
-
     return "\n".join(f"{MARKS},i={i},m={escape_tag(m)} start={lo}i,end={hi + 1}i {now_ms}"
                      for m, ranges in sorted(spans.items()) for i, (lo, hi) in enumerate(ranges)).encode()
 
@@ -156,8 +153,6 @@ Mark = tuple[int, str, int, int]  # (written at, measurement, start, end)
 def repair(store: InfluxLike, since_ms: int, done: set[Mark] | None = None) -> RepairReport:
     """Recompute the rollup windows of every mark written after ``since_ms`` that is not in ``done`` (marks
     already repaired: the read overlaps the last one); the report lists the marks it took."""
-    from smartpark.core.store.influx import quote_ident
-
     report = RepairReport(watermark_ms=since_ms)
     result = store.query(f'SELECT "start", "end" FROM {quote_ident(MARKS)} '  # noqa: S608 (no outside input)
                          f"WHERE time > {int(since_ms) - OVERLAP_MS}ms GROUP BY \"m\"")
