@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from smartpark.api.app import create_app
 from smartpark.core.catalog import default_catalog
@@ -147,6 +147,27 @@ def test_records_are_plain_frozen_data(tmp_path: Path) -> None:
         record.state = "resolved"  # type: ignore[misc]
     assert access.active(set()) == []
     registry.close()
+
+
+def test_the_pages_active_alerts_cost_one_query(tmp_path: Path) -> None:
+    """Every page view (and its auto-refresh) reads the active alerts: one SELECT, no count of them beside it."""
+    from smartpark.alerts.access import AlertAccess
+    from smartpark.core.reference import load_reference
+
+    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
+    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    access = AlertAccess(registry.engine, settings)
+    access.start(load_reference(settings.reference_file))
+    add_episode(registry, "steel", "ep-steel")
+    statements: list[str] = []
+    listen = lambda conn, cursor, sql, *rest: statements.append(sql)  # noqa: E731
+    event.listen(registry.engine, "before_cursor_execute", listen)
+    try:
+        assert [r.id for r in access.active({"steel", "park-green"})] == ["ep-steel"]
+    finally:
+        event.remove(registry.engine, "before_cursor_execute", listen)
+        registry.close()
+    assert len(statements) == 1, statements
 
 
 def test_the_api_reads_alerts_only_through_the_access_interface() -> None:

@@ -124,7 +124,7 @@ def recorded_hours(store: TimeSeriesStore) -> list[int]:
 
     def spy(query: HourQuery, hours: Collection[int] | None = None) -> list[HourSum]:
         computed.append(len(hours) if hours is not None else -(-(query.end_ms - query.start_ms) // 3600_000))
-        return real(query, hours)
+        return real(query) if hours is None else real(query, hours)
 
     store.hour_sums = spy  # type: ignore[method-assign]
     return computed
@@ -238,6 +238,21 @@ def test_hour_cache_recomputes_only_the_changed_hours(store: TimeSeriesStore, t0
     assert [h for h in again if h.ts_ms != base + 5 * 3600_000] == [h for h in first if h.ts_ms != base + 5 * 3600_000]
     assert len(cache.hour_sums(hour_query(base + 2 * 3600_000, base + 6 * 3600_000))) == 4
     assert computed == [1]
+
+
+def test_hour_cache_asks_the_store_once_for_scattered_hours(store: TimeSeriesStore, t0: int) -> None:
+    """Late readings in hours far apart cost one store call (InfluxDB then sends its runs concurrently), not
+    one call per run of hours one after another (the cache's first version)."""
+    base = t0 - 24 * 3600_000
+    store.write([cems("stove", base + h * 3600_000 + m * MIN, 10.0) for h in range(24) for m in range(3)])
+    cache = HourCache(store, 900.0)
+    day = hour_query(base, base + 24 * 3600_000)
+    cache.hour_sums(day)
+    computed = recorded_hours(store)
+    store.write([cems("stove", base + h * 3600_000 + 30 * MIN, 40.0) for h in (3, 9, 17)])  # late, 3 hours apart
+    again = cache.hour_sums(day)
+    assert computed == [3]
+    assert [(h.ts_ms - base) // 3600_000 for h in again if h.total == 70.0] == [3, 9, 17]
 
 
 def test_embedded_fingerprints_see_a_value_overwritten_in_place(tmp_path: Path, t0: int) -> None:
