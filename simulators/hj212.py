@@ -58,6 +58,13 @@ def metric_codes(path: Path | None = None) -> dict[str, tuple[str, float]]:
     return {spec["metric"]: (code, float(spec.get("scale", 1))) for code, spec in codes.items()}
 
 
+def with_bad_crc(frame: bytes) -> bytes:
+    """The frame with a CRC that is wrong but well formed: the CRC with every bit flipped. (Writing a fixed
+    "0000" instead is no fault when the CRC is 0000, one packet in 256 with this CRC.)"""
+    crc = int(frame[-6:-2], 16) ^ 0xFFFF
+    return b"%s%04X\r\n" % (frame[:-6], crc)
+
+
 class Hj212Unit:
     """One unit: `deliver(payload)` queues a contract message (a reading or a batch) for sending."""
 
@@ -134,7 +141,6 @@ class Hj212Unit:
     def _frames(self, qn: str, data_time: str, items: list[str]) -> list[bytes]:
         head = f"QN={qn};ST=31;CN=2051;PW={self.pw};MN={self.mn};"
         if len(items) > 1 and self.rng.random() < self.link.split_rate:
-            self.faults["split"] += 1
             parts = [items[: len(items) // 2], items[len(items) // 2:]]
             return [build_frame(f"{head}Flag=7;PNUM={len(parts)};PNO={n};CP=&&{data_time};{';'.join(p)}&&")
                     for n, p in enumerate(parts, 1)]
@@ -147,9 +153,11 @@ class Hj212Unit:
                 self._close()
             sock = self._connect()
             if self.rng.random() < self.link.bad_crc_rate:
+                sock.sendall(with_bad_crc(frames[0]))
                 self.faults["bad_crc"] += 1
-                sock.sendall(frames[0][:-6] + b"0000\r\n" if frames[0][-6:-2] != b"0000" else frames[0][:-3])
             sock.sendall(b"".join(frames))
+            if len(frames) > 1:  # counted per send, as the gateway counts parts: a resend is a second split
+                self.faults["split"] += 1
             return self._await(qn, len(frames))
         except OSError as exc:
             log.debug("HJ 212 unit %s: %s; resending", self.device, exc)

@@ -23,6 +23,7 @@ from smartpark.hj212.frame import FrameReader, build_frame
 from smartpark.hj212.server import Gateway
 from smartpark.ingest.service import IngestService
 from smartpark.platform import hj212_gateway
+from smartpark.simulators.hj212 import with_bad_crc
 
 from factories import PARK_YAML, now_ms, wait_for
 from hj212_packets import MN, PW, Unit, data_time, minute_cp, minute_frame, qn, segment
@@ -122,15 +123,11 @@ def test_no_answer_requested_means_none_sent_but_data_stored(env: Env) -> None:
 
 
 # ------------------------------------------------------------------------------------------ malformations
-def corrupt_crc(frame: bytes) -> bytes:
-    return frame[:-6] + (b"0000" if frame[-6:-2] != b"0000" else b"0001") + b"\r\n"
-
-
 def test_each_malformation_is_counted_dead_lettered_and_refused_where_the_standard_says(env: Env) -> None:
     ts = (now_ms() // 60_000 - 5) * 60_000
     unit = env.unit()
     unit.send(b"\x00garbage\xff")
-    unit.send(corrupt_crc(minute_frame(ts)))
+    unit.send(with_bad_crc(minute_frame(ts)))
     assert unit.answer().endswith(b"CN=9011;PW=123456;MN=88888880000001;Flag=4;CP=&&QnRtn=9&&")
     unit.send(minute_frame(ts, mn="99999990000009"))
     assert unit.answer().endswith(b"CP=&&QnRtn=4&&")
@@ -291,7 +288,7 @@ def test_loading_the_park_file_twice_keeps_the_hash() -> None:
 # ------------------------------------------------------------------------------------------ metrics and relay
 def test_metrics_and_platform_points(env: Env) -> None:
     unit = env.unit()
-    unit.send(corrupt_crc(minute_frame(now_ms())))
+    unit.send(with_bad_crc(minute_frame(now_ms())))
     unit.answer()
     text = generate_latest(env.gateway.stats.registry).decode()
     assert 'smartpark_hj212_rejected_total{reason="bad_crc"} 1.0' in text
