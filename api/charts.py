@@ -49,7 +49,6 @@ def bars(labels: Sequence[str], values: Sequence[float | None], *, unit: str, ti
     return "".join(out)
 
 
-
 class _Plot:
     """The plot area's coordinates: ``top`` the value at its top edge, ``n`` bar slots across."""
 

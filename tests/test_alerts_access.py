@@ -18,8 +18,10 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import event, text
 
+from smartpark.alerts.access import AlertAccess
 from smartpark.api.app import create_app
 from smartpark.core.catalog import default_catalog
+from smartpark.core.reference import load_reference
 from smartpark.core.registry import Registry, parse_park_file
 from smartpark.core.settings import Settings
 from smartpark.core.store.embedded import EmbeddedStore
@@ -58,6 +60,19 @@ def add_episode(registry: Registry, site: str, episode_id: str) -> None:
     with registry.session() as s:
         s.add(Episode(id=episode_id, rule_id="r", subject=site, open_key=f"r|{site}", site=site,
                       severity="critical", state="firing", started_ms=now_ms(), message=f"alarm at {site}"))
+
+
+@contextmanager
+def started_access(tmp_path: Path) -> Iterator[tuple[Registry, AlertAccess]]:
+    """A fresh registry database and the API's alert interface started on it (its tables brought to the head)."""
+    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
+    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    access = AlertAccess(registry.engine, settings)
+    access.start(load_reference(settings.reference_file))
+    try:
+        yield registry, access
+    finally:
+        registry.close()
 
 
 def log_in(client: httpx.Client, key: str) -> None:
@@ -133,40 +148,27 @@ def test_a_site_key_still_sees_only_its_sites_alerts(tmp_path: Path, embedded_st
 
 
 def test_records_are_plain_frozen_data(tmp_path: Path) -> None:
-    from smartpark.alerts.access import AlertAccess
-    from smartpark.core.reference import load_reference
-
-    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
-    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
-    access = AlertAccess(registry.engine, settings)
-    access.start(load_reference(settings.reference_file))
-    add_episode(registry, "steel", "ep-steel")
-    [record] = access.active({"steel"})
-    assert (record.id, record.site, record.state, record.message) == ("ep-steel", "steel", "firing", "alarm at steel")
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        record.state = "resolved"  # type: ignore[misc]
-    assert access.active(set()) == []
-    registry.close()
+    with started_access(tmp_path) as (registry, access):
+        add_episode(registry, "steel", "ep-steel")
+        [record] = access.active({"steel"})
+        assert (record.id, record.site, record.state, record.message) == ("ep-steel", "steel", "firing",
+                                                                          "alarm at steel")
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            record.state = "resolved"  # type: ignore[misc]
+        assert access.active(set()) == []
 
 
 def test_the_pages_active_alerts_cost_one_query(tmp_path: Path) -> None:
     """Every page view (and its auto-refresh) reads the active alerts: one SELECT, no count of them beside it."""
-    from smartpark.alerts.access import AlertAccess
-    from smartpark.core.reference import load_reference
-
-    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
-    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
-    access = AlertAccess(registry.engine, settings)
-    access.start(load_reference(settings.reference_file))
-    add_episode(registry, "steel", "ep-steel")
     statements: list[str] = []
-    listen = lambda conn, cursor, sql, *rest: statements.append(sql)  # noqa: E731
-    event.listen(registry.engine, "before_cursor_execute", listen)
-    try:
-        assert [r.id for r in access.active({"steel", "park-green"})] == ["ep-steel"]
-    finally:
-        event.remove(registry.engine, "before_cursor_execute", listen)
-        registry.close()
+    with started_access(tmp_path) as (registry, access):
+        add_episode(registry, "steel", "ep-steel")
+        listen = lambda conn, cursor, sql, *rest: statements.append(sql)  # noqa: E731
+        event.listen(registry.engine, "before_cursor_execute", listen)
+        try:
+            assert [r.id for r in access.active({"steel", "park-green"})] == ["ep-steel"]
+        finally:
+            event.remove(registry.engine, "before_cursor_execute", listen)
     assert len(statements) == 1, statements
 
 
@@ -184,30 +186,24 @@ def test_the_api_reads_alerts_only_through_the_access_interface() -> None:
 
 def test_subscription_edits_go_through_the_interface(tmp_path: Path) -> None:
     """The admin's edits: a refused URL or secret is a typed error, re-enabling clears the 410's reason."""
-    from smartpark.alerts.access import AlertAccess
     from smartpark.alerts.errors import BadSecret, UnsafeDestination
     from smartpark.alerts.repo import AlertRepo
-    from smartpark.core.reference import load_reference
 
-    registry = Registry(f"sqlite:///{tmp_path / 'meta.sqlite'}")
-    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
-    access = AlertAccess(registry.engine, settings)
-    access.start(load_reference(settings.reference_file))
-    with pytest.raises(BadSecret):
-        access.create_subscription("https://93.184.215.14/hook", secret="whsec_short", sites=[], severities=[],
-                                   rules=[], description="")
-    sub, secret = access.create_subscription("https://93.184.215.14/hook", secret=None, sites=["steel"],
-                                             severities=[], rules=[], description="dispatch")
-    assert secret.startswith("whsec_")
-    assert (sub.sites, sub.enabled) == (("steel",), True)
-    AlertRepo(registry.engine).update_subscription(sub.id, enabled=False, disabled_reason="410 Gone")
-    with pytest.raises(UnsafeDestination):
-        access.update_subscription(sub.id, url="http://169.254.169.254/latest")
-    again = access.update_subscription(sub.id, enabled=True)
-    assert again is not None
-    assert (again.enabled, again.disabled_reason, again.url) == (True, "", "https://93.184.215.14/hook")
-    assert access.update_subscription("wh_nope", enabled=True) is None
-    registry.close()
+    with started_access(tmp_path) as (registry, access):
+        with pytest.raises(BadSecret):
+            access.create_subscription("https://93.184.215.14/hook", secret="whsec_short", sites=[], severities=[],
+                                       rules=[], description="")
+        sub, secret = access.create_subscription("https://93.184.215.14/hook", secret=None, sites=["steel"],
+                                                 severities=[], rules=[], description="dispatch")
+        assert secret.startswith("whsec_")
+        assert (sub.sites, sub.enabled) == (("steel",), True)
+        AlertRepo(registry.engine).update_subscription(sub.id, enabled=False, disabled_reason="410 Gone")
+        with pytest.raises(UnsafeDestination):
+            access.update_subscription(sub.id, url="http://169.254.169.254/latest")
+        again = access.update_subscription(sub.id, enabled=True)
+        assert again is not None
+        assert (again.enabled, again.disabled_reason, again.url) == (True, "", "https://93.184.215.14/hook")
+        assert access.update_subscription("wh_nope", enabled=True) is None
 
 
 def test_the_api_and_the_engine_seeding_a_new_database_together_both_start(tmp_path: Path) -> None:

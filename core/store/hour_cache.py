@@ -3,10 +3,10 @@
 A month of O2-corrected minute means costs InfluxDB about 5 s per steel site (bench/bench_api.py), so the API
 keeps the sums of every whole hour for ``ttl_s`` and revalidates them on each call with the store's
 ``hour_fingerprints`` (InfluxDB: per-hour counts, about a tenth of the cost; the embedded store scans what
-its minute means scan). An hour whose fingerprint differs from the
-one it was computed with (late or resent readings, a flag added afterwards, the current hour) is computed
-again, from its own minutes only. What a store's fingerprint cannot see (InfluxDB: a reading overwritten in
-place by another value with the same fields) is picked up when the hour's entry expires.
+its minute means scan). An hour whose fingerprint differs from the one it was computed with (late or resent
+readings, a flag added afterwards, the current hour) is computed again, from its own minutes only. What a
+store's fingerprint cannot see (InfluxDB: a reading overwritten in place by another value with the same
+fields) is picked up when the hour's entry expires.
 
 A big computation (a cold month, the warmer's renewal) runs once per query at a time (single flight): a
 request arriving meanwhile waits for it and then finds the hours kept instead of asking the store again.
